@@ -1,0 +1,35 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY = FIXTURES / "bloodmnist_tiny.npz"
+WORKBENCH = [sys.executable, "-m", "workbench.cli"]
+
+# tiny but real: the fixture's real BloodMNIST images, a narrow CNN, one epoch
+TINY_TRAIN = ["-p", "dataset", str(TINY), "-p", "epochs", "1", "-p", "width", "8", "-p", "batch_size", "64"]
+
+
+def run_cli(*args, cwd=ROOT, env=None, timeout=600):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([*WORKBENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """One real pipeline (papermill-executed notebooks) on the tiny fixture, shared by the e2e tests."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = run_cli("pipeline", "--name", "e2e", "-q", *TINY_TRAIN, "-p", "gallery_size", "8",
+                   env={"WORKBENCH_RUNS_DIR": str(runs)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    return {"dir": run_dir, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,130 @@
+"""End to end: the three stage notebooks really executed by papermill (via the CLI) on real images."""
+
+import csv
+import json
+
+import nbformat
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from conftest import FIXTURES, read_json
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_directory_holds_every_artifact(pipeline_run):
+    d = pipeline_run["dir"]
+    for name in ("10_train.ipynb", "10_train.html", "20_evaluate.ipynb", "20_evaluate.html", "30_annotate.ipynb",
+                 "30_annotate.html", "params/train.json", "params/evaluate.json", "params/annotate.json",
+                 "provenance.json", "model.keras", "history.csv", "augment.yaml", "metrics.json",
+                 "predictions.npz", "annotations.csv", "annotation_summary.json", "train_summary.json"):
+        assert (d / name).is_file(), name
+    assert d.parent.name.startswith("runs")  # WORKBENCH_RUNS_DIR was honoured
+
+
+def test_params_and_provenance_recorded(pipeline_run):
+    d = pipeline_run["dir"]
+    p = read_json(d / "params/train.json")
+    assert p["epochs"] == 1 and p["width"] == 8 and p["dataset"].endswith("bloodmnist_tiny.npz")
+    prov = read_json(d / "provenance.json")
+    assert set(prov) == {"train", "evaluate", "annotate"}
+    tr = prov["train"]
+    assert tr["keras_backend"] == "jax"
+    assert tr["packages"]["keras"].startswith("3.")
+    assert tr["packages"]["albumentations"] == "2.0.8"
+    assert tr["data"]["md5"] == "591edc0d96e21fc043d6aa4380bf1e75"
+    assert tr["data"]["card"] == "bloodmnist_tiny"
+    assert tr["seed"] == 0 and "sha" in tr["git"]
+
+
+def test_metrics_match_predictions(pipeline_run):
+    """metrics.json is recomputable from predictions.npz with scikit-learn (MedMNIST protocol)."""
+    d = pipeline_run["dir"]
+    m = read_json(d / "metrics.json")
+    with np.load(d / "predictions.npz", allow_pickle=False) as z:
+        probs, y = z["test_probs"], z["test_labels"]
+    assert probs.shape == (120, 8) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert m["test"]["n"] == 120
+    assert m["test"]["acc"] == pytest.approx(accuracy_score(y, probs.argmax(1)))
+    assert m["test"]["auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert set(m["test"]["per_class"]) >= {"basophil", "platelet", "macro avg"}
+
+
+def test_history_and_training_summary(pipeline_run):
+    d = pipeline_run["dir"]
+    with open(d / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and {"loss", "val_loss", "acc", "val_acc"} <= set(rows[0])
+    s = read_json(d / "train_summary.json")
+    assert s["epochs_run"] == 1 and s["best_epoch"] == 1 and s["num_params"] > 0
+    assert "albumentations" in (d / "augment.yaml").read_text()
+
+
+def test_annotations_follow_threshold(pipeline_run):
+    d = pipeline_run["dir"]
+    summary = read_json(d / "annotation_summary.json")
+    with open(d / "annotations.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["pool_size"] == 120
+    assert list(rows[0]) == ["index", "split", "predicted_label", "predicted_class", "confidence", "status"]
+    t = summary["threshold"]["threshold"]
+    for r in rows:
+        expected = "auto-accepted" if float(r["confidence"]) >= t else "needs-review"
+        assert r["status"] == expected
+    assert summary["n_auto_accepted"] + summary["n_needs_review"] == 120
+    # pool labels are known for the test split: precision/coverage achieved are reported
+    truth = np.load(FIXTURES / "bloodmnist_tiny.npz")["test_labels"].reshape(-1)
+    acc = [r for r in rows if r["status"] == "auto-accepted"]
+    cov = len(acc) / len(rows)
+    assert summary["achieved"]["coverage"] == pytest.approx(cov)
+    if acc:
+        prec = np.mean([int(r["predicted_label"]) == truth[int(r["index"])] for r in acc])
+        assert summary["achieved"]["precision"] == pytest.approx(prec)
+
+
+def test_reports_are_self_contained_without_code(pipeline_run):
+    d = pipeline_run["dir"]
+    for stem, must in (("10_train", "Training"), ("20_evaluate", "published baselines"),
+                       ("30_annotate", "Needs review")):
+        html = (d / f"{stem}.html").read_text()
+        assert must in html
+        assert html.count("data:image/png;base64") >= 2, stem  # figures inline
+        assert "import workbench" not in html  # code hidden
+        assert "<script src=\"http" not in html or "require.js" in html
+
+
+def test_executed_notebooks_have_no_errors_and_injected_params(pipeline_run):
+    d = pipeline_run["dir"]
+    for stem in ("10_train", "20_evaluate", "30_annotate"):
+        nb = nbformat.read(str(d / f"{stem}.ipynb"), as_version=4)
+        tags = [c.metadata.get("tags", []) for c in nb.cells]
+        assert ["injected-parameters"] in tags
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, stem
+
+
+def test_cli_prints_summary_and_run_dir_last(pipeline_run):
+    out = pipeline_run["stdout"].strip().splitlines()
+    assert out[-1] == str(pipeline_run["dir"])
+    assert any(line.startswith("test ACC ") and "AUC" in line for line in out)
+    assert any(line.startswith("reports: ") and "30_annotate.html" in line for line in out)
+
+
+def test_model_loads_in_safe_mode_and_reproduces_predictions(pipeline_run):
+    import workbench  # noqa: F401  (JAX backend)
+    from workbench.models import load
+    d = pipeline_run["dir"]
+    model = load(d / "model.keras")
+    x = np.load(FIXTURES / "bloodmnist_tiny.npz")["test_images"][:16].astype("float32")
+    with np.load(d / "predictions.npz") as z:
+        np.testing.assert_allclose(model.predict(x, verbose=0), z["test_probs"][:16], atol=1e-5)
+
+
+def test_stage_refuses_to_run_twice(pipeline_run):
+    from conftest import run_cli
+    proc = run_cli("run", "evaluate", "--run", str(pipeline_run["dir"]), "-q")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: stage evaluate already ran in")
+    assert json.loads((pipeline_run["dir"] / "metrics.json").read_text())["test"]["n"] == 120  # untouched

@@ -1,0 +1,92 @@
+"""Augmentation presets on albumentations 2.x (the only module that imports albumentations).
+
+A preset is a seeded ``A.Compose``; it is serialised to YAML in the run directory (preset, seed and
+the full albumentations dict), and ``load`` rebuilds an identical pipeline: same seed → same output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import yaml
+
+from .errors import WorkbenchError
+
+
+def _none(n_channels: int) -> list:
+    return []
+
+
+def _light(n_channels: int) -> list:
+    # geometric only: safe for any modality whose orientation is arbitrary (cells, patches)
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(translate_percent=(-0.08, 0.08), scale=(0.92, 1.08), rotate=(-10, 10),
+                 border_mode=0, p=0.5),
+    ]
+
+
+def _microscopy(n_channels: int) -> list:
+    # cells and stained slides have no canonical orientation: all flips and 90° turns are valid;
+    # mild stain/illumination variation (colour jitter only for RGB) and slight defocus
+    ops = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-20, 20),
+                 border_mode=4, p=0.6),  # border_mode 4 = reflect-101: no black corners
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.4),
+    ]
+    if n_channels == 3:
+        ops.append(A.HueSaturationValue(hue_shift_limit=4, sat_shift_limit=10, val_shift_limit=0, p=0.3))
+    ops.append(A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.1, 0.6), p=0.1))
+    return ops
+
+
+PRESETS = {"none": _none, "light": _light, "microscopy": _microscopy}
+
+
+def build(preset: str, seed: int, n_channels: int = 3) -> A.Compose:
+    if preset not in PRESETS:
+        raise WorkbenchError(f"unknown augmentation preset {preset!r} (parameter 'augment'); choose one of {', '.join(PRESETS)}")
+    return A.Compose(PRESETS[preset](n_channels), seed=int(seed))
+
+
+def is_identity(transform: A.Compose) -> bool:
+    return len(transform.transforms) == 0
+
+
+def apply(transform: A.Compose, images: np.ndarray) -> np.ndarray:
+    """Augment a batch (N, H, W, C) uint8 image by image, keeping dtype and shape."""
+    if is_identity(transform):
+        return images
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        res = transform(image=img)["image"]
+        out[i] = res.reshape(img.shape)
+    return out
+
+
+def save(transform: A.Compose, preset: str, seed: int, path: Path) -> None:
+    doc = {"preset": preset, "seed": int(seed), "albumentations": A.to_dict(transform)}
+    Path(path).write_text(yaml.safe_dump(_plain(doc), sort_keys=False))
+
+
+def load(path: Path) -> tuple[A.Compose, dict]:
+    doc = yaml.safe_load(Path(path).read_text())
+    t = A.from_dict(doc["albumentations"])
+    t.set_random_seed(doc["seed"])
+    return t, doc
+
+
+def _plain(obj):
+    """Tuples → lists so the YAML is plain (safe_load-able) data."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

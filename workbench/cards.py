@@ -1,0 +1,188 @@
+"""Data cards: ``data_cards/<name>.md`` with validated YAML front matter (HF dataset-card style).
+
+The front matter is machine-read; the markdown body keeps fixed headings (unknowns are written as
+"[More Information Needed]", headings are never deleted).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .errors import WorkbenchError
+from .paths import CARDS_DIR
+
+HEADINGS = (
+    "Summary",
+    "Dataset Structure",
+    "Source Data",
+    "Annotations",
+    "Bias, Risks & Limitations",
+    "Privacy",
+    "Intended & Out-of-Scope Use",
+    "Citation",
+)
+TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+SIZES = (28, 64, 128, 224)
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    pretty_name: str
+    version: str
+    license: str
+    source: dict
+    modality: str
+    task: str
+    label_classes: dict[int, str]
+    n_channels: int
+    splits: dict[str, int]
+    files: dict[int, dict]
+    published_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    path: Path | None = None
+    body: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.label_classes[i] for i in range(self.num_classes)]
+
+    def md5_for_size(self, size: int) -> str | None:
+        entry = self.files.get(int(size))
+        return entry["md5"] if entry else None
+
+    def size_for_md5(self, md5: str) -> int | None:
+        for size, entry in self.files.items():
+            if entry["md5"] == md5:
+                return size
+        return None
+
+
+def _fail(where: str, what: str) -> None:
+    raise WorkbenchError(f"data card {where}: {what}")
+
+
+def split_front_matter(text: str, where: str) -> tuple[dict, str]:
+    if not text.startswith("---"):
+        _fail(where, "must start with a '---' YAML front-matter block")
+    parts = text.split("\n---", 1)
+    if len(parts) != 2:
+        _fail(where, "front matter is not closed by a '---' line")
+    try:
+        meta = yaml.safe_load(parts[0][3:])
+    except yaml.YAMLError as e:
+        _fail(where, f"front matter is not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(meta, dict):
+        _fail(where, "front matter must be a YAML mapping")
+    body = parts[1].split("\n", 1)[1] if "\n" in parts[1] else ""
+    return meta, body
+
+
+def validate(meta: dict, body: str, where: str) -> Card:
+    """Check every required field and its type; return a Card. Errors name the card and field."""
+    required = ("name", "pretty_name", "version", "license", "source", "modality", "task",
+                "label_classes", "n_channels", "splits", "files")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        _fail(where, f"missing field(s) {', '.join(missing)}")
+    for k in ("name", "pretty_name", "version", "license", "modality"):
+        if not isinstance(meta[k], str) or not meta[k].strip():
+            _fail(where, f"field '{k}' must be a non-empty string")
+    if not isinstance(meta["source"], dict) or "url" not in meta["source"] or "citation" not in meta["source"]:
+        _fail(where, "field 'source' must be a mapping with 'url' and 'citation'")
+    if meta["task"] not in TASKS:
+        _fail(where, f"field 'task' is {meta['task']!r}; expected one of {', '.join(TASKS)}")
+    lc = meta["label_classes"]
+    if not isinstance(lc, dict) or not lc:
+        _fail(where, "field 'label_classes' must be a non-empty mapping {int: name}")
+    try:
+        labels = {int(k): str(v) for k, v in lc.items()}
+    except (TypeError, ValueError):
+        _fail(where, "field 'label_classes' keys must be integers")
+    if sorted(labels) != list(range(len(labels))):
+        _fail(where, "field 'label_classes' keys must be 0..K-1 without gaps")
+    if meta["n_channels"] not in (1, 3):
+        _fail(where, f"field 'n_channels' is {meta['n_channels']!r}; expected 1 or 3")
+    sp = meta["splits"]
+    if not isinstance(sp, dict) or set(sp) != {"train", "val", "test"} or not all(
+        isinstance(v, int) and v > 0 for v in sp.values()
+    ):
+        _fail(where, "field 'splits' must map train/val/test to positive integer counts")
+    files = meta["files"]
+    if not isinstance(files, dict) or not files:
+        _fail(where, "field 'files' must map image size to {file, md5}")
+    parsed_files = {}
+    for size, entry in files.items():
+        if not isinstance(entry, dict) or not _MD5.match(str(entry.get("md5", ""))) or "file" not in entry:
+            _fail(where, f"files[{size}] needs 'file' and a 32-hex 'md5'")
+        parsed_files[int(size)] = dict(entry)
+    baselines = meta.get("published_baselines") or {}
+    if not isinstance(baselines, dict):
+        _fail(where, "field 'published_baselines' must be a mapping {method: {acc, auc}}")
+    for method, vals in baselines.items():
+        if not isinstance(vals, dict) or not all(
+            isinstance(vals.get(k), (int, float)) and 0 <= vals[k] <= 1 for k in ("acc", "auc")
+        ):
+            _fail(where, f"published_baselines[{method!r}] needs numeric acc and auc in [0, 1]")
+    found = re.findall(r"^## +(.+?)\s*$", body, flags=re.M)
+    absent = [h for h in HEADINGS if h not in found]
+    if absent:
+        _fail(where, f"missing heading(s) {', '.join(absent)} (keep every heading; write '[More Information Needed]')")
+    return Card(
+        name=meta["name"], pretty_name=meta["pretty_name"], version=str(meta["version"]),
+        license=meta["license"], source=dict(meta["source"]), modality=meta["modality"],
+        task=meta["task"], label_classes=labels, n_channels=int(meta["n_channels"]),
+        splits=dict(sp), files=parsed_files,
+        published_baselines={k: {"acc": float(v["acc"]), "auc": float(v["auc"])} for k, v in baselines.items()},
+        body=body,
+    )
+
+
+def read_card(path: str | Path) -> Card:
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"data card {path} not found; check the path or run 'workbench cards' to list cards")
+    meta, body = split_front_matter(path.read_text(encoding="utf-8"), str(path))
+    card = validate(meta, body, str(path))
+    object.__setattr__(card, "path", path)
+    return card
+
+
+@lru_cache(maxsize=None)
+def _all_cards(cards_dir: str) -> tuple[Card, ...]:
+    return tuple(read_card(p) for p in sorted(Path(cards_dir).glob("*.md")))
+
+
+def all_cards(cards_dir: Path = CARDS_DIR) -> tuple[Card, ...]:
+    return _all_cards(str(cards_dir))
+
+
+def card_names(cards_dir: Path = CARDS_DIR) -> list[str]:
+    return [c.name for c in all_cards(cards_dir)]
+
+
+def load_card(name: str, cards_dir: Path = CARDS_DIR) -> Card:
+    for c in all_cards(cards_dir):
+        if c.name == name:
+            return c
+    raise WorkbenchError(
+        f"no data card named {name!r}; known cards: {', '.join(card_names(cards_dir))} "
+        "(or pass a path to a MedMNIST-format .npz)"
+    )
+
+
+def card_for_md5(md5: str, cards_dir: Path = CARDS_DIR) -> tuple[Card, int] | None:
+    for c in all_cards(cards_dir):
+        size = c.size_for_md5(md5)
+        if size is not None:
+            return c, size
+    return None

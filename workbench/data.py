@@ -1,0 +1,270 @@
+"""Loaders → one ``Dataset`` type.
+
+MedMNIST-format ``.npz`` files (``{train,val,test}_{images,labels}``) are validated against their
+data card: keys, shapes, dtypes, label range, class count, split counts and md5. A file whose md5
+matches a card uses that card; a card named ``<stem>.md`` next to the file is used for derived
+datasets; any other valid file is accepted as a custom dataset (classes from its labels) with a
+warning. Data files are never unpickled (``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import cards as _cards
+from .errors import WorkbenchError
+from .paths import CARDS_DIR, DATA_DIR
+
+SPLITS = ("train", "val", "test")
+_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
+
+
+class CustomDatasetWarning(UserWarning):
+    """A valid npz that matches no data card was loaded as a custom dataset."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    images: dict[str, np.ndarray]          # split -> (N, H, W, C) uint8
+    labels: dict[str, np.ndarray]          # split -> (N,) int64
+    class_names: list[str]
+    task: str
+    path: Path | None = None
+    md5: str | None = None
+    card: _cards.Card | None = None
+    size: int = 28
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.images["train"].shape[1:])
+
+    @property
+    def is_custom(self) -> bool:
+        return self.card is None
+
+    def counts(self) -> dict[str, list[int]]:
+        return {s: np.bincount(self.labels[s], minlength=self.num_classes).tolist() for s in SPLITS}
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "path": str(self.path) if self.path else None, "md5": self.md5,
+            "card": self.card.name if self.card else None, "task": self.task, "size": self.size,
+            "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+            "split_sizes": {s: int(len(self.labels[s])) for s in SPLITS}, "notes": list(self.notes),
+        }
+
+    def subsample(self, max_per_split: int, seed: int) -> "Dataset":
+        """A stratified, seeded subset with at most ``max_per_split`` images per split (0 = all)."""
+        if max_per_split <= 0:
+            return self
+        images, labels = {}, {}
+        for s in SPLITS:
+            idx = stratified_indices(self.labels[s], max_per_split, seed)
+            images[s], labels[s] = self.images[s][idx], self.labels[s][idx]
+        note = f"stratified subset: at most {max_per_split} images per split (seed {seed})"
+        return replace(self, images=images, labels=labels, notes=[*self.notes, note])
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of ``n`` items keeping class proportions (every class ≥ 1)."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.floor(counts / counts.sum() * n)).astype(int)
+    # hand out what rounding left over to the largest classes first
+    for c in np.argsort(-counts):
+        if quota.sum() >= n:
+            break
+        quota[c] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=min(q, cnt), replace=False)
+              for c, q, cnt in zip(classes, quota, counts)]
+    return np.sort(np.concatenate(picked))
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(".npz") or "/" in spec or "\\" in spec
+
+
+def resolve(spec: str, size: int = 28, cards_dir: Path = CARDS_DIR) -> tuple[Path, _cards.Card | None]:
+    """Map the ``dataset`` parameter (card name or path) to a file and the card it was named by."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise WorkbenchError("parameter 'dataset' is empty: give a card name (e.g. bloodmnist) or a path to a .npz")
+    if _looks_like_path(spec):
+        return Path(spec).expanduser(), None
+    card = _cards.load_card(spec, cards_dir)
+    entry = card.files.get(int(size))
+    if entry is None:
+        raise WorkbenchError(
+            f"data card {card.name} lists no file of size {size}; sizes: {', '.join(map(str, sorted(card.files)))}"
+        )
+    path = DATA_DIR / entry["file"]
+    if not path.is_file():
+        url = entry.get("url", card.source.get("url"))
+        raise WorkbenchError(
+            f"dataset {card.name} (size {size}) is not in {DATA_DIR}: download {entry['file']} from {url} "
+            f"into data/ (md5 {entry['md5']}) or pass a path with -p dataset PATH"
+        )
+    return path, card
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise WorkbenchError(f"dataset file {path} not found: check the path (parameter 'dataset')")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            missing = [k for k in _KEYS if k not in keys]
+            if missing:
+                raise WorkbenchError(
+                    f"dataset file {path} lacks key(s) {', '.join(missing)}; a MedMNIST-format npz needs "
+                    f"{', '.join(_KEYS)} (found: {', '.join(sorted(keys)) or 'none'})"
+                )
+            return {k: z[k] for k in _KEYS}
+    except WorkbenchError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise WorkbenchError(
+                f"dataset file {path} holds Python objects (pickled arrays), which workbench never loads: "
+                "save plain numeric arrays with np.savez"
+            ) from None
+        raise WorkbenchError(f"dataset file {path} is not a readable .npz ({e}); re-download or re-create it") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise WorkbenchError(
+            f"dataset file {path} is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-create it"
+        ) from None
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, dict]:
+    images, labels = {}, {}
+    ref_shape = None
+    for s in SPLITS:
+        x, y = arrays[f"{s}_images"], arrays[f"{s}_labels"]
+        if x.dtype != np.uint8:
+            raise WorkbenchError(f"dataset file {path}: {s}_images has dtype {x.dtype}; expected uint8 (0-255) images")
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[3] not in (1, 3) or len(x) == 0:
+            raise WorkbenchError(
+                f"dataset file {path}: {s}_images has shape {arrays[f'{s}_images'].shape}; "
+                "expected (N, S, S) grayscale or (N, S, S, 3) RGB with N > 0"
+            )
+        if ref_shape is None:
+            ref_shape = x.shape[1:]
+        elif x.shape[1:] != ref_shape:
+            raise WorkbenchError(
+                f"dataset file {path}: {s}_images are {x.shape[1:]} but train_images are {ref_shape}; all splits need one shape"
+            )
+        if y.ndim == 2 and y.shape[1] > 1:
+            raise WorkbenchError(
+                f"dataset file {path}: {s}_labels has shape {y.shape} (multi-label); only single-label "
+                "multi-class/binary tasks are supported so far"
+            )
+        if y.ndim not in (1, 2) or len(y) != len(x):
+            raise WorkbenchError(
+                f"dataset file {path}: {s}_labels has shape {y.shape} for {len(x)} images; expected ({len(x)}, 1) or ({len(x)},)"
+            )
+        if not np.issubdtype(y.dtype, np.integer):
+            raise WorkbenchError(f"dataset file {path}: {s}_labels has dtype {y.dtype}; expected integer class indices")
+        y = y.reshape(-1).astype(np.int64)
+        if y.min() < 0:
+            raise WorkbenchError(f"dataset file {path}: {s}_labels contains negative label {int(y.min())}")
+        images[s], labels[s] = x, y
+    return images, labels
+
+
+def _sibling_card(path: Path) -> _cards.Card | None:
+    candidate = path.with_suffix(".md")
+    return _cards.read_card(candidate) if candidate.is_file() else None
+
+
+def load_dataset(spec: str, size: int = 28, max_per_split: int = 0, seed: int = 0,
+                 cards_dir: Path = CARDS_DIR) -> Dataset:
+    """Load and validate a dataset given by card name or ``.npz`` path (see module docstring)."""
+    path, named_card = resolve(spec, size, cards_dir)
+    arrays = _read_npz(path)
+    md5 = file_md5(path)
+    images, labels = _check_arrays(arrays, path)
+    notes: list[str] = []
+
+    card, card_size = named_card, int(size)
+    if named_card is not None:
+        expected = named_card.md5_for_size(size)
+        if md5 != expected:
+            raise WorkbenchError(
+                f"dataset file {path} has md5 {md5} but data card {named_card.name} says {expected} for size {size}: "
+                "the file is corrupt or not the official release; re-download it"
+            )
+    else:
+        match = _cards.card_for_md5(md5, cards_dir)
+        if match is not None:
+            card, card_size = match
+            notes.append(f"md5 matches data card {card.name} (size {card_size})")
+        else:
+            card = _sibling_card(path)
+            if card is not None:
+                expected = card.files.get(int(images["train"].shape[1]), {}).get("md5")
+                if expected and expected != md5:
+                    raise WorkbenchError(
+                        f"dataset file {path} has md5 {md5} but its card {card.path} says {expected}: "
+                        "the file changed after the card was written; restore it or update the card"
+                    )
+                card_size = int(images["train"].shape[1])
+                notes.append(f"described by its own data card {card.path.name}")
+
+    if card is not None:
+        k = card.num_classes
+        if images["train"].shape[1] != card_size or images["train"].shape[3] != card.n_channels:
+            raise WorkbenchError(
+                f"dataset file {path}: images are {images['train'].shape[1:]} but card {card.name} says "
+                f"{card_size}x{card_size}x{card.n_channels}"
+            )
+        for s in SPLITS:
+            if labels[s].max() >= k:
+                raise WorkbenchError(
+                    f"dataset file {path}: {s}_labels contains label {int(labels[s].max())} but card {card.name} "
+                    f"has {k} classes (0..{k - 1})"
+                )
+            if len(labels[s]) != card.splits[s]:
+                raise WorkbenchError(
+                    f"dataset file {path}: {s} has {len(labels[s])} images but card {card.name} says {card.splits[s]}"
+                )
+        class_names, task, name = card.class_names, card.task, card.name
+    else:
+        k = int(max(labels[s].max() for s in SPLITS)) + 1
+        class_names = [str(i) for i in range(k)]
+        task = "binary-class" if k == 2 else "multi-class"
+        name = path.stem
+        absent = sorted(set(range(k)) - set(np.unique(labels["train"]).tolist()))
+        msg = (f"{path} matches no data card: loaded as custom dataset '{name}' with {k} classes "
+               "named by their label index; write a card to name them (data_cards/ or <file>.md beside it)")
+        if absent:
+            msg += f"; classes {absent} have no training images"
+        warnings.warn(msg, CustomDatasetWarning, stacklevel=2)
+        notes.append("custom dataset (no data card)")
+
+    ds = Dataset(name=name, images=images, labels=labels, class_names=class_names, task=task,
+                 path=path.resolve(), md5=md5, card=card, size=int(images["train"].shape[1]), notes=notes)
+    return ds.subsample(max_per_split, seed)

@@ -1,0 +1,119 @@
+"""Execute stage notebooks with papermill into a run directory and export HTML reports (nbconvert).
+
+Parameter names are strict: every override is checked against the notebook's parameters cell
+(``papermill.inspect_notebook``) and the stage's dataclass; an unknown name is an error listing the
+valid ones (papermill itself only warns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import params as _params
+from .errors import WorkbenchError
+from .paths import STAGES, notebook_path
+
+KERNEL_NAME = "workbench"
+PIPELINE = ("train", "evaluate", "annotate")
+
+
+def ensure_kernel() -> str:
+    """Register this interpreter as the 'workbench' Jupyter kernel (inside sys.prefix) if needed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+    install(kernel_name=KERNEL_NAME, display_name="Python 3 (workbench)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def notebook_parameters(stage: str) -> dict:
+    import papermill
+    return papermill.inspect_notebook(str(notebook_path(stage)))
+
+
+def check_overrides(stage: str, overrides: dict) -> dict:
+    """Validate overrides against the notebook's parameters and the stage's rules; return typed values."""
+    declared = notebook_parameters(stage)
+    unknown = [k for k in overrides if k not in declared]
+    if unknown:
+        raise WorkbenchError(
+            f"unknown parameter(s) {', '.join(unknown)} for stage {stage}; valid: {', '.join(declared)}"
+        )
+    if "run_dir" in overrides:
+        raise WorkbenchError("parameter 'run_dir' is set with --run DIR, not -p")
+    return {k: _params.coerce(stage, k, v) for k, v in overrides.items()}
+
+
+def split_pipeline_overrides(overrides: dict) -> dict[str, dict]:
+    """Send each override to every stage that declares it; a name no stage declares is an error."""
+    per_stage = {s: {} for s in PIPELINE}
+    declared = {s: notebook_parameters(s) for s in PIPELINE}
+    for k, v in overrides.items():
+        targets = [s for s in PIPELINE if k in declared[s]]
+        if not targets or k == "run_dir":
+            valid = sorted({n for d in declared.values() for n in d} - {"run_dir"})
+            raise WorkbenchError(f"unknown parameter {k!r} for the pipeline; valid: {', '.join(valid)}")
+        for s in targets:
+            per_stage[s][k] = v
+    return {s: check_overrides(s, o) for s, o in per_stage.items()}
+
+
+def export_html(ipynb: Path) -> Path:
+    """Self-contained HTML report with code hidden (figures are inline PNGs)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    nb = nbformat.read(str(ipynb), as_version=4)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    out = ipynb.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def _error_line(nb_path: Path, exc) -> str:
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    if ename == "WorkbenchError":
+        return evalue
+    return f"{ename}: {evalue} (see {nb_path})"
+
+
+def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress: bool = True) -> Path:
+    """Execute one stage notebook into ``run_dir``; returns the HTML report's path."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    if stage not in STAGES:
+        raise WorkbenchError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    values = check_overrides(stage, overrides or {})
+    run_dir = Path(run_dir).resolve()
+    out = run_dir / f"{STAGES[stage]}.ipynb"
+    if out.exists() or (run_dir / "params" / f"{stage}.json").exists():
+        raise WorkbenchError(f"stage {stage} already ran in {run_dir}: run directories are write-once; start a new run")
+    os.environ["WORKBENCH_HEADLESS"] = "1"
+    os.environ["KERAS_BACKEND"] = "jax"
+    try:
+        papermill.execute_notebook(
+            str(notebook_path(stage)), str(out), parameters={**values, "run_dir": str(run_dir)},
+            kernel_name=ensure_kernel(), progress_bar=progress, cwd=os.getcwd(),
+        )
+    except PapermillExecutionError as e:
+        export_html(out)
+        raise WorkbenchError(f"stage {stage} failed: {_error_line(out, e)}") from None
+    return export_html(out)
+
+
+def read_results(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    out = {}
+    for name in ("metrics.json", "annotation_summary.json", "train_summary.json"):
+        p = run_dir / name
+        if p.exists():
+            out[name] = json.loads(p.read_text())
+    return out

@@ -1,0 +1,124 @@
+"""Validated, frozen parameters per stage (strict names, strict types, ranges, choices).
+
+The notebooks' ``parameters`` cells declare the same names, types and defaults (a test keeps them in
+step); ``collect(stage, namespace)`` turns a notebook's globals into the validated dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import WorkbenchError
+
+
+def _p(default, help: str, **rules):
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    run_dir: str = _p("", "run directory to write into (empty: a new one under runs/)")
+    seed: int = _p(0, "seed for data order, augmentation and weights", min=0)
+    dataset: str = _p("bloodmnist", "data card name or path to a MedMNIST-format .npz")
+    size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
+    max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
+    model: str = _p("cnn", "model from the registry (workbench.models.MODELS)", choices_from="models")
+    width: int = _p(16, "base number of filters", min=4, max=512)
+    dropout: float = _p(0.2, "dropout before the classifier", min=0.0, max=0.9)
+    augment: str = _p("microscopy", "augmentation preset (workbench.augment.PRESETS)", choices_from="augment")
+    epochs: int = _p(15, "maximum number of epochs", min=1, max=1000)
+    batch_size: int = _p(128, "batch size", min=1, max=4096)
+    learning_rate: float = _p(0.003, "peak learning rate of the cosine schedule", min=1e-7, max=1.0)
+    weight_decay: float = _p(0.0001, "AdamW weight decay", min=0.0, max=1.0)
+    warmup_epochs: int = _p(1, "linear warm-up epochs before the cosine decay", min=0)
+    patience: int = _p(5, "early stopping: epochs without val_loss improvement", min=1)
+    class_weights: bool = _p(False, "weight the loss by inverse class frequency (balanced)")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    run_dir: str = _p("", "run directory with a trained model (empty: the latest run)")
+    seed: int = _p(0, "seed (recorded; evaluation itself is deterministic)", min=0)
+    batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
+
+
+@dataclass(frozen=True)
+class AnnotateParams:
+    run_dir: str = _p("", "run directory with a trained model (empty: the latest run)")
+    seed: int = _p(0, "seed for the galleries' sampling", min=0)
+    pool_split: str = _p("test", "split used as the unlabeled pool (labels hidden from the model)",
+                         choices=("train", "val", "test"))
+    target_precision: float = _p(0.99, "auto-accept threshold is chosen on val to reach this precision",
+                                 min=0.5, max=1.0)
+    gallery_size: int = _p(24, "images per gallery in the report", min=1, max=400)
+    batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
+
+
+STAGE_PARAMS = {"train": TrainParams, "evaluate": EvaluateParams, "annotate": AnnotateParams}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def fields(stage: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(STAGE_PARAMS[stage])}
+
+
+def _choices(f: dataclasses.Field):
+    src = f.metadata.get("choices_from")
+    if src == "models":
+        from .models import MODELS
+        return tuple(MODELS)
+    if src == "augment":
+        from .augment import PRESETS
+        return tuple(PRESETS)
+    return f.metadata.get("choices")
+
+
+def coerce(stage: str, name: str, value):
+    """Check one value against its declared type and rules; strings from the CLI are converted."""
+    fs = fields(stage)
+    if name not in fs:
+        raise WorkbenchError(f"unknown parameter {name!r} for stage {stage}; valid: {', '.join(fs)}")
+    f = fs[name]
+    typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        try:
+            if typ is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = text.lower() in ("true", "1", "yes")
+            else:
+                value = typ(text)
+        except ValueError:
+            raise WorkbenchError(f"parameter {name!r} must be {typ.__name__}, got {value!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not typ:
+        raise WorkbenchError(f"parameter {name!r} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise WorkbenchError(f"parameter {name!r} = {value!r} is out of range {rng}")
+    choices = _choices(f)
+    if choices is not None and value not in choices:
+        raise WorkbenchError(f"parameter {name!r} = {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def make(stage: str, values: dict):
+    """Build the stage's frozen dataclass; every key must be a known parameter."""
+    return STAGE_PARAMS[stage](**{k: coerce(stage, k, v) for k, v in values.items()})
+
+
+def collect(stage: str, namespace: dict):
+    """Validated parameters from a notebook namespace (the names its parameters cell defined)."""
+    return make(stage, {k: namespace[k] for k in fields(stage) if k in namespace})
+
+
+def to_dict(params) -> dict:
+    return dataclasses.asdict(params)
+
+
+def help_text(stage: str) -> str:
+    return "\n".join(f"  {n} ({f.type}, default {f.default!r}): {f.metadata['help']}" for n, f in fields(stage).items())

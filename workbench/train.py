@@ -1,0 +1,153 @@
+"""Train stage: seeded fit with on-the-fly augmentation, cosine LR with warm-up, early stopping on
+val_loss, best checkpoint, optional class weights; writes model.keras, history.csv, augment.yaml."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+
+from . import augment as _augment
+from . import data as _data
+from . import models as _models
+from . import runs as _runs
+from .params import TrainParams
+from .progress import TqdmTraining
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Shuffled batches, augmented on the fly; one seeded generator drives order and augmentation."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, transform, seed: int):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images, self.labels = images, labels
+        self.batch_size, self.transform = batch_size, transform
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images))
+
+    def __len__(self):
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, i):
+        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        x = _augment.apply(self.transform, self.images[idx]).astype("float32")
+        return x, self.labels[idx]
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.images))
+
+
+def load_data(params: TrainParams, run: _runs.Run | None = None) -> _data.Dataset:
+    ds = _data.load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split, seed=params.seed)
+    if run is not None:
+        _runs.add_provenance(run, data=ds.describe())
+    return ds
+
+
+def make_augmentation(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None):
+    t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1])
+    if run is not None:
+        _augment.save(t, params.augment, params.seed, run.file("augment.yaml"))
+    return t
+
+
+def build_model(params: TrainParams, ds: _data.Dataset) -> keras.Model:
+    keras.utils.set_random_seed(params.seed)
+    return _models.build(params.model, ds.input_shape, ds.num_classes, width=params.width, dropout=params.dropout)
+
+
+def class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    from sklearn.utils.class_weight import compute_class_weight
+    present = np.unique(labels)
+    w = compute_class_weight("balanced", classes=present, y=labels)
+    out = {int(c): 1.0 for c in range(num_classes)}
+    out.update({int(c): float(v) for c, v in zip(present, w)})
+    return out
+
+
+def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, run: _runs.Run) -> pd.DataFrame:
+    """Fit and checkpoint the best epoch (by val_loss) to model.keras; return the history table."""
+    keras.utils.set_random_seed(params.seed)
+    batches = AugmentedBatches(ds.images["train"], ds.labels["train"], params.batch_size, transform, params.seed)
+    steps = len(batches)
+    total = params.epochs * steps
+    warmup = min(params.warmup_epochs * steps, max(total - 1, 0))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else params.learning_rate,
+        decay_steps=max(total - warmup, 1), alpha=0.01,
+        warmup_target=params.learning_rate if warmup else None, warmup_steps=warmup,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay),
+        loss="sparse_categorical_crossentropy",
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+    )
+    model_path = run.file("model.keras")
+    history_path = run.file("history.csv")
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience, restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(history_path)),
+        keras.callbacks.TerminateOnNaN(),
+        TqdmTraining(params.epochs, steps),
+    ]
+    cw = class_weight(ds.labels["train"], ds.num_classes) if params.class_weights else None
+    t0 = time.perf_counter()
+    model.fit(batches, validation_data=(ds.images["val"].astype("float32"), ds.labels["val"]),
+              epochs=params.epochs, callbacks=callbacks, class_weight=cw, verbose=0)
+    seconds = time.perf_counter() - t0
+    hist = pd.read_csv(history_path)
+    best = int(hist["val_loss"].idxmin())
+    summary = {
+        "epochs_run": int(len(hist)), "best_epoch": best + 1,
+        "best_val_loss": float(hist["val_loss"][best]), "best_val_acc": float(hist["val_acc"][best]),
+        "train_seconds": round(seconds, 2),
+        "train_images_per_second": round(len(hist) * len(ds.labels["train"]) / seconds, 1),
+        "class_weight": cw, "num_params": int(model.count_params()),
+    }
+    run.write_json("train_summary.json", summary)
+    return hist
+
+
+def run(params: TrainParams) -> dict:
+    """The whole stage without a notebook (the notebook calls the same steps one per cell)."""
+    r = _runs.open_stage("train", params)
+    ds = load_data(params, r)
+    t = make_augmentation(params, ds, r)
+    model = build_model(params, ds)
+    fit(model, ds, t, params, r)
+    return {"run_dir": str(r.path), **r.read_json("train_summary.json")}
+
+
+def reload(run: _runs.Run):
+    """The trained model and the exact data it was trained on (same file md5, same subset)."""
+    from .errors import WorkbenchError
+    tp = _params_from_run(run)
+    model = _models.load(run.path / "model.keras")
+    ds = _data.load_dataset(tp.dataset, size=tp.size, max_per_split=tp.max_per_split, seed=tp.seed)
+    trained_md5 = run.read_json("provenance.json").get("train", {}).get("data", {}).get("md5")
+    if trained_md5 and ds.md5 != trained_md5:
+        raise WorkbenchError(
+            f"dataset {ds.path} has md5 {ds.md5} but the model in {run.path} was trained on md5 {trained_md5}: "
+            "restore the original file or train a new run"
+        )
+    return model, ds, tp
+
+
+def _params_from_run(run: _runs.Run) -> TrainParams:
+    from .params import make
+    return make("train", run.read_json("params/train.json"))
+
+
+def preview_augmentation(params: TrainParams, ds: _data.Dataset, n_images: int = 8, n_samples: int = 3):
+    """Figure of originals and augmented samples, from a separate pipeline instance so the training
+    pipeline's random stream stays untouched."""
+    from .viz import augmentation_preview
+    t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1])
+    idx = _data.stratified_indices(ds.labels["train"], n_images, params.seed)[:n_images]
+    originals = ds.images["train"][idx]
+    return augmentation_preview(originals, [_augment.apply(t, originals) for _ in range(n_samples)],
+                                title=f"Augmentation preset '{params.augment}' (seed {params.seed})")
