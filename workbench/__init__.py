@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 from .errors import WorkbenchError  # noqa: E402
 
-_SUBMODULES = ("annotate", "augment", "cards", "data", "evaluate", "execute", "metrics", "models", "params",
+_SUBMODULES = ("annotate", "augment", "calibration", "cards", "data", "evaluate", "execute", "metrics", "models", "params",
                "paths", "progress", "runs", "train", "viz")
 __all__ = ["WorkbenchError", "__version__", *_SUBMODULES]
 
