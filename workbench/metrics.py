@@ -89,3 +89,40 @@ def precision_coverage(accepted: np.ndarray, correct: np.ndarray) -> dict:
     return {"precision": float(correct[accepted].mean()) if n_acc else float("nan"),
             "coverage": float(n_acc / len(accepted)) if len(accepted) else float("nan"),
             "n_accepted": n_acc, "n": int(len(accepted))}
+
+
+def bootstrap_ci(metric, y_true: np.ndarray, *arrays: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                 stratify: bool = True, confidence: float = 0.95) -> dict:
+    """Seeded (stratified by ``y_true``) percentile bootstrap interval of ``metric(y_true, *arrays)``.
+
+    ``metric`` may return a float or an array (e.g. a per-class vector): intervals are elementwise.
+    Resamples on which the metric is undefined (NaN, or raises ValueError, e.g. one class only) are
+    dropped and counted in ``n_failed``.
+    """
+    y_true = np.asarray(y_true).reshape(-1)
+    arrays = tuple(np.asarray(a) for a in arrays)
+    estimate = np.asarray(metric(y_true, *arrays), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    strata = [np.flatnonzero(y_true == c) for c in np.unique(y_true)] if stratify else [np.arange(n)]
+    samples, failed = [], 0
+    for _ in range(int(n_resamples)):
+        idx = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                v = np.asarray(metric(y_true[idx], *(a[idx] for a in arrays)), dtype=np.float64)
+        except ValueError:
+            failed += 1
+            continue
+        samples.append(v)
+    samples = np.array(samples)
+    lo_q, hi_q = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        low = np.nanpercentile(samples, lo_q, axis=0) if len(samples) else np.full_like(estimate, np.nan)
+        high = np.nanpercentile(samples, hi_q, axis=0) if len(samples) else np.full_like(estimate, np.nan)
+    as_out = (lambda a: float(a)) if estimate.ndim == 0 else (lambda a: a.tolist())
+    return {"estimate": as_out(estimate), "low": as_out(low), "high": as_out(high),
+            "n_resamples": int(n_resamples), "n_failed": failed, "confidence": confidence,
+            "method": "percentile bootstrap" + (", stratified by class" if stratify else "")}
