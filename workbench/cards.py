@@ -110,11 +110,11 @@ def validate(meta: dict, body: str, where: str) -> Card:
         _fail(where, "field 'label_classes' keys must be integers")
     if sorted(labels) != list(range(len(labels))):
         _fail(where, "field 'label_classes' keys must be 0..K-1 without gaps")
-    if meta["n_channels"] not in (1, 3):
+    if isinstance(meta["n_channels"], bool) or meta["n_channels"] not in (1, 3):
         _fail(where, f"field 'n_channels' is {meta['n_channels']!r}; expected 1 or 3")
     sp = meta["splits"]
     if not isinstance(sp, dict) or set(sp) != {"train", "val", "test"} or not all(
-        isinstance(v, int) and v > 0 for v in sp.values()
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sp.values()
     ):
         _fail(where, "field 'splits' must map train/val/test to positive integer counts")
     files = meta["files"]
@@ -122,6 +122,8 @@ def validate(meta: dict, body: str, where: str) -> Card:
         _fail(where, "field 'files' must map image size to {file, md5}")
     parsed_files = {}
     for size, entry in files.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            _fail(where, f"files key {size!r} must be an integer image size (e.g. {', '.join(map(str, SIZES))})")
         if not isinstance(entry, dict) or not _MD5.match(str(entry.get("md5", ""))) or "file" not in entry:
             _fail(where, f"files[{size}] needs 'file' and a 32-hex 'md5'")
         parsed_files[int(size)] = dict(entry)
@@ -130,7 +132,8 @@ def validate(meta: dict, body: str, where: str) -> Card:
         _fail(where, "field 'published_baselines' must be a mapping {method: {acc, auc}}")
     for method, vals in baselines.items():
         if not isinstance(vals, dict) or not all(
-            isinstance(vals.get(k), (int, float)) and 0 <= vals[k] <= 1 for k in ("acc", "auc")
+            isinstance(vals.get(k), (int, float)) and not isinstance(vals.get(k), bool) and 0 <= vals[k] <= 1
+            for k in ("acc", "auc")
         ):
             _fail(where, f"published_baselines[{method!r}] needs numeric acc and auc in [0, 1]")
     found = re.findall(r"^## +(.+?)\s*$", body, flags=re.M)

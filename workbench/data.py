@@ -84,12 +84,18 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
+    if n < len(classes):
+        raise WorkbenchError(f"a stratified subset of {n} cannot hold all {len(classes)} classes: "
+                             f"ask for at least {len(classes)} images per split (parameter 'max_per_split')")
     quota = np.maximum(1, np.floor(counts / counts.sum() * n)).astype(int)
-    # hand out what rounding left over to the largest classes first
+    # hand out what rounding left over to the largest classes first …
     for c in np.argsort(-counts):
         if quota.sum() >= n:
             break
         quota[c] += 1
+    # … and take back what the "every class ≥ 1" floor added beyond n, from the largest quotas
+    while quota.sum() > n:
+        quota[np.argmax(quota)] -= 1
     picked = [rng.choice(np.flatnonzero(labels == c), size=min(q, cnt), replace=False)
               for c, q, cnt in zip(classes, quota, counts)]
     return np.sort(np.concatenate(picked))
@@ -132,6 +138,12 @@ def resolve(spec: str, size: int = 28, cards_dir: Path = CARDS_DIR) -> tuple[Pat
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise WorkbenchError(f"dataset file {path} not found: check the path (parameter 'dataset')")
+    if not zipfile.is_zipfile(path):
+        # checked first: for a non-zip file numpy would otherwise try (and we would refuse) pickle
+        raise WorkbenchError(
+            f"dataset file {path} is truncated or corrupt (not a readable .npz archive); "
+            "re-download or re-create it (np.savez)"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -182,7 +194,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, dict
                 f"dataset file {path}: {s}_labels has shape {y.shape} (multi-label); only single-label "
                 "multi-class/binary tasks are supported so far"
             )
-        if y.ndim not in (1, 2) or len(y) != len(x):
+        if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1) or len(y) != len(x):
             raise WorkbenchError(
                 f"dataset file {path}: {s}_labels has shape {y.shape} for {len(x)} images; expected ({len(x)}, 1) or ({len(x)},)"
             )

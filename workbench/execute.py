@@ -102,6 +102,8 @@ def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out), parameters={**values, "run_dir": str(run_dir)},
             kernel_name=ensure_kernel(), progress_bar=progress, cwd=os.getcwd(),
+            # the notebook's own printed lines (e.g. one line per training epoch) reach the terminal too
+            stdout_file=sys.stdout if progress else None,
         )
     except PapermillExecutionError as e:
         export_html(out)

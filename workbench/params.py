@@ -7,6 +7,7 @@ step); ``collect(stage, namespace)`` turns a notebook's globals into the validat
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .errors import WorkbenchError
@@ -96,6 +97,8 @@ def coerce(stage: str, name: str, value):
         value = float(value)
     if type(value) is not typ:
         raise WorkbenchError(f"parameter {name!r} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    if typ is float and not math.isfinite(value):
+        raise WorkbenchError(f"parameter {name!r} must be a finite number, got {value!r}")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"

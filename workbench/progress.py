@@ -16,7 +16,9 @@ def headless() -> bool:
 def tqdm(*args, **kwargs):
     if headless():
         from tqdm import tqdm as _tqdm
-        kwargs.setdefault("file", sys.stderr)
+        # the kernel's own stderr (the terminal running papermill), not the notebook's captured stream:
+        # the user sees the bar live and the shared report is not cluttered with bar frames
+        kwargs.setdefault("file", sys.__stderr__ or sys.stderr)
         kwargs.setdefault("mininterval", 5.0)
         kwargs.setdefault("ascii", True)
         return _tqdm(*args, **kwargs)
