@@ -16,6 +16,9 @@ from workbench import params  # noqa: E402
 from workbench.paths import NOTEBOOKS_DIR, STAGES  # noqa: E402
 
 HEADERS = {
+    "explore": ("00 · Explore", "a dataset (data card name or `.npz`) and, optionally, a run with predictions",
+                "nothing but this report (the widgets are interactive in JupyterLab; headless runs show static "
+                "figures)"),
     "train": ("10 · Train", "a dataset: a data card name (default the embedded BloodMNIST) or a MedMNIST-format `.npz`",
               "`model.keras` (best epoch by val loss), `history.csv`, `augment.yaml`, `train_summary.json`, "
               "`params/train.json`, `provenance.json`"),
@@ -28,6 +31,18 @@ HEADERS = {
 }
 
 BODIES = {
+    "explore": [
+        "import workbench as wb\nfrom workbench import explore\n\nP = wb.params.collect(\"explore\", globals())\n"
+        "ds = explore.open_dataset(P)\nds.describe()",
+        "## Dataset browser\nImages by split and class, class balance, per-class intensity histograms and "
+        "near-duplicate images across splits (perceptual hash).",
+        "explore.dataset_browser(ds)",
+        "## Augmentation preview\nA preset, or your own parameters (choose *custom*); originals in the first row.",
+        "explore.augmentation_preview(ds, seed=P.seed)",
+        "## Prediction inspector\nA run's test predictions: image, class probabilities and Grad-CAM; "
+        "filter to errors or to the most confident errors.",
+        "explore.prediction_inspector(P.predictions_run)",
+    ],
     "train": [
         "import workbench as wb\nfrom workbench import train\n\nP = wb.params.collect(\"train\", globals())\nrun = wb.runs.open_stage(\"train\", P)",
         "## Data",
@@ -88,11 +103,15 @@ def build(stage: str):
     cells = [new_markdown_cell(f"# {title}\n\n**Stage:** {stage}.  \n**Inputs:** {inputs}.  \n**Outputs** "
                                f"(in the run directory): {outputs}.\n\nRun headless with "
                                f"`workbench run {stage} -p NAME VALUE …` (see `workbench params {stage}`).")]
+    if stage == "explore":
+        cells[0].source += "\n\nIn JupyterLab (`make lab`) every section is an interactive widget."
     pc = new_code_cell(parameters_cell(stage))
     pc.metadata["tags"] = ["parameters"]
     cells.append(pc)
     for src in BODIES[stage]:
         cells.append(new_markdown_cell(src) if src.startswith("#") else new_code_cell(src))
+    for i, cell in enumerate(cells):  # stable ids: regenerating gives the same file (clean diffs and merges)
+        cell["id"] = f"{stage}-{i:02d}"
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "workbench", "display_name": "Python 3 (workbench)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -100,6 +119,9 @@ def build(stage: str):
 
 
 if __name__ == "__main__":
+    only = sys.argv[1:] or list(STAGES)
     for stage, stem in STAGES.items():
+        if stage not in only:
+            continue
         nbformat.write(build(stage), str(NOTEBOOKS_DIR / f"{stem}.ipynb"))
         print("wrote", NOTEBOOKS_DIR / f"{stem}.ipynb")

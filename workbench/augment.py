@@ -54,6 +54,32 @@ def build(preset: str, seed: int, n_channels: int = 3) -> A.Compose:
     return A.Compose(PRESETS[preset](n_channels), seed=int(seed))
 
 
+CUSTOM_CONTROLS = ("hflip", "vflip", "rotate", "translate", "scale", "brightness", "contrast", "blur")
+
+
+def custom(controls: dict, seed: int, n_channels: int = 3) -> A.Compose:
+    """A pipeline from per-parameter controls (the explore notebook's sliders):
+    flip probabilities, max rotation (°), max shift (fraction), scale ±, brightness/contrast limits, blur p."""
+    unknown = set(controls) - set(CUSTOM_CONTROLS)
+    if unknown:
+        raise WorkbenchError(f"unknown augmentation control(s) {sorted(unknown)}; known: {', '.join(CUSTOM_CONTROLS)}")
+    c = {"hflip": 0.0, "vflip": 0.0, "rotate": 0.0, "translate": 0.0, "scale": 0.0, "brightness": 0.0,
+         "contrast": 0.0, "blur": 0.0, **controls}
+    ops = []
+    if c["hflip"] > 0:
+        ops.append(A.HorizontalFlip(p=c["hflip"]))
+    if c["vflip"] > 0:
+        ops.append(A.VerticalFlip(p=c["vflip"]))
+    if c["rotate"] > 0 or c["translate"] > 0 or c["scale"] > 0:
+        ops.append(A.Affine(translate_percent=(-c["translate"], c["translate"]), scale=(1 - c["scale"], 1 + c["scale"]),
+                            rotate=(-c["rotate"], c["rotate"]), border_mode=4, p=1.0))
+    if c["brightness"] > 0 or c["contrast"] > 0:
+        ops.append(A.RandomBrightnessContrast(brightness_limit=c["brightness"], contrast_limit=c["contrast"], p=1.0))
+    if c["blur"] > 0:
+        ops.append(A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.1, 0.8), p=c["blur"]))
+    return A.Compose(ops, seed=int(seed))
+
+
 def is_identity(transform: A.Compose) -> bool:
     return len(transform.transforms) == 0
 

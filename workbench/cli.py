@@ -61,12 +61,12 @@ def cmd_run(args) -> Path:
     overrides = _overrides(args)
     if args.run:
         run_dir = Path(args.run)
-        if args.stage != "train":
+        if args.stage not in ("train", "explore"):
             require(run_dir)
-    elif args.stage == "train":
+    elif args.stage in ("train", "explore"):
         from .execute import check_overrides
-        check_overrides("train", overrides)  # fail before creating a directory
-        run_dir = new_run_dir(args.name or "train")
+        check_overrides(args.stage, overrides)  # fail before creating a directory
+        run_dir = new_run_dir(args.name or args.stage)
     else:
         raise WorkbenchError(f"stage {args.stage} needs --run DIR: the run directory of a trained model")
     run_stage(args.stage, run_dir, overrides, progress=not args.quiet)
@@ -103,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no cell progress bar")
 
     r = sub.add_parser("run", help="execute one stage notebook")
-    r.add_argument("stage", choices=["train", "evaluate", "annotate"])
+    r.add_argument("stage", choices=["explore", "train", "evaluate", "annotate"])
     r.add_argument("--run", help="run directory (required for evaluate/annotate)")
     common(r)
     pl = sub.add_parser("pipeline", help="train → evaluate → annotate into a new run directory")
     common(pl)
     sub.add_parser("cards", help="list the data cards")
     ph = sub.add_parser("params", help="list a stage's parameters")
-    ph.add_argument("stage", choices=["train", "evaluate", "annotate"])
+    ph.add_argument("stage", choices=["explore", "train", "evaluate", "annotate"])
     return parser
 
 

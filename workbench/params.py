@@ -56,7 +56,17 @@ class AnnotateParams:
     batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
 
 
-STAGE_PARAMS = {"train": TrainParams, "evaluate": EvaluateParams, "annotate": AnnotateParams}
+@dataclass(frozen=True)
+class ExploreParams:
+    run_dir: str = _p("", "run directory for this report (empty: nothing is written)")
+    seed: int = _p(0, "seed for sampling and augmentation previews", min=0)
+    dataset: str = _p("bloodmnist", "data card name or path to a MedMNIST-format .npz")
+    size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
+    max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
+    predictions_run: str = _p("", "run whose predictions to inspect (empty: the latest; none: skip)")
+
+
+STAGE_PARAMS = {"explore": ExploreParams, "train": TrainParams, "evaluate": EvaluateParams, "annotate": AnnotateParams}
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 

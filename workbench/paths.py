@@ -9,7 +9,7 @@ CARDS_DIR = ROOT / "data_cards"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 RUNS_DIR = ROOT / "runs"
 
-STAGES = {"train": "10_train", "evaluate": "20_evaluate", "annotate": "30_annotate"}
+STAGES = {"explore": "00_explore", "train": "10_train", "evaluate": "20_evaluate", "annotate": "30_annotate"}
 
 
 def notebook_path(stage: str) -> Path:

@@ -1,0 +1,332 @@
+"""Interactive exploration (notebook 00_explore): dataset browser, augmentation preview, prediction
+inspector. Pure helpers first (testable without a browser), then thin ipywidgets wiring.
+
+Every builder returns a live widget in an interactive kernel and a static figure/HTML summary when
+headless (papermill, ``WORKBENCH_HEADLESS=1``), so the shared report shows what the widget showed.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import augment as _augment
+from . import viz
+from .data import SPLITS, Dataset
+from .progress import headless
+
+ALL = "all classes"
+
+
+# ----------------------------------------------------------------------------------------- pure helpers
+def filter_indices(ds: Dataset, split: str, class_name: str = ALL) -> np.ndarray:
+    """Indices of ``split`` whose label is ``class_name`` (or all of them)."""
+    labels = ds.labels[split]
+    if class_name == ALL:
+        return np.arange(len(labels))
+    return np.flatnonzero(labels == ds.class_names.index(class_name))
+
+
+def page(indices: np.ndarray, page_no: int, per_page: int) -> np.ndarray:
+    n_pages = max(1, int(np.ceil(len(indices) / per_page)))
+    page_no = int(np.clip(page_no, 0, n_pages - 1))
+    return indices[page_no * per_page:(page_no + 1) * per_page]
+
+
+def difference_hash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
+    """64-bit dHash per image (grayscale, resized to (hash_size+1) x hash_size): near-identical images
+    differ in few bits whatever small changes of brightness or compression they went through."""
+    import cv2
+    gray = images.mean(axis=-1).astype(np.float32) if images.shape[-1] == 3 else images[..., 0].astype(np.float32)
+    small = np.stack([cv2.resize(g, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA) for g in gray])
+    bits = (small[:, :, 1:] > small[:, :, :-1]).reshape(len(images), -1)
+    return np.packbits(bits, axis=1).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def near_duplicates(ds: Dataset, max_distance: int = 2, chunk: int = 2048) -> pd.DataFrame:
+    """Pairs of images in different splits whose dHashes differ in at most ``max_distance`` bits
+    (``exact`` marks byte-identical pixels). Leakage across splits inflates test metrics."""
+    hashes = {s: difference_hash(ds.images[s]) for s in SPLITS}
+    rows = []
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        hb = hashes[b]
+        for start in range(0, len(hashes[a]), chunk):
+            ha = hashes[a][start:start + chunk]
+            dist = np.bitwise_count(ha[:, None] ^ hb[None, :])
+            ia, ib = np.nonzero(dist <= max_distance)
+            for i, j in zip(ia + start, ib):
+                exact = bool(np.array_equal(ds.images[a][i], ds.images[b][j]))
+                rows.append((a, int(i), b, int(j), int(dist[i - start, j]), exact))
+    return pd.DataFrame(rows, columns=["split_a", "index_a", "split_b", "index_b", "distance", "exact"])
+
+
+def intensity_histograms(ds: Dataset, split: str = "train", bins: int = 32) -> Figure:
+    """Per-class histograms of mean pixel intensity (per channel for RGB)."""
+    x, y = ds.images[split], ds.labels[split]
+    k = ds.num_classes
+    ncols = min(4, k)
+    nrows = int(np.ceil(k / ncols))
+    fig = Figure(figsize=(3.0 * ncols, 2.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    colors = ("tab:red", "tab:green", "tab:blue") if x.shape[-1] == 3 else ("black",)
+    for c, ax in enumerate(axes.flat):
+        if c >= k:
+            ax.axis("off")
+            continue
+        sel = x[y == c]
+        for ch, color in enumerate(colors):
+            ax.hist(sel[..., ch].reshape(len(sel), -1).mean(1) if len(sel) else [], bins=bins, range=(0, 255),
+                    histtype="step", color=color)
+        ax.set_title(f"{ds.class_names[c][:24]} (n={len(sel)})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Mean intensity per image, by class ({split})")
+    return fig
+
+
+def grid_figure(ds: Dataset, split: str, class_name: str, page_no: int, per_page: int = 32) -> Figure:
+    idx = page(filter_indices(ds, split, class_name), page_no, per_page)
+    caps = [f"#{i} {ds.class_names[ds.labels[split][i]][:12]}" for i in idx]
+    return viz.image_grid(ds.images[split][idx], caps, ncols=8, title=f"{split} · {class_name} · page {page_no + 1}")
+
+
+def augmentation_figure(ds: Dataset, transform, n_images: int = 6, n_samples: int = 3, seed: int = 0) -> Figure:
+    from .data import stratified_indices
+    idx = stratified_indices(ds.labels["train"], max(n_images, ds.num_classes), seed)[:n_images]
+    originals = ds.images["train"][idx]
+    return viz.augmentation_preview(originals, [_augment.apply(transform, originals) for _ in range(n_samples)])
+
+
+def duplicates_html(dups: pd.DataFrame, limit: int = 20) -> str:
+    if dups.empty:
+        return "<p>No near-duplicate images across splits.</p>"
+    counts = dups.groupby(["split_a", "split_b"]).size().to_dict()
+    summary = ", ".join(f"{a}↔{b}: {n}" for (a, b), n in counts.items())
+    table = dups.head(limit).to_html(index=False)
+    return f"<p><b>{len(dups)} near-duplicate pairs across splits</b> ({html.escape(summary)}); first {limit}:</p>{table}"
+
+
+# ----------------------------------------------------------------------------------------- widgets
+def open_dataset(params) -> Dataset:
+    """Load the dataset to explore; when ``run_dir`` is given, record params and provenance there."""
+    from .data import load_dataset
+    from .runs import add_provenance, open_stage
+    ds = load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split, seed=params.seed)
+    if params.run_dir:
+        add_provenance(open_stage("explore", params), data=ds.describe())
+    return ds
+
+
+def _static(*objects) -> None:
+    """Headless face of a widget: display each figure/HTML so the executed notebook (report) keeps it."""
+    from IPython.display import display
+    for o in objects:
+        display(o)
+
+
+def _png_widget(fig: Figure):
+    import ipywidgets as W
+    return W.Image(value=viz.to_png(fig), format="png")
+
+
+def dataset_browser(ds: Dataset, per_page: int = 32, duplicates: bool = True):
+    """Image grid filtered by split and class, class balance, intensity histograms, near-duplicates."""
+    dups = near_duplicates(ds) if duplicates else pd.DataFrame()
+    if headless():
+        from IPython.display import HTML
+        return _static(viz.class_balance(ds.counts(), ds.class_names), grid_figure(ds, "train", ALL, 0, per_page),
+                       intensity_histograms(ds), HTML(duplicates_html(dups)))
+    import ipywidgets as W
+    split = W.Dropdown(options=list(SPLITS), value="train", description="split")
+    cls = W.Dropdown(options=[ALL, *ds.class_names], value=ALL, description="class")
+    pg = W.IntSlider(value=0, min=0, max=0, description="page")
+    image = _png_widget(grid_figure(ds, "train", ALL, 0, per_page))
+    image.add_class("wb-browser-grid")
+    count = W.HTML()
+
+    def refresh(_=None):
+        n = len(filter_indices(ds, split.value, cls.value))
+        pg.max = max(0, int(np.ceil(n / per_page)) - 1)
+        count.value = f"{n} images"
+        image.value = viz.to_png(grid_figure(ds, split.value, cls.value, pg.value, per_page))
+
+    for w in (split, cls, pg):
+        w.observe(refresh, names="value")
+    refresh()
+    tabs = W.Tab(children=[
+        W.VBox([W.HBox([split, cls, pg, count]), image]),
+        _png_widget(viz.class_balance(ds.counts(), ds.class_names)),
+        _png_widget(intensity_histograms(ds)),
+        W.HTML(duplicates_html(dups)),
+    ])
+    for i, t in enumerate(("images", "class balance", "intensity", "near-duplicates")):
+        tabs.set_title(i, t)
+    return tabs
+
+
+def augmentation_preview(ds: Dataset, preset: str = "microscopy", seed: int = 0):
+    """Preset or per-parameter controls; originals beside augmented samples; seed control."""
+    n_channels = ds.input_shape[-1]
+    if headless():
+        return _static(augmentation_figure(ds, _augment.build(preset, seed, n_channels), seed=seed))
+    import ipywidgets as W
+    mode = W.Dropdown(options=[*_augment.PRESETS, "custom"], value=preset, description="preset")
+    seed_w = W.IntText(value=seed, description="seed")
+    n_w = W.IntSlider(value=3, min=1, max=6, description="samples")
+    ctl = {
+        "hflip": W.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="h-flip p"),
+        "vflip": W.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="v-flip p"),
+        "rotate": W.FloatSlider(value=15, min=0, max=180, step=1, description="rotate °"),
+        "translate": W.FloatSlider(value=0.06, min=0, max=0.3, step=0.01, description="shift"),
+        "scale": W.FloatSlider(value=0.1, min=0, max=0.5, step=0.01, description="scale ±"),
+        "brightness": W.FloatSlider(value=0.1, min=0, max=0.5, step=0.01, description="brightness"),
+        "contrast": W.FloatSlider(value=0.1, min=0, max=0.5, step=0.01, description="contrast"),
+        "blur": W.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="blur p"),
+    }
+    image = _png_widget(augmentation_figure(ds, _augment.build(preset, seed, n_channels), seed=seed))
+    image.add_class("wb-augment-preview")
+    sliders = W.VBox(list(ctl.values()))
+
+    def transform():
+        if mode.value == "custom":
+            return _augment.custom({k: w.value for k, w in ctl.items()}, seed_w.value, n_channels)
+        return _augment.build(mode.value, seed_w.value, n_channels)
+
+    def refresh(_=None):
+        sliders.layout.display = "" if mode.value == "custom" else "none"
+        image.value = viz.to_png(augmentation_figure(ds, transform(), n_samples=n_w.value, seed=seed_w.value))
+
+    for w in (mode, seed_w, n_w, *ctl.values()):
+        w.observe(refresh, names="value")
+    refresh()
+    return W.VBox([W.HBox([mode, seed_w, n_w]), sliders, image])
+
+
+# ----------------------------------------------------------------------------------------- predictions
+INSPECT_FILTERS = ("all", "wrong only", "most confident errors")
+
+
+def runs_with_predictions(runs_dir: Path | None = None) -> list[Path]:
+    from .paths import runs_root
+    root = Path(runs_dir) if runs_dir else runs_root()
+    return sorted((p for p in root.glob("*/") if (p / "predictions.npz").is_file()), reverse=True) if root.is_dir() else []
+
+
+def prediction_table(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    pred = probs.argmax(1)
+    return pd.DataFrame({
+        "index": np.arange(len(labels)), "true": [class_names[i] for i in labels],
+        "predicted": [class_names[i] for i in pred], "confidence": probs.max(1),
+        "p_true": probs[np.arange(len(labels)), labels], "correct": pred == labels,
+    })
+
+
+def filter_predictions(table: pd.DataFrame, mode: str) -> pd.DataFrame:
+    if mode == "all":
+        return table
+    wrong = table[~table["correct"]]
+    if mode == "wrong only":
+        return wrong
+    if mode == "most confident errors":
+        return wrong.sort_values("confidence", ascending=False, kind="stable")
+    raise ValueError(f"unknown filter {mode!r}; choose one of {', '.join(INSPECT_FILTERS)}")
+
+
+def inspect_figure(image: np.ndarray, probs: np.ndarray, class_names: list[str], true: int,
+                   heatmap: np.ndarray | None = None, title: str = "") -> Figure:
+    """Image, class-probability bars (true class marked), and a Grad-CAM overlay when given."""
+    ncols = 3 if heatmap is not None else 2
+    fig = Figure(figsize=(3.4 * ncols, 3.2), layout="constrained")
+    axes = fig.subplots(1, ncols)
+    show = image[..., 0] if image.shape[-1] == 1 else image
+    axes[0].imshow(show, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+    axes[0].axis("off")
+    axes[0].set_title(title, fontsize=8)
+    colors = ["tab:green" if i == true else "tab:blue" for i in range(len(class_names))]
+    axes[1].barh(range(len(class_names)), probs, color=colors)
+    axes[1].set_yticks(range(len(class_names)), [n[:16] for n in class_names], fontsize=7)
+    axes[1].invert_yaxis()
+    axes[1].set_xlim(0, 1)
+    axes[1].set_title("class probabilities (green: true)", fontsize=8)
+    if heatmap is not None:
+        axes[2].imshow(show, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+        axes[2].imshow(heatmap, cmap="jet", alpha=0.45, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+        axes[2].axis("off")
+        axes[2].set_title("Grad-CAM (predicted class)", fontsize=8)
+    return fig
+
+
+def _grad_cam(model, image: np.ndarray, class_index: int) -> np.ndarray | None:
+    """Grad-CAM heat map from workbench.explain when that module and a conv layer are available."""
+    if model is None:
+        return None
+    try:
+        from . import explain
+    except ImportError:
+        return None
+    return explain.grad_cam(model, image[None].astype("float32"), int(class_index))[0]
+
+
+def prediction_inspector(run_dir: str | Path | None = None, split: str = "test"):
+    """Browse a run's predictions: image, class probabilities, Grad-CAM; filters for errors.
+
+    ``run_dir`` empty/None: the latest run with predictions (a note if there is none); "none": skip."""
+    import json
+
+    from IPython.display import HTML
+
+    from .data import load_dataset
+    from .models import load as load_model
+    from .params import make
+    from .runs import require
+    if str(run_dir).lower() == "none":
+        return HTML("<p>Prediction inspector skipped (predictions_run is 'none').</p>")
+    if not run_dir:
+        found = runs_with_predictions()
+        if not found:
+            return HTML("<p>No run with predictions yet: run the pipeline (<code>make demo</code>) and re-run this cell.</p>")
+        run_dir = found[0]
+    run_dir = Path(run_dir)
+    require(run_dir, ("params/train.json", "predictions.npz"), "evaluate")
+    tp = make("train", json.loads((run_dir / "params" / "train.json").read_text()))
+    ds = load_dataset(tp.dataset, size=tp.size, max_per_split=tp.max_per_split, seed=tp.seed)
+    with np.load(run_dir / "predictions.npz", allow_pickle=False) as z:
+        probs, labels = z[f"{split}_probs"], z[f"{split}_labels"]
+    table = prediction_table(probs, labels, ds.class_names)
+    model = load_model(run_dir / "model.keras", compile=False) if (run_dir / "model.keras").is_file() else None
+
+    def figure(i: int) -> Figure:
+        pred = int(probs[i].argmax())
+        title = f"#{i} true {ds.class_names[labels[i]][:14]} · pred {ds.class_names[pred][:14]} ({probs[i].max():.3f})"
+        return inspect_figure(ds.images[split][i], probs[i], ds.class_names, int(labels[i]),
+                              _grad_cam(model, ds.images[split][i], pred), title)
+
+    if headless():
+        errs = filter_predictions(table, "most confident errors")
+        return _static(HTML(f"<p>Run {html.escape(run_dir.name)}: {int((~table['correct']).sum())} errors in "
+                            f"{len(table)} {split} images; the most confident errors:</p>"),
+                       *[figure(int(i)) for i in errs["index"].iloc[:3]])
+    import ipywidgets as W
+    filt = W.Dropdown(options=list(INSPECT_FILTERS), value="all", description="show")
+    pos = W.IntSlider(value=0, min=0, max=max(0, len(table) - 1), description="item")
+    info = W.HTML()
+    image = _png_widget(figure(0))
+    image.add_class("wb-inspector")
+
+    def refresh(_=None):
+        sub = filter_predictions(table, filt.value)
+        pos.max = max(0, len(sub) - 1)
+        if len(sub) == 0:
+            info.value = "nothing to show for this filter"
+            return
+        row = sub.iloc[min(pos.value, len(sub) - 1)]
+        info.value = f"{len(sub)} items · run {html.escape(run_dir.name)}"
+        image.value = viz.to_png(figure(int(row["index"])))
+
+    filt.observe(refresh, names="value")
+    pos.observe(refresh, names="value")
+    refresh()
+    return W.VBox([W.HBox([filt, pos, info]), image])
