@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lab train evaluate annotate pipeline clean-venv
+.PHONY: help install demo test test-browser lab train evaluate annotate pipeline clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,12 @@ demo: $(STAMP) ## train → evaluate → annotate on the embedded BloodMNIST; pr
 test: $(STAMP) ## run the test suite (unit + end-to-end notebooks on a tiny real subset)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lab: $(STAMP) ## start JupyterLab with the workbench kernel
-	$(BIN)/jupyter lab notebooks/
+lab: $(STAMP) ## start JupyterLab with the "Python 3 (workbench)" kernel and the notebooks open
+	cd notebooks && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) \
+		00_explore.ipynb 10_train.ipynb 20_evaluate.ipynb 30_annotate.ipynb
+
+test-browser: $(STAMP) ## only the real-browser tests (JupyterLab + headless Chromium via Playwright)
+	$(BIN)/python -m pytest -q -m browser $(PYTEST_ARGS)
 
 train: $(STAMP) ## run the train stage into a new run directory (P='-p NAME VALUE …')
 	$(WB) run train $(P)

@@ -1,0 +1,144 @@
+"""JupyterLab in a real browser: headless Debian Chromium driven by Playwright (no browser download).
+
+Starts JupyterLab on 127.0.0.1 with a token in a temporary folder holding a copy of the explore
+notebook, runs all cells, asserts the widgets rendered without errors, changes a control and asserts
+the image changed. Screenshots go to the test's temporary directory. Skipped when no Chromium is
+installed (CI installs Debian's chromium; `make test-browser` runs only these tests)."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium)")]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _set_parameters(nb_path: Path, values: dict) -> None:
+    nb = json.loads(nb_path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    src = "".join(cell["source"])
+    for name, value in values.items():
+        src, n = re.subn(rf"^{name}: (\w+) = .*?(  #.*)?$", lambda m: f"{name}: {m.group(1)} = {value!r}{m.group(2) or ''}",
+                         src, flags=re.M)
+        assert n == 1, name
+    cell["source"] = src
+    nb_path.write_text(json.dumps(nb))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 with a token, serving a temporary folder; stopped afterwards."""
+    home = tmp_path_factory.mktemp("lab")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_HEADLESS"}
+    env.update(JUPYTER_CONFIG_DIR=str(home / ".jupyter"), JUPYTERLAB_SETTINGS_DIR=str(home / ".settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / ".workspaces"), JUPYTER_RUNTIME_DIR=str(home / ".runtime"))
+    log = open(home / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home}", "--ServerApp.open_browser=False",
+         "--LabApp.news_url=", *(["--allow-root"] if os.geteuid() == 0 else [])],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("JupyterLab did not start: " + (home / "lab.log").read_text()[-2000:])
+        time.sleep(0.5)
+    yield {"url": url, "token": token, "home": home}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _open_and_run_all(page, lab, name: str, timeout_s: float = 240):
+    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    # wait for the kernel to be ready, then Run ▸ Run All Cells
+    page.wait_for_function("() => !document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"busy\"]')",
+                           timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+    n_code = page.locator(".jp-CodeCell").count()
+    # every code cell shows an execution count, none is still "[*]"
+    page.wait_for_function(
+        """(n) => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent);
+                    return p.length === n && p.every(t => /\\[\\d+\\]/.test(t)); }""",
+        arg=n_code, timeout=timeout_s * 1000)
+    return n_code
+
+
+def _assert_no_errors(page):
+    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+    bad = [o for o in outputs if "Traceback" in o or re.search(r"\w+Error\b.*Traceback|WorkbenchError", o)]
+    assert not bad, bad[:2]
+
+
+def test_explore_notebook_widgets_render_and_react(lab, browser, pipeline_run, tmp_path):
+    nb = lab["home"] / "00_explore.ipynb"
+    shutil.copy(ROOT / "notebooks" / "00_explore.ipynb", nb)
+    _set_parameters(nb, {"dataset": str(TINY), "predictions_run": str(pipeline_run["dir"])})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open_and_run_all(page, lab, nb.name)
+    page.screenshot(path=str(tmp_path / "explore_after_run.png"), full_page=True)
+    _assert_no_errors(page)
+    # widget views present: the browser grid, the augmentation preview and the inspector
+    for cls in ("wb-browser-grid", "wb-augment-preview", "wb-inspector"):
+        assert page.locator(f"img.{cls}").count() == 1, cls
+    assert page.locator(".jupyter-widgets").count() > 10
+
+    grid = page.locator("img.wb-browser-grid")
+    grid.scroll_into_view_if_needed()
+    before_src = grid.get_attribute("src")
+    before_png = grid.screenshot(path=str(tmp_path / "grid_before.png"))
+    # choose one class in the browser's class dropdown
+    select = page.locator(".widget-dropdown", has_text="class").locator("select")
+    select.select_option(label="platelet")
+    page.wait_for_function("(s) => document.querySelector('img.wb-browser-grid').src !== s", arg=before_src,
+                           timeout=30_000)
+    after_png = grid.screenshot(path=str(tmp_path / "grid_after.png"))
+    assert after_png != before_png
+    # the count follows the filter: the fixture's train split holds 33 platelets
+    assert page.get_by_text("33 images", exact=True).count() == 1
+    page.screenshot(path=str(tmp_path / "explore_after_interaction.png"), full_page=True)
+    assert (tmp_path / "grid_after.png").stat().st_size > 1000
