@@ -91,9 +91,29 @@ def browser():
         b.close()
 
 
+def _start_session(lab, name: str) -> None:
+    """Start the notebook's kernel through the REST API first, so JupyterLab opens the notebook attached to
+    the workbench kernel instead of racing its kernel-spec lookup (which shows a 'Select Kernel' dialog)."""
+    body = json.dumps({"path": name, "name": name, "type": "notebook", "kernel": {"name": "workbench"}}).encode()
+    req = urllib.request.Request(f"{lab['url']}/api/sessions?token={lab['token']}", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["kernel"]["name"] == "workbench"
+
+
+def _dismiss_kernel_dialog(page) -> None:
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    if dialog.count():
+        dialog.locator("select").select_option(label="Python 3 (workbench)")
+        dialog.locator("button", has_text="Select").click()
+
+
 def _open_and_run_all(page, lab, name: str, timeout_s: float = 240):
+    _start_session(lab, name)
     page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_timeout(1000)
+    _dismiss_kernel_dialog(page)
     # wait for the kernel to be ready, then Run ▸ Run All Cells
     page.wait_for_function("() => !document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"busy\"]')",
                            timeout=60_000)
