@@ -130,7 +130,7 @@ def read_labels(root: Path, opts: FolderOptions, on_disk: list[str]) -> tuple[di
     missing = [f for f in table[opts.file_column] if f not in present]
     if missing:
         raise WorkbenchError(f"labels CSV {csv} names {len(missing)} file(s) not in {root} "
-                             f"(or not PNG/JPEG/TIFF): {_few(missing)}")
+                             f"(or not readable images): {_few(missing)}")
     labels = dict(zip(table[opts.file_column], table[opts.label_column]))
     splits = None
     if opts.split_column in table.columns:
