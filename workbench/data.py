@@ -318,7 +318,7 @@ def _load_image_folder(path: Path, size: int) -> Dataset:
                       CustomDatasetWarning, stacklevel=3)
         notes.append("custom dataset (no data card)")
     for n in notes:
-        if "identical files" in n:
+        if "(leakage)" in n or "carry different labels" in n:
             warnings.warn(f"image folder {path}: {n}", DuplicateImagesWarning, stacklevel=3)
     return Dataset(name=name, images=data.images, labels=data.labels, class_names=class_names, task=task,
                    path=path.resolve(), md5=data.fingerprint, card=card, size=size, notes=notes)

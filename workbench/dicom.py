@@ -47,10 +47,15 @@ def read(path: Path):
     try:
         return pydicom.dcmread(str(path))
     except InvalidDicomError:
+        # no preamble: a raw data set (older exports) is accepted only if it parses to real attributes
         try:
-            return pydicom.dcmread(str(path), force=True)
+            ds = pydicom.dcmread(str(path), force=True)
+            if "SOPClassUID" in ds or "PixelData" in ds:
+                return ds
+            reason = "no DICOM header and no DICOM attributes"
         except Exception as e:  # noqa: BLE001 - any parser failure means the same to the user
-            raise WorkbenchError(f"{path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+            reason = f"{type(e).__name__}: {e}"
+        raise WorkbenchError(f"{path} is not a readable DICOM file ({reason})") from None
     except Exception as e:  # noqa: BLE001
         raise WorkbenchError(f"{path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
 

@@ -317,3 +317,61 @@ def load_folder(root: Path, size: int, opts: FolderOptions = FolderOptions(),
         data.images[s], data.labels[s] = x[m], y[m]
         data.files[s] = [f for f, keep in zip(kept, m) if keep]
     return data
+
+
+def draft_card(folder: Path, sizes=(28,), opts: FolderOptions = FolderOptions(), name: str = "",
+               modality: str = "", license: str = "", force: bool = False) -> Path:
+    """Write ``<folder>.md``: a data card drafted from the folder itself (classes, splits, a content
+    fingerprint per size, the loading options, what was skipped or duplicated); everything the folder
+    cannot tell is "[More Information Needed]". The card is validated before it is written."""
+    from . import cards as _cards
+    from .data import folder_card_path
+    folder = Path(folder)
+    target = folder_card_path(folder)
+    if target.exists() and not force:
+        raise WorkbenchError(f"data card {target} already exists: edit it, or redraft with --force")
+    U = _cards.UNKNOWN
+    sizes = sorted({int(s) for s in sizes})
+    bad = [s for s in sizes if s not in _cards.SIZES]
+    if bad:
+        raise WorkbenchError(f"size(s) {bad} not one of {', '.join(map(str, _cards.SIZES))}")
+    loaded = {s: load_folder(folder, s, opts) for s in sizes}
+    data = loaded[sizes[0]]
+    name = name or "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in folder.name)
+    k = len(data.class_names)
+    counts = {s: int(len(data.labels[s])) for s in SPLITS}
+    if not all(counts.values()):
+        raise WorkbenchError(f"image folder {folder}: every split needs images (got {counts})")
+    n_channels = int(data.images["train"].shape[-1])
+    meta = {
+        "name": name, "pretty_name": name, "version": "1", "license": license or U,
+        "source": {"url": U, "citation": U}, "modality": modality or U,
+        "task": "binary-class" if k == 2 else "multi-class",
+        "label_classes": {i: c for i, c in enumerate(data.class_names)}, "n_channels": n_channels,
+        "splits": counts, "files": {s: {"file": f"{folder.name}/", "md5": loaded[s].fingerprint} for s in sizes},
+        "image_folder": opts.to_dict(),
+    }
+    per_class = "\n".join(
+        f"- {i}: {c} (train/val/test: " + "/".join(str(int((data.labels[s] == i).sum())) for s in SPLITS) + ")"
+        for i, c in enumerate(data.class_names))
+    notes = "\n".join(f"- {n}" for n in data.notes)
+    dup_cross = [d for d in data.duplicates if len(d["splits"]) > 1]
+    sections = {
+        "Summary": f"{sum(counts.values())} images in {k} classes from the image folder `{folder.name}/`. "
+                   f"What they show and why they were collected: {U}",
+        "Dataset Structure": (
+            f"Images are read from `{folder.name}/` at load time (sizes {', '.join(map(str, sizes))}; "
+            f"`files` holds a fingerprint of file contents, labels, splits and the resize recipe, not a file md5). "
+            f"Splits: train {counts['train']} / val {counts['val']} / test {counts['test']}; {n_channels} channel(s).\n\n"
+            f"Classes (label value → name):\n\n{per_class}\n\nLoading notes:\n\n{notes}"),
+        "Source Data": U,
+        "Annotations": f"Labels from {data.notes[0].removeprefix('labels from ')}. Annotation protocol: {U}",
+        "Bias, Risks & Limitations": U + (f" {len(dup_cross)} group(s) of identical files fall in different "
+                                          "splits (see Dataset Structure)." if dup_cross else ""),
+        "Privacy": f"{U} Check that neither the images (burned-in text) nor the file names carry patient identifiers.",
+        "Intended & Out-of-Scope Use": f"{U} Not for clinical use.",
+        "Citation": U,
+    }
+    text = _cards.render(meta, sections, title=name, where=f"drafted card {target}")
+    target.write_text(text, encoding="utf-8")
+    return target
