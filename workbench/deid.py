@@ -32,6 +32,10 @@ PROFILE_TABLES = "dicomfields_2026c"   # the dicom-anonymizer table generated fr
 AUDIT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UI", "UR"}
 MIN_TEXT_LEN = 4      # shortest value searched in text outputs
 MIN_BINARY_LEN = 8    # shortest value searched inside array data (random pixel bytes match short strings)
+# name components that are placeholders, not names ("Test^Patient", "Lastname^Firstname"): searching
+# for them would flag the workbench's own words ("patient") in every card
+GENERIC_NAME_PARTS = {"patient", "test", "anonymous", "anonymized", "anonymised", "unknown", "none", "name",
+                      "lastname", "firstname", "family", "given", "doctor", "physician", "phantom"}
 
 
 def _snapshot(ds) -> set[tuple[str, str, str]]:
@@ -64,7 +68,7 @@ def _searchable(keyword: str, vr: str, value: str) -> list[tuple[str, bool]]:
     if vr == "PN":  # components of a person name, e.g. family and given names
         for part in value.replace("=", "^").split("^"):
             part = part.strip()
-            if len(part) >= MIN_TEXT_LEN and part != value:
+            if len(part) >= MIN_TEXT_LEN and part != value and part.lower() not in GENERIC_NAME_PARTS:
                 found.append((part, True))
     return found
 

@@ -229,10 +229,13 @@ def load_folder(root: Path, size: int, opts: FolderOptions = FolderOptions(),
     files = sorted(labels_by_file)
     unlabelled = sorted(set(on_disk) - set(files))
 
-    from .progress import tqdm
     images, kept, skipped, hashes = [], [], [], []
     shapes = {}
-    for f in tqdm(files, desc="read images", unit="img", disable=len(files) < 500):
+    it = files
+    if len(files) >= 500:  # workbench.progress imports keras: only when a bar is worth it
+        from .progress import tqdm
+        it = tqdm(files, desc="read images", unit="img")
+    for f in it:
         try:
             img = decode(root / f)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file

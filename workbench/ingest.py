@@ -71,6 +71,8 @@ class IngestOptions:
             raise WorkbenchError("label_from csv needs a labels CSV (--labels FILE)")
         if self.window not in _dicom.WINDOWS:
             raise WorkbenchError(f"window {self.window!r} is not one of {', '.join(_dicom.WINDOWS)}")
+        if self.window == "custom" and (self.level is None or self.width is None):
+            raise WorkbenchError("window 'custom' needs a level and a width (--level L --width W)")
         if self.size not in _cards.SIZES:
             raise WorkbenchError(f"size {self.size} is not one of {', '.join(map(str, _cards.SIZES))}")
         if self.split_by not in SPLIT_UNITS:
@@ -99,6 +101,9 @@ def ingest(dicom_dir: Path, out: Path, opts: IngestOptions = IngestOptions(), lo
     opts.check()
     if not dicom_dir.is_dir():
         raise WorkbenchError(f"DICOM folder {dicom_dir} not found")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WorkbenchError(f"output folder {out} already exists and is not empty: ingest never overwrites; "
+                             "choose a new --out")
     if out.resolve() == dicom_dir.resolve() or dicom_dir.resolve() in out.resolve().parents:
         raise WorkbenchError(f"output folder {out} must be outside the DICOM folder {dicom_dir}")
     all_files = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and p.name != "DICOMDIR")
@@ -116,8 +121,11 @@ def ingest(dicom_dir: Path, out: Path, opts: IngestOptions = IngestOptions(), lo
     _deid.reset_uid_map()
     registry, pseudo = _deid.PHIRegistry(), _deid.Pseudonyms()
     rows, images, skipped, burned, unlabelled = [], [], [], [], []
-    from .progress import tqdm
-    for path in tqdm(candidates, desc="ingest DICOM", unit="file", disable=len(candidates) < 200):
+    it = candidates
+    if len(candidates) >= 200:  # workbench.progress imports keras: only when a bar is worth it
+        from .progress import tqdm
+        it = tqdm(candidates, desc="ingest DICOM", unit="file")
+    for path in it:
         r = rel[path]
         if csv_labels is not None and r not in csv_labels:
             unlabelled.append(r)
@@ -210,7 +218,7 @@ def ingest(dicom_dir: Path, out: Path, opts: IngestOptions = IngestOptions(), lo
         arrays, manifest = {}, []
         for s in _if.SPLITS:
             idx = np.flatnonzero(split == s)
-            arrays[f"{s}_images"] = x[idx]
+            arrays[f"{s}_images"] = x[idx][..., 0] if channels == 1 else x[idx]  # MedMNIST: (N, S, S) grayscale
             arrays[f"{s}_labels"] = y[idx].reshape(-1, 1).astype(np.uint8 if len(class_names) < 256 else np.int64)
             for j, i in enumerate(idx):
                 row = {k: v for k, v in rows[i].items() if k not in ("_rel", "label_value")}
