@@ -58,30 +58,36 @@ def _phi_values(src: Path) -> dict[str, str]:
                     found[s] = kw
                 if kw.endswith("Name"):
                     for part in s.replace("=", "^").split("^"):
-                        if len(part) >= 4:
+                        if len(part) >= 4 and any(ch.isalnum() for ch in part):
                             found[part] = kw
     return found
 
 
-def _search(paths, phi: dict[str, str]) -> list[tuple[str, str]]:
-    """Every file (zip archives member by member, npz arrays as bytes) searched for every value."""
+def _search(paths, phi: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Every file searched for every value: text (CSV, card, JSON, YAML, zip member names) case-
+    insensitively; binary data (zip members, npz arrays as bytes) exactly and for values of 8+
+    characters, since uniform pixel regions spell short runs like 'sssssss' by chance."""
     hits = []
     for base in paths:
         for f in sorted(Path(base).rglob("*")) if Path(base).is_dir() else [Path(base)]:
             if not f.is_file():
                 continue
-            blobs = [f.read_bytes()]
+            texts, binaries = [], []
             if zipfile.is_zipfile(f):
                 with zipfile.ZipFile(f) as z:
-                    blobs += [z.read(n) for n in z.namelist()] + [n.encode() for n in z.namelist()]
-            if f.suffix == ".npz":
-                with np.load(f, allow_pickle=False) as z:
-                    blobs += [z[k].tobytes() for k in z.files]
-            for blob in blobs:
-                low = blob.lower()
-                for value, kw in phi.items():
-                    if value.lower().encode() in low:
-                        hits.append((str(f), kw, value))
+                    texts += [n.encode() for n in z.namelist()]
+                    texts += [z.read(n) for n in z.namelist() if n.endswith((".json", ".txt", ".csv", ".yaml"))]
+                    binaries += [f.read_bytes()] + [z.read(n) for n in z.namelist()]
+                if f.suffix == ".npz":
+                    with np.load(f, allow_pickle=False) as z:
+                        binaries += [z[k].tobytes() for k in z.files]
+            else:
+                texts.append(f.read_bytes())
+            for value, kw in phi.items():
+                needle = value.encode()
+                if any(needle.lower() in t.lower() for t in texts) or (
+                        len(value) >= 8 and any(needle in b for b in binaries)):
+                    hits.append((str(f), kw, value))
     return hits
 
 
