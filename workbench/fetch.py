@@ -59,9 +59,11 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
             start, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
-        from .progress import tqdm
-        bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=part.name.removesuffix(".part"), disable=not progress)
+        bar = None
+        if progress:  # workbench.progress imports keras: not for a quiet fetch
+            from .progress import tqdm
+            bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=part.name.removesuffix(".part"))
         done = start
         try:
             with open(part, mode) as f:
@@ -74,9 +76,11 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
                         break
                     f.write(block)
                     done += len(block)
-                    bar.update(len(block))
+                    if bar is not None:
+                        bar.update(len(block))
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         if total is not None and done < total:
             raise _Interrupted(f"connection closed after {done} of {total} bytes")
 
