@@ -260,3 +260,14 @@ def test_cli_ingest(tmp_path, ingested):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "error: window 'custom' needs a level and a width (--level L --width W)")
     assert not (tmp_path / "x").exists()
+
+
+def test_audit_matches_whole_numbers_and_ignores_hashes(tmp_path):
+    reg = deid.PHIRegistry()
+    reg.add({("PatientID", "LO", "20231107"), ("PatientID", "LO", "1234"), ("PatientName", "PN", "Doe^Janet")}, set())
+    assert ("1234", False) not in reg.values            # too short to search among row numbers
+    f = tmp_path / "m.csv"
+    f.write_text("index,source_md5\n120231107,0123456789abcdef20231107abcdef01\n")  # inside a number / a hash
+    assert deid.audit([f], reg) == []
+    f.write_text("patient,date\nP0001,20231107\nJANET,x\n")
+    assert deid.audit([f], reg) == [(str(f), "PatientID"), (str(f), "PatientName")]

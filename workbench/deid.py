@@ -18,6 +18,7 @@ On top of the profile the workbench
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ PROFILE_TABLES = "dicomfields_2026c"   # the dicom-anonymizer table generated fr
 AUDIT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UI", "UR"}
 MIN_TEXT_LEN = 4      # shortest value searched in text outputs
 MIN_BINARY_LEN = 8    # shortest value searched inside array data (random pixel bytes match short strings)
+# an all-digit value (an ID) shorter than this is not searched: row indices and counts in the
+# manifest would match it; digit values are matched as whole numbers, never inside longer ones
+MIN_DIGITS_LEN = 6
+_MD5_TOKEN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")  # our own file hashes: one-way, no PHI
 # name components that are placeholders, not names ("Test^Patient", "Lastname^Firstname"): searching
 # for them would flag the workbench's own words ("patient") in every card
 GENERIC_NAME_PARTS = {"patient", "test", "anonymous", "anonymized", "anonymised", "unknown", "none", "name",
@@ -63,6 +68,8 @@ def _searchable(keyword: str, vr: str, value: str) -> list[tuple[str, bool]]:
     if vr not in AUDIT_VRS or len(value) < MIN_TEXT_LEN:
         return []
     if vr == "UI" and UID(value).name != value:   # a standard UID (SOP class, transfer syntax): not PHI
+        return []
+    if value.isdigit() and len(value) < MIN_DIGITS_LEN:
         return []
     found = [(value, False)]
     if vr == "PN":  # components of a person name, e.g. family and given names
@@ -147,12 +154,16 @@ def audit(paths, registry: PHIRegistry) -> list[tuple[str, str]]:
     hits = []
     for f in files:
         for name, blob, is_array in _blobs(f):
+            if not is_array:
+                blob = _MD5_TOKEN.sub(b"-", blob)
             lower = None
             for (value, ci), keyword in registry.values.items():
                 if is_array and len(value) < MIN_BINARY_LEN:
                     continue
                 needle = value.encode("utf-8", "ignore")
-                if ci:
+                if value.isdigit():
+                    found = re.search(rb"(?<![0-9])" + needle + rb"(?![0-9])", blob) is not None
+                elif ci:
                     lower = blob.lower() if lower is None else lower
                     found = needle.lower() in lower
                 else:
