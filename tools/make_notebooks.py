@@ -19,8 +19,9 @@ HEADERS = {
     "explore": ("00 · Explore", "a dataset (data card name or `.npz`) and, optionally, a run with predictions",
                 "nothing but this report (the widgets are interactive in JupyterLab; headless runs show static "
                 "figures)"),
-    "train": ("10 · Train", "a dataset: a data card name (default the embedded BloodMNIST) or a MedMNIST-format `.npz`",
-              "`model.keras` (best epoch by val loss), `history.csv`, `augment.yaml`, `train_summary.json`, "
+    "train": ("10 · Train", "a dataset: a data card name (default the embedded BloodMNIST), a MedMNIST-format `.npz`, a folder "
+              "written by `workbench ingest` or an image folder with its card",
+              "`model.keras` (best epoch by val loss), `history.csv`, `preprocess.json`, `augment.yaml`, `train_summary.json`, "
               "`params/train.json`, `provenance.json`"),
     "evaluate": ("20 · Evaluate", "a run directory holding a trained `model.keras`",
                  "`metrics.json` (test ACC/AUC by the MedMNIST protocol, per-class precision/recall/F1), "
@@ -49,6 +50,12 @@ BODIES = {
         "ds = train.load_data(P, run)\nds.describe()",
         "wb.viz.class_balance(ds.counts(), ds.class_names)",
         "wb.viz.samples_per_class(ds.images[\"train\"], ds.labels[\"train\"], ds.class_names, seed=P.seed)",
+        "## Preprocessing\nDenoising, contrast and normalisation from the parameters `denoise`, `contrast` and "
+        "`normalize`; the recipe (with train statistics where needed) is saved as `preprocess.json` and the "
+        "evaluate and annotate stages apply it identically.",
+        "prep = train.make_preprocessing(P, ds, run)\nprep",
+        "train.preview_preprocessing(P, ds, prep)",
+        "ds = ds.preprocessed(prep)\nds.notes",
         "## Augmentation\nApplied on the fly to training batches; the pipeline is saved as `augment.yaml`.",
         "aug = train.make_augmentation(P, ds, run)\ntrain.preview_augmentation(P, ds)",
         "## Model",

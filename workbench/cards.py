@@ -28,6 +28,9 @@ HEADINGS = (
 )
 TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
 SIZES = (28, 64, 128, 224)
+REQUIRED = ("name", "pretty_name", "version", "license", "source", "modality", "task",
+            "label_classes", "n_channels", "splits", "files")
+UNKNOWN = "[More Information Needed]"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -47,6 +50,7 @@ class Card:
     published_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     path: Path | None = None
     body: str = ""
+    extra: dict = field(default_factory=dict)   # front-matter keys beyond the standard ones (e.g. image_folder)
 
     @property
     def num_classes(self) -> int:
@@ -89,8 +93,7 @@ def split_front_matter(text: str, where: str) -> tuple[dict, str]:
 
 def validate(meta: dict, body: str, where: str) -> Card:
     """Check every required field and its type; return a Card. Errors name the card and field."""
-    required = ("name", "pretty_name", "version", "license", "source", "modality", "task",
-                "label_classes", "n_channels", "splits", "files")
+    required = REQUIRED
     missing = [k for k in required if k not in meta]
     if missing:
         _fail(where, f"missing field(s) {', '.join(missing)}")
@@ -146,8 +149,21 @@ def validate(meta: dict, body: str, where: str) -> Card:
         task=meta["task"], label_classes=labels, n_channels=int(meta["n_channels"]),
         splits=dict(sp), files=parsed_files,
         published_baselines={k: {"acc": float(v["acc"]), "auc": float(v["auc"])} for k, v in baselines.items()},
-        body=body,
+        body=body, extra={k: v for k, v in meta.items() if k not in REQUIRED and k != "published_baselines"},
     )
+
+
+def render(meta: dict, sections: dict[str, str], title: str, where: str = "draft") -> str:
+    """A card's text: YAML front matter, then every heading in order; a section without content reads
+    "[More Information Needed]". The text is validated before it is returned."""
+    unknown = sorted(set(sections) - set(HEADINGS))
+    if unknown:
+        raise ValueError(f"unknown card section(s) {unknown}")
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100)
+    body = f"\n# {title}\n\n" + "".join(f"## {h}\n\n{(sections.get(h) or '').strip() or UNKNOWN}\n\n" for h in HEADINGS)
+    text = f"---\n{front}---\n{body}"
+    validate(*split_front_matter(text, where), where)
+    return text
 
 
 def read_card(path: str | Path) -> Card:

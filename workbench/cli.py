@@ -1,5 +1,7 @@
 """Command line: ``workbench run STAGE -p NAME VALUE … [--run DIR]``, ``workbench pipeline -p …``,
-``workbench cards``. Errors are one line on stderr (exit 2); the run directory is the last line printed."""
+``workbench cards``, ``workbench fetch FLAG``, ``workbench ingest DICOM_DIR --out DIR``,
+``workbench card init FOLDER``. Errors are one line on stderr (exit 2); the run directory is the last
+line printed."""
 
 from __future__ import annotations
 
@@ -29,8 +31,11 @@ def _overrides(args) -> dict:
         values[name] = value
     # paths given relative to the caller stay valid whatever the kernel's working directory
     ds = values.get("dataset")
-    if isinstance(ds, str) and (ds.endswith(".npz") or "/" in ds) and Path(ds).exists():
-        values["dataset"] = str(Path(ds).resolve())
+    if isinstance(ds, str) and ds.strip() and Path(ds).exists():
+        from .cards import card_names
+        from .data import default_cards_dir
+        if ds.endswith(".npz") or "/" in ds or ds not in card_names(default_cards_dir()):
+            values["dataset"] = str(Path(ds).resolve())
     return values
 
 
@@ -91,6 +96,47 @@ def cmd_cards(args) -> None:
         print(f"{c.name:16s} {c.task:28s} {c.num_classes:3d} classes  {c.modality}  [{c.license}]")
 
 
+def cmd_fetch(args) -> None:
+    from .fetch import fetch
+    path = fetch(args.flag, args.size, data_dir=args.data_dir, cards_dir=args.cards_dir, retries=args.retries,
+                 progress=not args.quiet)
+    print(path)
+
+
+def cmd_ingest(args) -> None:
+    from dataclasses import fields as dc_fields
+
+    from .ingest import IngestOptions, ingest
+    given = {f.name: getattr(args, f.name) for f in dc_fields(IngestOptions)
+             if getattr(args, f.name, None) is not None}
+    if (given.get("level") is not None or given.get("width") is not None) and "window" not in given:
+        given["window"] = "custom"
+    summary = ingest(Path(args.dicom_dir), Path(args.out), IngestOptions(**given))
+    print(f"ingested {summary['images']} image(s) from {summary['files_ingested']} file(s) of "
+          f"{summary['patients']} patient(s); splits {summary['splits']}; classes {', '.join(summary['classes'])}")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} file(s) (listed above)")
+    print(f"PHI guard: {summary['phi_values_checked']} original identifying values searched in the outputs: none found")
+    print(f"card: {summary['card']}")
+    print(summary["dataset"])
+
+
+def cmd_card_init(args) -> None:
+    from .imagefolder import FolderOptions, draft_card
+    opts = FolderOptions(csv=args.csv, file_column=args.file_column, label_column=args.label_column,
+                         split_column=args.split_column, resize=args.resize, channels=args.channels,
+                         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                         on_error=args.on_error)
+    path = draft_card(Path(args.folder), args.size or [28], opts, name=args.name or "", modality=args.modality or "",
+                      license=args.license or "", force=args.force)
+    from .data import load_dataset
+    ds = load_dataset(str(Path(args.folder).resolve()), size=(args.size or [28])[0])
+    for n in ds.notes:
+        print(f"note: {n}")
+    print(f"split sizes: {ds.describe()['split_sizes']}; classes: {', '.join(ds.class_names)}")
+    print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +157,60 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cards", help="list the data cards")
     ph = sub.add_parser("params", help="list a stage's parameters")
     ph.add_argument("stage", choices=["explore", "train", "evaluate", "annotate"])
+
+    fe = sub.add_parser("fetch", help="download an official MedMNIST file named by its data card (md5-checked)")
+    fe.add_argument("flag", help="data card name, e.g. pathmnist")
+    fe.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224])
+    fe.add_argument("--data-dir", help="target folder (default: $WORKBENCH_DATA_DIR or data/)")
+    fe.add_argument("--cards-dir", help="data cards folder (default: $WORKBENCH_CARDS_DIR or data_cards/)")
+    fe.add_argument("--retries", type=int, default=3, help="automatic resumes after an interruption")
+    fe.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    ig = sub.add_parser("ingest", help="DICOM folder → de-identified workbench dataset (npz + manifest + card)")
+    ig.add_argument("dicom_dir")
+    ig.add_argument("--out", required=True, help="new folder for the dataset (must not exist or be empty)")
+    ig.add_argument("--labels", help="CSV with file (relative to DICOM_DIR) and label columns, optional split")
+    ig.add_argument("--file-column", dest="file_column")
+    ig.add_argument("--label-column", dest="label_column")
+    ig.add_argument("--split-column", dest="split_column")
+    ig.add_argument("--label-from", dest="label_from", choices=["folder", "modality", "csv"],
+                    help="class = first sub-folder name (default), the Modality, or the labels CSV")
+    ig.add_argument("--window", help="auto (default), header, minmax, custom, lung, mediastinum, abdomen, bone, brain")
+    ig.add_argument("--level", type=float, help="custom window level (implies --window custom)")
+    ig.add_argument("--width", type=float, help="custom window width")
+    ig.add_argument("--size", type=int, choices=[28, 64, 128, 224], help="image size (default 64)")
+    ig.add_argument("--resize", choices=["stretch", "pad", "crop", "none"], help="resize policy (default pad)")
+    ig.add_argument("--frames", choices=["all", "middle", "first"], help="frames of multi-frame files (default all)")
+    ig.add_argument("--channels", type=int, choices=[1, 3], help="convert all images to 1 or 3 channels")
+    ig.add_argument("--split-by", dest="split_by", choices=["patient", "image"], help="unit of the seeded split")
+    ig.add_argument("--val-fraction", dest="val_fraction", type=float)
+    ig.add_argument("--test-fraction", dest="test_fraction", type=float)
+    ig.add_argument("--seed", type=int)
+    ig.add_argument("--allow-burned-in", dest="allow_burned_in", action="store_true", default=None,
+                    help="include images flagged BurnedInAnnotation = YES (excluded by default)")
+    ig.add_argument("--on-error", dest="on_error", choices=["skip", "raise"])
+    ig.add_argument("--name", help="dataset name (default: the --out folder's name)")
+
+    cd = sub.add_parser("card", help="data card tools")
+    csub = cd.add_subparsers(dest="card_command", required=True)
+    ci = csub.add_parser("init", help="draft <FOLDER>.md for an image folder (PNG/JPEG/TIFF + labels CSV)")
+    ci.add_argument("folder")
+    ci.add_argument("--csv", default="labels.csv", help="labels CSV inside the folder (absent: class sub-folders)")
+    ci.add_argument("--file-column", default="file")
+    ci.add_argument("--label-column", default="label")
+    ci.add_argument("--split-column", default="split", help="used when the CSV has it; else a seeded split")
+    ci.add_argument("--size", type=int, action="append", choices=[28, 64, 128, 224],
+                    help="image size(s) to register (repeatable; default 28)")
+    ci.add_argument("--resize", default="none", choices=["none", "stretch", "pad", "crop"])
+    ci.add_argument("--channels", type=int, default=0, choices=[0, 1, 3], help="0: as stored (must not be mixed)")
+    ci.add_argument("--val-fraction", type=float, default=0.1)
+    ci.add_argument("--test-fraction", type=float, default=0.2)
+    ci.add_argument("--seed", type=int, default=0)
+    ci.add_argument("--on-error", default="skip", choices=["skip", "raise"])
+    ci.add_argument("--name")
+    ci.add_argument("--modality")
+    ci.add_argument("--license")
+    ci.add_argument("--force", action="store_true", help="replace an existing card")
     return parser
 
 
@@ -123,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "params":
             from .params import help_text
             print(help_text(args.stage))
+            return 0
+        if args.command in ("fetch", "ingest", "card"):
+            {"fetch": cmd_fetch, "ingest": cmd_ingest, "card": cmd_card_init}[args.command](args)
             return 0
         run_dir = cmd_run(args) if args.command == "run" else cmd_pipeline(args)
     except WorkbenchError as e:

@@ -1,5 +1,13 @@
 """Loaders → one ``Dataset`` type.
 
+The ``dataset`` parameter is a data card name or a path, dispatched by kind:
+* a ``.npz`` file (MedMNIST format, below);
+* a folder written by ``workbench ingest`` (one ``.npz`` with its card and manifest): its ``.npz``;
+* an image folder (PNG/JPEG/TIFF + labels CSV or class sub-folders, ``workbench.imagefolder``),
+  described by the card ``<folder>.md`` beside it (``workbench card init`` drafts one);
+* a DICOM file or folder is refused with a pointer to ``workbench ingest``: DICOM enters a dataset
+  only through the de-identifying ingest, never straight into a run's reports.
+
 MedMNIST-format ``.npz`` files (``{train,val,test}_{images,labels}``) are validated against their
 data card: keys, shapes, dtypes, label range, class count, split counts and md5. A file whose md5
 matches a card uses that card; a card named ``<stem>.md`` next to the file is used for derived
@@ -10,6 +18,7 @@ warning. Data files are never unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -41,6 +50,7 @@ class Dataset:
     card: _cards.Card | None = None
     size: int = 28
     notes: list[str] = field(default_factory=list)
+    preprocess: dict | None = None          # the spec applied to ``images`` (None: as loaded)
 
     @property
     def num_classes(self) -> int:
@@ -63,7 +73,18 @@ class Dataset:
             "card": self.card.name if self.card else None, "task": self.task, "size": self.size,
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
             "split_sizes": {s: int(len(self.labels[s])) for s in SPLITS}, "notes": list(self.notes),
+            "preprocess": self.preprocess,
         }
+
+    def preprocessed(self, spec: dict | None) -> "Dataset":
+        """Every split through ``preprocess.apply_spec``: the one place where train, evaluate and
+        annotate apply a run's preprocessing (the identity spec returns this dataset unchanged)."""
+        from . import preprocess as _pre
+        if _pre.is_identity(spec):
+            return self
+        images = {s: _pre.apply_spec(spec, self.images[s]) for s in SPLITS}
+        return replace(self, images=images, preprocess=spec,
+                       notes=[*self.notes, f"preprocessing: {_pre.describe(spec)}"])
 
     def subsample(self, max_per_split: int, seed: int) -> "Dataset":
         """A stratified, seeded subset with at most ``max_per_split`` images per split (0 = all)."""
@@ -109,15 +130,33 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.endswith(".npz") or "/" in spec or "\\" in spec
+def default_data_dir() -> Path:
+    """Where card-named files live: $WORKBENCH_DATA_DIR if set (tests, shared storage), else data/."""
+    env = os.environ.get("WORKBENCH_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else DATA_DIR
 
 
-def resolve(spec: str, size: int = 28, cards_dir: Path = CARDS_DIR) -> tuple[Path, _cards.Card | None]:
+def default_cards_dir() -> Path:
+    """Where the data cards live: $WORKBENCH_CARDS_DIR if set, else data_cards/."""
+    env = os.environ.get("WORKBENCH_CARDS_DIR")
+    return Path(env).expanduser().resolve() if env else CARDS_DIR
+
+
+def _looks_like_path(spec: str, cards_dir: Path) -> bool:
+    if spec.endswith((".npz", ".dcm")) or "/" in spec or "\\" in spec:
+        return True
+    # a bare name is a card first; only an existing file or folder that no card claims is a path
+    return Path(spec).exists() and spec not in _cards.card_names(cards_dir)
+
+
+def resolve(spec: str, size: int = 28, cards_dir: Path | None = None,
+            data_dir: Path | None = None) -> tuple[Path, _cards.Card | None]:
     """Map the ``dataset`` parameter (card name or path) to a file and the card it was named by."""
+    cards_dir = Path(cards_dir) if cards_dir else default_cards_dir()
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
     if not isinstance(spec, str) or not spec.strip():
         raise WorkbenchError("parameter 'dataset' is empty: give a card name (e.g. bloodmnist) or a path to a .npz")
-    if _looks_like_path(spec):
+    if _looks_like_path(spec, cards_dir):
         return Path(spec).expanduser(), None
     card = _cards.load_card(spec, cards_dir)
     entry = card.files.get(int(size))
@@ -125,12 +164,11 @@ def resolve(spec: str, size: int = 28, cards_dir: Path = CARDS_DIR) -> tuple[Pat
         raise WorkbenchError(
             f"data card {card.name} lists no file of size {size}; sizes: {', '.join(map(str, sorted(card.files)))}"
         )
-    path = DATA_DIR / entry["file"]
+    path = data_dir / entry["file"]
     if not path.is_file():
-        url = entry.get("url", card.source.get("url"))
         raise WorkbenchError(
-            f"dataset {card.name} (size {size}) is not in {DATA_DIR}: download {entry['file']} from {url} "
-            f"into data/ (md5 {entry['md5']}) or pass a path with -p dataset PATH"
+            f"dataset {card.name} (size {size}) is not in {data_dir}: run 'workbench fetch {card.name} --size {size}' "
+            f"(downloads {entry['file']}, md5 {entry['md5']}) or pass a path with -p dataset PATH"
         )
     return path, card
 
@@ -212,10 +250,107 @@ def _sibling_card(path: Path) -> _cards.Card | None:
     return _cards.read_card(candidate) if candidate.is_file() else None
 
 
+def folder_card_path(folder: Path) -> Path:
+    """An image folder's card sits beside it: ``<folder>.md``."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.md"
+
+
+def path_kind(path: Path) -> str:
+    """``npz``, ``ingested`` (a folder written by workbench ingest), ``folder`` (images) or ``dicom``."""
+    from .dicom import is_dicom
+    if path.is_dir():
+        npzs = sorted(path.glob("*.npz"))
+        if len(npzs) == 1 and npzs[0].with_suffix(".md").is_file():
+            return "ingested"
+        for i, f in enumerate(p for p in path.rglob("*") if p.is_file()):
+            if is_dicom(f):
+                return "dicom"
+            if i >= 200:
+                break
+        return "folder"
+    if path.is_file() and path.suffix.lower() != ".npz" and is_dicom(path):
+        return "dicom"
+    return "npz"
+
+
+def _check_against_card(images: dict, labels: dict, card: _cards.Card, card_size: int, where: str) -> None:
+    k = card.num_classes
+    if images["train"].shape[1] != card_size or images["train"].shape[3] != card.n_channels:
+        raise WorkbenchError(
+            f"{where}: images are {images['train'].shape[1:]} but card {card.name} says "
+            f"{card_size}x{card_size}x{card.n_channels}"
+        )
+    for s in SPLITS:
+        if len(labels[s]) and labels[s].max() >= k:
+            raise WorkbenchError(
+                f"{where}: {s}_labels contains label {int(labels[s].max())} but card {card.name} "
+                f"has {k} classes (0..{k - 1})"
+            )
+        if len(labels[s]) != card.splits[s]:
+            raise WorkbenchError(
+                f"{where}: {s} has {len(labels[s])} images but card {card.name} says {card.splits[s]}"
+            )
+
+
+class DuplicateImagesWarning(UserWarning):
+    """Identical image files fall in different splits (or carry different labels)."""
+
+
+def _load_image_folder(path: Path, size: int) -> Dataset:
+    from . import imagefolder as _if
+    card_path = folder_card_path(path)
+    card = _cards.read_card(card_path) if card_path.is_file() else None
+    opts = _if.FolderOptions.from_dict(card.extra.get("image_folder") if card else None,
+                                       where=f"data card {card_path} (image_folder)")
+    data = _if.load_folder(path, size, opts, class_names=card.class_names if card else None)
+    notes = list(data.notes)
+    if card is not None:
+        expected = card.md5_for_size(size)
+        if expected is None:
+            raise WorkbenchError(
+                f"data card {card_path} lists no size {size} for image folder {path} (sizes: "
+                f"{', '.join(map(str, sorted(card.files)))}): pass one of them as size, or redraft the card with "
+                f"'workbench card init {path} --size {size} --force'"
+            )
+        if expected != data.fingerprint:
+            raise WorkbenchError(
+                f"image folder {path} has fingerprint {data.fingerprint} but its card {card_path} says {expected}: "
+                "images, labels or splits changed after the card was written; restore them or redraft the card "
+                "(workbench card init --force)"
+            )
+        _check_against_card(data.images, data.labels, card, size, f"image folder {path}")
+        class_names, task, name = card.class_names, card.task, card.name
+        notes.insert(0, f"described by its own data card {card_path.name}")
+    else:
+        k = len(data.class_names)
+        class_names, task, name = data.class_names, ("binary-class" if k == 2 else "multi-class"), path.name
+        warnings.warn(f"image folder {path} has no data card {card_path.name} beside it: loaded as custom dataset "
+                      f"'{name}' with classes {', '.join(class_names)}; draft one with 'workbench card init {path}'",
+                      CustomDatasetWarning, stacklevel=3)
+        notes.append("custom dataset (no data card)")
+    for n in notes:
+        if "(leakage)" in n or "carry different labels" in n:
+            warnings.warn(f"image folder {path}: {n}", DuplicateImagesWarning, stacklevel=3)
+    return Dataset(name=name, images=data.images, labels=data.labels, class_names=class_names, task=task,
+                   path=path.resolve(), md5=data.fingerprint, card=card, size=size, notes=notes)
+
+
 def load_dataset(spec: str, size: int = 28, max_per_split: int = 0, seed: int = 0,
-                 cards_dir: Path = CARDS_DIR) -> Dataset:
-    """Load and validate a dataset given by card name or ``.npz`` path (see module docstring)."""
-    path, named_card = resolve(spec, size, cards_dir)
+                 cards_dir: Path | None = None, data_dir: Path | None = None) -> Dataset:
+    """Load and validate a dataset given by card name or path (see module docstring)."""
+    cards_dir = Path(cards_dir) if cards_dir else default_cards_dir()
+    path, named_card = resolve(spec, size, cards_dir, data_dir)
+    kind = path_kind(path)
+    if kind == "dicom":
+        raise WorkbenchError(
+            f"dataset {path} is DICOM: run 'workbench ingest {path} --out DIR' first (it de-identifies the headers "
+            "and writes a workbench dataset) and pass DIR as dataset"
+        )
+    if kind == "folder":
+        return _load_image_folder(path, int(size)).subsample(max_per_split, seed)
+    if kind == "ingested":
+        path = next(path.glob("*.npz"))
     arrays = _read_npz(path)
     md5 = file_md5(path)
     images, labels = _check_arrays(arrays, path)
@@ -247,22 +382,7 @@ def load_dataset(spec: str, size: int = 28, max_per_split: int = 0, seed: int = 
                 notes.append(f"described by its own data card {card.path.name}")
 
     if card is not None:
-        k = card.num_classes
-        if images["train"].shape[1] != card_size or images["train"].shape[3] != card.n_channels:
-            raise WorkbenchError(
-                f"dataset file {path}: images are {images['train'].shape[1:]} but card {card.name} says "
-                f"{card_size}x{card_size}x{card.n_channels}"
-            )
-        for s in SPLITS:
-            if labels[s].max() >= k:
-                raise WorkbenchError(
-                    f"dataset file {path}: {s}_labels contains label {int(labels[s].max())} but card {card.name} "
-                    f"has {k} classes (0..{k - 1})"
-                )
-            if len(labels[s]) != card.splits[s]:
-                raise WorkbenchError(
-                    f"dataset file {path}: {s} has {len(labels[s])} images but card {card.name} says {card.splits[s]}"
-                )
+        _check_against_card(images, labels, card, card_size, f"dataset file {path}")
         class_names, task, name = card.class_names, card.task, card.name
     else:
         k = int(max(labels[s].max() for s in SPLITS)) + 1

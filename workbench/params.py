@@ -10,6 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from . import preprocess as _pre
 from .errors import WorkbenchError
 
 
@@ -21,12 +22,16 @@ def _p(default, help: str, **rules):
 class TrainParams:
     run_dir: str = _p("", "run directory to write into (empty: a new one under runs/)")
     seed: int = _p(0, "seed for data order, augmentation and weights", min=0)
-    dataset: str = _p("bloodmnist", "data card name or path to a MedMNIST-format .npz")
+    dataset: str = _p("bloodmnist", "data card name, or a path: MedMNIST-format .npz, ingested DICOM folder, image folder")
     size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
     max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
     model: str = _p("cnn", "model from the registry (workbench.models.MODELS)", choices_from="models")
     width: int = _p(16, "base number of filters", min=4, max=512)
     dropout: float = _p(0.2, "dropout before the classifier", min=0.0, max=0.9)
+    denoise: str = _p("none", "denoising before training, applied at every stage", choices=_pre.DENOISE)
+    contrast: str = _p("none", "contrast enhancement: CLAHE or histogram equalisation", choices=_pre.CONTRAST)
+    normalize: str = _p("none", "intensity normalisation: minmax or zscore per image, dataset (train mean/std)",
+                        choices=_pre.NORMALIZE)
     augment: str = _p("microscopy", "augmentation preset (workbench.augment.PRESETS)", choices_from="augment")
     epochs: int = _p(15, "maximum number of epochs", min=1, max=1000)
     batch_size: int = _p(128, "batch size", min=1, max=4096)

@@ -13,6 +13,7 @@ import pandas as pd
 from . import augment as _augment
 from . import data as _data
 from . import models as _models
+from . import preprocess as _pre
 from . import runs as _runs
 from .params import TrainParams
 from .progress import TqdmTraining
@@ -45,6 +46,38 @@ def load_data(params: TrainParams, run: _runs.Run | None = None) -> _data.Datase
     if run is not None:
         _runs.add_provenance(run, data=ds.describe())
     return ds
+
+
+def make_preprocessing(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None) -> dict:
+    """The preprocessing spec from the parameters (dataset statistics from the train split), saved
+    as preprocess.json so evaluate and annotate apply exactly the same recipe."""
+    spec = _pre.make_spec(params.denoise, params.contrast, params.normalize,
+                          train_images=ds.images["train"] if params.normalize == "dataset" else None)
+    if run is not None:
+        run.write_json("preprocess.json", spec)
+        _runs.add_provenance(run, preprocess=spec)
+    return spec
+
+
+def read_preprocessing(run: _runs.Run, params: TrainParams) -> dict | None:
+    """The spec a run was trained with (None for runs from before preprocessing existed)."""
+    from .errors import WorkbenchError
+    path = run.path / "preprocess.json"
+    if not path.exists():
+        if (params.denoise, params.contrast, params.normalize) != ("none", "none", "none"):
+            raise WorkbenchError(f"{run.path} was trained with preprocessing but has no preprocess.json: "
+                                 "the recipe is lost; train a new run")
+        return None
+    return _pre.check_spec(run.read_json("preprocess.json"))
+
+
+def preview_preprocessing(params: TrainParams, ds: _data.Dataset, spec: dict, n_images: int = 8):
+    """Before/after figure of the same training images."""
+    from .viz import preprocessing_preview
+    idx = _data.stratified_indices(ds.labels["train"], n_images, params.seed)[:n_images]
+    before = ds.images["train"][idx]
+    return preprocessing_preview(before, _pre.apply_spec(spec, before),
+                                 title=f"Preprocessing: {_pre.describe(spec)}")
 
 
 def make_augmentation(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None):
@@ -116,6 +149,7 @@ def run(params: TrainParams) -> dict:
     """The whole stage without a notebook (the notebook calls the same steps one per cell)."""
     r = _runs.open_stage("train", params)
     ds = load_data(params, r)
+    ds = ds.preprocessed(make_preprocessing(params, ds, r))
     t = make_augmentation(params, ds, r)
     model = build_model(params, ds)
     fit(model, ds, t, params, r)
@@ -123,7 +157,8 @@ def run(params: TrainParams) -> dict:
 
 
 def reload(run: _runs.Run):
-    """The trained model and the exact data it was trained on (same file md5, same subset)."""
+    """The trained model and the exact data it was trained on (same file md5, same subset, same
+    preprocessing)."""
     from .errors import WorkbenchError
     tp = _params_from_run(run)
     model = _models.load(run.path / "model.keras")
@@ -134,7 +169,7 @@ def reload(run: _runs.Run):
             f"dataset {ds.path} has md5 {ds.md5} but the model in {run.path} was trained on md5 {trained_md5}: "
             "restore the original file or train a new run"
         )
-    return model, ds, tp
+    return model, ds.preprocessed(read_preprocessing(run, tp)), tp
 
 
 def _params_from_run(run: _runs.Run) -> TrainParams:

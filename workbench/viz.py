@@ -176,3 +176,10 @@ def augmentation_preview(originals: np.ndarray, augmented: list[np.ndarray], tit
     grid = np.concatenate(rows)
     caps = ["original"] * len(originals) + [f"sample {r}" for r in range(1, len(rows)) for _ in originals]
     return image_grid(grid, caps, ncols=len(originals), title=title or "Augmentation preview")
+
+
+def preprocessing_preview(before: np.ndarray, after: np.ndarray, title: str = "") -> Figure:
+    """Row 0: images as loaded; row 1: the same images after preprocessing (0-255 shown as is)."""
+    grid = np.concatenate([before, after])
+    caps = ["before"] * len(before) + ["after"] * len(after)
+    return image_grid(grid, caps, ncols=len(before), title=title or "Preprocessing preview")
