@@ -24,7 +24,7 @@ def _err(stage, name, value) -> str:
 
 
 def test_stages():
-    assert STAGES == ("train", "evaluate", "annotate")
+    assert STAGES == ("explore", "train", "evaluate", "annotate")
 
 
 @pytest.mark.parametrize("stage", STAGES)
