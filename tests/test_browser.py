@@ -143,7 +143,7 @@ def test_explore_notebook_widgets_render_and_react(lab, browser, pipeline_run, t
     page.screenshot(path=str(tmp_path / "explore_after_run.png"), full_page=True)
     _assert_no_errors(page)
     # widget views present: the browser grid, the augmentation preview and the inspector
-    for cls in ("wb-browser-grid", "wb-augment-preview", "wb-inspector"):
+    for cls in ("wb-browser-grid", "wb-augment-preview", "wb-preprocess-preview", "wb-window-preview", "wb-inspector"):
         assert page.locator(f"img.{cls}").count() == 1, cls
     assert page.locator(".jupyter-widgets").count() > 10
 

@@ -74,7 +74,25 @@ def test_explore_notebook_static_report(tmp_path, pipeline_run):
     run_dir = tmp_path / proc.stdout.strip().splitlines()[-1].split("/")[-1]
     html = (run_dir / "00_explore.html").read_text()
     # static faces: class balance, image grid, histograms, augmentation, inspector figures
-    assert html.count("data:image/png;base64") >= 6
+    assert html.count("data:image/png;base64") >= 9
     assert "No near-duplicate images across splits" in html
     assert "the most confident errors" in html
     assert (run_dir / "params" / "explore.json").is_file()
+
+
+def test_window_helpers_on_real_ct():
+    from workbench import preprocess
+    values, dcm = explore.dicom_values(explore.default_dicom_file())
+    assert str(dcm.Modality) == "CT" and values.min() < -500 and values.max() > 500  # Hounsfield units
+    lung = preprocess.window(values, *preprocess.WINDOW_PRESETS["lung"])
+    bone = preprocess.window(values, *preprocess.WINDOW_PRESETS["bone"])
+    assert lung.dtype == np.uint8 and not np.array_equal(lung, bone)
+    a = explore.viz.to_png(explore.window_figure(values, 40, 80))
+    b = explore.viz.to_png(explore.window_figure(values, 400, 1800))
+    assert a[:8] == b"\x89PNG\r\n\x1a\n" and a != b
+
+
+def test_preprocessing_figure_changes_with_spec(ds):
+    plain = explore.viz.to_png(explore.preprocessing_figure(ds))
+    clahe = explore.viz.to_png(explore.preprocessing_figure(ds, "median", "clahe", "none"))
+    assert plain != clahe

@@ -40,6 +40,9 @@ BODIES = {
         "explore.dataset_browser(ds)",
         "## Augmentation preview\nA preset, or your own parameters (choose *custom*); originals in the first row.",
         "explore.augmentation_preview(ds, seed=P.seed)",
+        "## Preprocessing preview\nDenoise, contrast and normalisation as the train stage applies them "
+        "(`-p denoise …`), and DICOM window level/width on modality values (HU for CT).",
+        "explore.preprocessing_preview(ds, P.dicom_file, seed=P.seed)",
         "## Prediction inspector\nA run's test predictions: image, class probabilities and Grad-CAM; "
         "filter to errors or to the most confident errors.",
         "explore.prediction_inspector(P.predictions_run)",

@@ -330,3 +330,91 @@ def prediction_inspector(run_dir: str | Path | None = None, split: str = "test")
     pos.observe(refresh, names="value")
     refresh()
     return W.VBox([W.HBox([filt, pos, info]), image])
+
+
+# ----------------------------------------------------------------------------------------- preprocessing
+def preprocessing_figure(ds: Dataset, denoise: str = "none", contrast: str = "none", normalize: str = "none",
+                         n_images: int = 8, seed: int = 0) -> Figure:
+    """The same training images before and after a preprocessing spec (as the train stage applies it)."""
+    from . import preprocess as _pre
+    from .data import stratified_indices
+    idx = stratified_indices(ds.labels["train"], max(n_images, ds.num_classes), seed)[:n_images]
+    spec = _pre.make_spec(denoise, contrast, normalize, train_images=ds.images["train"] if normalize == "dataset" else None)
+    before = ds.images["train"][idx]
+    return viz.preprocessing_preview(before, _pre.apply_spec(spec, before), title=f"Preprocessing: {_pre.describe(spec)}")
+
+
+def dicom_values(path: str | Path) -> tuple[np.ndarray, object]:
+    """First frame of a DICOM file in modality units (HU for CT) and its dataset."""
+    from pydicom.pixels import apply_modality_lut
+    from . import dicom as _dicom
+    ds = _dicom.read(Path(path))
+    arr = _dicom.pixel_array(ds, path)[0]
+    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64), ds
+
+
+def window_figure(values: np.ndarray, level: float, width: float, title: str = "") -> Figure:
+    """A DICOM frame under a window (level/width) beside the histogram of its values with the window marked."""
+    from . import preprocess as _pre
+    fig = Figure(figsize=(8, 3.4), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.imshow(_pre.window(values, level, width), cmap="gray", vmin=0, vmax=255)
+    ax1.axis("off")
+    ax1.set_title(title or f"level {level:g}, width {width:g}", fontsize=9)
+    ax2.hist(values.ravel(), bins=100, color="grey")
+    ax2.axvspan(level - width / 2, level + width / 2, color="tab:orange", alpha=0.3, label="window")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("modality value (HU for CT)")
+    ax2.legend(fontsize=7)
+    return fig
+
+
+def default_dicom_file() -> str:
+    """pydicom's bundled real CT slice, for trying the window controls without your own data."""
+    from pydicom.data import get_testdata_file
+    return get_testdata_file("CT_small.dcm")
+
+
+def preprocessing_preview(ds: Dataset, dicom_file: str = "", seed: int = 0):
+    """Denoise / contrast / normalisation on the dataset, and DICOM window level/width sliders."""
+    from . import preprocess as _pre
+    path = dicom_file or default_dicom_file()
+    values, dcm = dicom_values(path)
+    level0, width0 = _pre.WINDOW_PRESETS["abdomen"] if str(dcm.get("Modality", "")) == "CT" else (
+        float(np.median(values)), float(values.max() - values.min()) or 1.0)
+    label = f"{Path(path).name} ({dcm.get('Modality', '?')})"
+    if headless():
+        return _static(preprocessing_figure(ds, "median", "clahe", "none", seed=seed),
+                       *[window_figure(values, *_pre.WINDOW_PRESETS[p], title=f"{label}: {p} window")
+                         for p in ("abdomen", "bone")] if str(dcm.get("Modality", "")) == "CT" else
+                       [window_figure(values, level0, width0, title=label)])
+    import ipywidgets as W
+    dn = W.Dropdown(options=list(_pre.DENOISE), value="none", description="denoise")
+    ct = W.Dropdown(options=list(_pre.CONTRAST), value="none", description="contrast")
+    nm = W.Dropdown(options=list(_pre.NORMALIZE), value="none", description="normalise")
+    pre_img = _png_widget(preprocessing_figure(ds, seed=seed))
+    pre_img.add_class("wb-preprocess-preview")
+    lo, hi = float(values.min()), float(values.max())
+    preset = W.Dropdown(options=["custom", *_pre.WINDOW_PRESETS], value="custom", description="window")
+    level = W.FloatSlider(value=level0, min=min(lo, -1024.0), max=max(hi, 3000.0), step=1, description="level")
+    width = W.FloatSlider(value=width0, min=1, max=max(hi - lo, 4000.0), step=1, description="width")
+    win_img = _png_widget(window_figure(values, level0, width0, label))
+    win_img.add_class("wb-window-preview")
+
+    def refresh_pre(_=None):
+        pre_img.value = viz.to_png(preprocessing_figure(ds, dn.value, ct.value, nm.value, seed=seed))
+
+    def apply_preset(_=None):
+        if preset.value != "custom":
+            level.value, width.value = _pre.WINDOW_PRESETS[preset.value]
+
+    def refresh_win(_=None):
+        win_img.value = viz.to_png(window_figure(values, level.value, width.value, label))
+
+    for w in (dn, ct, nm):
+        w.observe(refresh_pre, names="value")
+    preset.observe(apply_preset, names="value")
+    level.observe(refresh_win, names="value")
+    width.observe(refresh_win, names="value")
+    return W.VBox([W.HBox([dn, ct, nm]), pre_img, W.HTML(f"<b>DICOM window</b> · {html.escape(label)}"),
+                   W.HBox([preset, level, width]), win_img])

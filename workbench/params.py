@@ -69,6 +69,7 @@ class ExploreParams:
     size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
     max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
     predictions_run: str = _p("", "run whose predictions to inspect (empty: the latest; none: skip)")
+    dicom_file: str = _p("", "DICOM file for the window controls (empty: pydicom's bundled CT slice)")
 
 
 STAGE_PARAMS = {"explore": ExploreParams, "train": TrainParams, "evaluate": EvaluateParams, "annotate": AnnotateParams}
