@@ -66,8 +66,10 @@ BODIES = {
         "is fitted on val, applied to test and saved with the model as `calibration.json`.",
         "evaluate.calibration_table(result)",
         "evaluate.reliability_figure(result)",
-        "## Explanations\nGrad-CAM (on JAX) of the predicted class over each image, and occlusion sensitivity: "
-        "the drop in that class's probability when a patch of the image is hidden.",
+        "## Explanations\nTop losses (the test images with the highest loss: the most confident errors first), "
+        "then each class's most confident correct and wrong prediction, then Grad-CAM beside occlusion sensitivity. "
+        "Grad-CAM (on JAX) shows where the evidence for the predicted class lies; occlusion sensitivity is the drop "
+        "in that class's probability when a patch of the image is hidden.",
         "evaluate.top_losses(model, ds, preds, P)",
         "evaluate.correct_vs_wrong(model, ds, preds, P)",
         "evaluate.occlusion_figure(model, ds, preds, P)",
