@@ -138,7 +138,7 @@ def test_evaluate_intervals_calibration_and_explanations(pipeline_run):
     import workbench  # noqa: F401
     from workbench import calibration
     d = pipeline_run["dir"]
-    m = read_json(d / "metrics.json")
+    m = json.loads((d / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
     t = m["test"]
     with np.load(d / "predictions.npz", allow_pickle=False) as z:
         probs, y, calibrated = z["test_probs"], z["test_labels"], z["test_probs_calibrated"]

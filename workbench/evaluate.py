@@ -218,8 +218,22 @@ def compute(run: _runs.Run, model, ds, params: EvaluateParams) -> dict:
     result["published_baselines"] = compare_baselines(published, test)
 
     np.savez_compressed(run.file("predictions.npz"), **arrays)
+    result = _strict_json(result)
     run.write_json("metrics.json", result)
     return result
+
+
+def _strict_json(obj):
+    """NaN/inf (an empty reliability bin, an undefined AUC) → None: metrics.json stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def load_predictions(run: _runs.Run) -> dict[str, np.ndarray]:
@@ -250,10 +264,11 @@ def headline(result: dict) -> pd.DataFrame:
         "ACC": (v["acc"], t["acc"], t["acc_ci95"]),
         "AUC (macro one-vs-rest)": (v["auc"], t["auc"], t["auc_ci95"]),
         "balanced ACC": (v["balanced_acc"], t["balanced_acc"], t["balanced_acc_ci95"]),
-        "ECE (15 bins)": (None, t["ece"], t["ece_ci95"]),
-        "ECE after temperature": (None, t["ece_after_temperature"], t["ece_after_temperature_ci95"]),
+        "ECE (15 bins)": ("–", t["ece"], t["ece_ci95"]),
+        "ECE after temperature": ("–", t["ece_after_temperature"], t["ece_after_temperature_ci95"]),
     }
-    df = pd.DataFrame({k: {"val": _fmt(a), "test": _fmt(b), "test 95% CI": _ci(c)} for k, (a, b, c) in rows.items()}).T
+    df = pd.DataFrame({k: {"val": a if a == "–" else _fmt(a), "test": _fmt(b), "test 95% CI": _ci(c)}
+                       for k, (a, b, c) in rows.items()}).T
     b = t["bootstrap"]
     df.loc["images"] = [str(v["n"]), str(t["n"]), f"{b['n_resamples']} resamples, seed {b['seed']}"]
     return df
