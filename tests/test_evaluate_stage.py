@@ -7,6 +7,7 @@ the stage's mechanics and bookkeeping, not accuracy.
 
 import json
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from workbench import augment, calibration, data, evaluate, models
 from workbench.data import CustomDatasetWarning
 from workbench.errors import WorkbenchError
 from workbench.params import make, to_dict
+from workbench.runs import Run
 
 
 def make_run(root, name, seed, dataset=TINY, augment_preset="microscopy", max_per_split=0):
@@ -96,6 +98,13 @@ def test_binary_task_gets_an_operating_point(tmp_path):
     assert np.mean(sv[yv == 1] >= op["threshold"]) >= 0.9
     assert op["test"]["sensitivity"] == pytest.approx(np.mean(st[yt == 1] >= op["threshold"]))
     assert "Operating point (binary)" in (d / "model_card.md").read_text()
+    # the report's table and ROC figure show the chosen point
+    table = evaluate.operating_points(m)
+    assert table.loc["threshold (chosen on val)", "value"] == f"{op['threshold']:.4f}"
+    preds = evaluate.load_predictions(Run(path=d, stage="evaluate"))
+    fig = evaluate.roc_figure(SimpleNamespace(class_names=m["class_names"]), preds, m)
+    legend = " ".join(t.get_text() for t in fig.axes[0].get_legend().texts)
+    assert f"threshold {op['threshold']:.4f}" in legend and "target sensitivity 0.9" in legend
 
 
 def _nothing_written(d):

@@ -1,5 +1,6 @@
 """Command line: ``workbench run STAGE -p NAME VALUE … [--run DIR]``, ``workbench pipeline -p …``,
-``workbench cards``, ``workbench report [RUNS_DIR]``. Errors are one line on stderr (exit 2); the run directory is the last line printed."""
+``workbench cards``, ``workbench report [RUNS_DIR]``. Errors are one line on stderr (exit 2); the run directory
+is the last line printed."""
 
 from __future__ import annotations
 

@@ -253,6 +253,10 @@ def _ci(ci, digits: int = 4) -> str:
     return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
+def _label(rate: str) -> str:
+    return rate.upper() if rate in ("ppv", "npv") else rate
+
+
 def _with_ci(v, ci, digits: int = 3) -> str:
     return f"{_fmt(v, digits)} {_ci(ci, digits)}" if v is not None else "undefined"
 
@@ -291,7 +295,7 @@ def interval_plot(result: dict):
     add("balanced ACC", t["balanced_acc"], t["balanced_acc_ci95"])
     for r in ("sensitivity", "ppv"):
         for name, row in t["per_class_ci95"].items():
-            add(f"{r.upper() if r == 'ppv' else r}: {name}", row[r], row[f"{r}_ci95"])
+            add(f"{_label(r)}: {name}", row[r], row[f"{r}_ci95"])
     return forest(labels, vals, lows, highs, title="Test metrics with 95 % bootstrap intervals", xlabel="value")
 
 
@@ -302,7 +306,7 @@ def per_class(result: dict, split: str = "test") -> pd.DataFrame:
         return pd.DataFrame(result[split]["per_class"]).T
     rows = {}
     for name, r in result["test"]["per_class_ci95"].items():
-        row = {m.upper() if m in ("ppv", "npv") else m: _with_ci(r[m], r[f"{m}_ci95"]) for m in _metrics.PER_CLASS_RATES}
+        row = {_label(m): _with_ci(r[m], r[f"{m}_ci95"]) for m in _metrics.PER_CLASS_RATES}
         row.update({"support": r["support"], "OvR AUC": _fmt(r["roc_auc"], 3), "AP": _fmt(r["average_precision"], 3)})
         rows[name] = row
     return pd.DataFrame(rows).T
@@ -318,7 +322,7 @@ def operating_points(result: dict) -> pd.DataFrame:
                 "val sensitivity": _fmt(op.get("val_sensitivity"), 3),
                 "val specificity": _fmt(op.get("val_specificity"), 3)}
         for m in ("sensitivity", "specificity", "ppv", "npv"):
-            rows[f"test {m.upper() if m in ('ppv', 'npv') else m}"] = _with_ci(op["test"].get(m), op["test"].get(f"{m}_ci95"))
+            rows[f"test {_label(m)}"] = _with_ci(op["test"].get(m), op["test"].get(f"{m}_ci95"))
         return pd.DataFrame({"value": rows})
     curves = result["test"]["curves"]
     return pd.DataFrame({"OvR ROC AUC": [_fmt(v) for v in curves["roc_auc"]],
@@ -426,7 +430,8 @@ def occlusion_figure(model, ds, preds: dict, params: EvaluateParams, n: int = 3)
     images = ds.images["test"][idx]
     cams = gradcam(model, images, pred[idx], layer=params.cam_layer)
     occ = occlusion(model, images, pred[idx])
-    caps = [("wrong: " if pred[i] != y[i] else "right: ") + _caption(i, pred[i], y[i], p[i], ds.class_names) for i in idx]
+    caps = [("wrong: " if pred[i] != y[i] else "right: ") + _caption(i, pred[i], y[i], p[i], ds.class_names)
+            for i in idx]
     return explanation_rows(images, cams, occ, caps)
 
 

@@ -146,8 +146,9 @@ def gradcam(model: keras.Model, images: np.ndarray, class_index=None, layer: str
     fn = _cam_fn(model, layer, (h, w))
     out = np.zeros((n, h, w), dtype=np.float32)
     for i in range(0, n, batch_size):
-        x, c = pad_batch(images[i:i + batch_size].astype("float32"), batch_size), pad_batch(classes[i:i + batch_size], batch_size)
-        out[i:i + batch_size] = np.asarray(fn(x, c.astype("int32")))[:min(batch_size, n - i)]
+        x = pad_batch(images[i:i + batch_size].astype("float32"), batch_size)
+        c = pad_batch(classes[i:i + batch_size], batch_size).astype("int32")
+        out[i:i + batch_size] = np.asarray(fn(x, c))[:min(batch_size, n - i)]
     return out
 
 

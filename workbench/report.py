@@ -75,7 +75,6 @@ def model_card(run_dir, card=None) -> str:
     from . import __version__
     run_dir = Path(run_dir)
     tp = _read(run_dir / "params" / "train.json") or {}
-    ep = _read(run_dir / "params" / "evaluate.json") or {}
     ts = _read(run_dir / "train_summary.json") or {}
     m = _read(run_dir / "metrics.json")
     if m is None:
@@ -156,7 +155,8 @@ def model_card(run_dir, card=None) -> str:
     add(f"| AUC (macro one-vs-rest) | {_f(t['auc'])} | {_ci(t['auc_ci95'])} |")
     add(f"| balanced ACC | {_f(t['balanced_acc'])} | {_ci(t['balanced_acc_ci95'])} |")
     add(f"| ECE (15 bins) | {_f(t['ece'])} | {_ci(t.get('ece_ci95'))} |")
-    add(f"| ECE after temperature scaling | {_f(t['ece_after_temperature'])} | {_ci(t.get('ece_after_temperature_ci95'))} |")
+    add(f"| ECE after temperature scaling | {_f(t['ece_after_temperature'])} | "
+        f"{_ci(t.get('ece_after_temperature_ci95'))} |")
     add("\nPer class (one-vs-rest; value [95 % interval]; undefined where the denominator is zero):\n")
     add("| class | support | sensitivity | specificity | PPV | NPV | F1 |\n| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in t["per_class_ci95"].items():
@@ -167,10 +167,12 @@ def model_card(run_dir, card=None) -> str:
         ot = op.get("test", {})
         add(f"\nOperating point (binary): threshold {_f(op['threshold'])} on the score of class 1, chosen on val for "
             f"sensitivity ≥ {op['target_sensitivity']}; on test sensitivity {_f(ot.get('sensitivity'))} "
-            f"{_ci(ot.get('sensitivity_ci95'))}, specificity {_f(ot.get('specificity'))} {_ci(ot.get('specificity_ci95'))}, "
+            f"{_ci(ot.get('sensitivity_ci95'))}, specificity {_f(ot.get('specificity'))} "
+            f"{_ci(ot.get('specificity_ci95'))}, "
             f"PPV {_f(ot.get('ppv'))} {_ci(ot.get('ppv_ci95'))}, NPV {_f(ot.get('npv'))} {_ci(ot.get('npv_ci95'))}.")
     for name, v in (m.get("variants") or {}).items():
-        what = f"test-time augmentation ({v['passes']} passes)" if name == "tta" else f"ensemble of {len(v['members'])} runs"
+        what = (f"test-time augmentation ({v['passes']} passes)" if name == "tta"
+                else f"ensemble of {len(v['members'])} runs")
         add(f"\nWith {what}: ACC {_f(v['acc'])} {_ci(v['acc_ci95'])}, gain {_f(v['acc_gain'])} "
             f"{_ci(v['acc_gain_ci95'])}; AUC {_f(v['auc'])} {_ci(v['auc_ci95'])}, gain {_f(v['auc_gain'])} "
             f"{_ci(v['auc_gain_ci95'])} (paired bootstrap).")
@@ -179,14 +181,16 @@ def model_card(run_dir, card=None) -> str:
         add("\nPublished baselines (test, from the data card) against our 95 % interval:\n")
         add("| method | ACC | AUC | our ACC interval is | our AUC interval is |\n| --- | --- | --- | --- | --- |")
         for meth, v in pb.items():
-            add(f"| {meth} | {_f(v['acc'], 3)} | {_f(v['auc'], 3)} | {v['our_acc_interval']} | {v['our_auc_interval']} |")
+            add(f"| {meth} | {_f(v['acc'], 3)} | {_f(v['auc'], 3)} | {v['our_acc_interval']} | "
+                f"{v['our_auc_interval']} |")
     else:
         add("\nThe data card lists no published baselines for this dataset.")
     add("")
 
     add("## Evaluation data\n")
     if card:
-        add(f"- **Dataset:** {card.pretty_name} ({card.version}), license {card.license}, source {card.source.get('url')}.")
+        add(f"- **Dataset:** {card.pretty_name} ({card.version}), license {card.license}, "
+            f"source {card.source.get('url')}.")
     add(f"- **File:** `{Path(data['path']).name if data.get('path') else MORE}`, md5 {data.get('md5', MORE)}.")
     add(f"- **Test split:** {t['n']} images; per class: "
         f"{_counts([r['support'] for r in t['per_class_ci95'].values()], names)}.")
@@ -301,7 +305,8 @@ _JS = """function sortBy(col){const t=document.getElementById('runs'),b=t.tBodie
 const dir=h[col].dataset.dir==='desc'?'asc':'desc';for(const c of h)c.dataset.dir='';h[col].dataset.dir=dir;
 const rows=[...b.rows];rows.sort((r1,r2)=>{const x=r1.cells[col].dataset.v,y=r2.cells[col].dataset.v;
 if(x===y)return 0;if(x==='')return 1;if(y==='')return -1;const nx=parseFloat(x),ny=parseFloat(y);
-const r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return dir==='asc'?r:-r;});rows.forEach(r=>b.appendChild(r));}"""
+const r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return dir==='asc'?r:-r;});
+rows.forEach(r=>b.appendChild(r));}"""
 
 
 def _cell(value, ci=None, digits: int = 4) -> str:
@@ -358,7 +363,7 @@ def index_html(runs: list[dict], runs_dir, sort: str = "test_acc", base: Path | 
     for r in runs:
         cells = [f'<td data-v="{html.escape(r["name"])}"><b>{html.escape(r["name"])}</b>'
                  + (f'<br><span class="ci">{html.escape(r["time"])}</span>' if r["time"] else "")
-                 + f"<details><summary>all parameters</summary><pre>"
+                 + "<details><summary>all parameters</summary><pre>"
                  + html.escape(json.dumps(r["params"], indent=1)) + "</pre></details></td>",
                  f'<td data-v="{len(r["stages"])}">{html.escape(", ".join(r["stages"]) or "none")}</td>']
         for k in keys:
