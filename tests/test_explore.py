@@ -96,3 +96,13 @@ def test_preprocessing_figure_changes_with_spec(ds):
     plain = explore.viz.to_png(explore.preprocessing_figure(ds))
     clahe = explore.viz.to_png(explore.preprocessing_figure(ds, "median", "clahe", "none"))
     assert plain != clahe
+
+
+@pytest.mark.slow
+def test_inspector_grad_cam_on_a_trained_run(pipeline_run, ds):
+    from workbench.models import load
+    model = load(pipeline_run["dir"] / "model.keras", compile=False)
+    cam = explore._grad_cam(model, ds.images["test"][0], 3)
+    assert cam.shape == (28, 28) and cam.min() >= 0 and cam.max() <= 1
+    fig = explore.inspect_figure(ds.images["test"][0], np.full(8, 1 / 8), ds.class_names, 3, cam)
+    assert len(fig.axes) == 3  # image, probabilities, Grad-CAM overlay

@@ -18,7 +18,8 @@ def test_run_directory_holds_every_artifact(pipeline_run):
     for name in ("10_train.ipynb", "10_train.html", "20_evaluate.ipynb", "20_evaluate.html", "30_annotate.ipynb",
                  "30_annotate.html", "params/train.json", "params/evaluate.json", "params/annotate.json",
                  "provenance.json", "model.keras", "history.csv", "augment.yaml", "metrics.json",
-                 "predictions.npz", "annotations.csv", "annotation_summary.json", "train_summary.json"):
+                 "predictions.npz", "annotations.csv", "annotation_summary.json", "train_summary.json",
+                 "calibration.json", "model_card.md"):
         assert (d / name).is_file(), name
     assert d.parent.name.startswith("runs")  # WORKBENCH_RUNS_DIR was honoured
 
@@ -85,11 +86,11 @@ def test_annotations_follow_threshold(pipeline_run):
 
 def test_reports_are_self_contained_without_code(pipeline_run):
     d = pipeline_run["dir"]
-    for stem, must in (("10_train", "Training"), ("20_evaluate", "published baselines"),
-                       ("30_annotate", "Needs review")):
+    for stem, must, n_figures in (("10_train", "Training", 2), ("20_evaluate", "published baselines", 9),
+                                  ("30_annotate", "Needs review", 2)):
         html = (d / f"{stem}.html").read_text()
         assert must in html
-        assert html.count("data:image/png;base64") >= 2, stem  # figures inline
+        assert html.count("data:image/png;base64") >= n_figures, stem  # figures inline
         assert "import workbench" not in html  # code hidden
         assert "<script src=\"http" not in html or "require.js" in html
 
@@ -128,3 +129,39 @@ def test_stage_refuses_to_run_twice(pipeline_run):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: stage evaluate already ran in")
     assert json.loads((pipeline_run["dir"] / "metrics.json").read_text())["test"]["n"] == 120  # untouched
+
+
+def test_evaluate_intervals_calibration_and_explanations(pipeline_run):
+    """The evaluate stage's new numbers are in metrics.json and recomputable from predictions.npz."""
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    import workbench  # noqa: F401
+    from workbench import calibration
+    d = pipeline_run["dir"]
+    m = json.loads((d / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    t = m["test"]
+    with np.load(d / "predictions.npz", allow_pickle=False) as z:
+        probs, y, calibrated = z["test_probs"], z["test_labels"], z["test_probs_calibrated"]
+    for key in ("acc", "auc", "balanced_acc"):
+        lo, hi = t[f"{key}_ci95"]
+        assert lo <= t[key] <= hi, key
+    assert t["bootstrap"]["n_resamples"] == 1000 and t["bootstrap"]["seed"] == 0  # the default
+    assert t["balanced_acc"] == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
+    assert list(t["per_class_ci95"]) == m["class_names"]
+    sens = recall_score(y, probs.argmax(1), labels=list(range(8)), average=None, zero_division=0)
+    for c, (name, row) in enumerate(t["per_class_ci95"].items()):
+        assert set(row) >= {"sensitivity", "specificity", "ppv", "npv", "f1", "sensitivity_ci95", "npv_ci95"}
+        assert row["sensitivity"] == pytest.approx(sens[c])
+        assert row["support"] == int((y == c).sum())
+    # calibration: ECE before/after, the temperature saved with the model and used for calibrated probabilities
+    temperature = calibration.load_temperature(d)
+    assert temperature == pytest.approx(t["temperature"])
+    assert t["ece"] == pytest.approx(calibration.ece(probs, y, 15))
+    assert t["ece_after_temperature"] == pytest.approx(calibration.ece(calibrated, y, 15))
+    np.testing.assert_allclose(calibrated, calibration.apply_temperature(probs, temperature), atol=1e-9)
+    assert len(m["calibration"]["reliability"]["count"]) == 15
+    assert m["variants"] == {} and m["published_baselines"] == {}  # TTA/ensembles off; the tiny card has none
+    html = (d / "20_evaluate.html").read_text()
+    for text in ("Top losses", "Grad-CAM", "occlusion", "ECE after temperature", "precision-recall", "Model card",
+                 "Not for clinical use", "95 % intervals"):
+        assert text in html, text

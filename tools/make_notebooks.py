@@ -24,8 +24,9 @@ HEADERS = {
               "`model.keras` (best epoch by val loss), `history.csv`, `preprocess.json`, `augment.yaml`, `train_summary.json`, "
               "`params/train.json`, `provenance.json`"),
     "evaluate": ("20 · Evaluate", "a run directory holding a trained `model.keras`",
-                 "`metrics.json` (test ACC/AUC by the MedMNIST protocol, per-class precision/recall/F1), "
-                 "`predictions.npz`"),
+                 "`metrics.json` (test ACC/AUC by the MedMNIST protocol with 95 % bootstrap intervals, per-class "
+                 "sensitivity/specificity/PPV/NPV/F1, calibration, operating points, TTA/ensemble gains, published "
+                 "baselines), `predictions.npz`, `calibration.json` (temperature fitted on val), `model_card.md`"),
     "annotate": ("30 · Annotate", "a run directory holding a trained `model.keras`; a split used as the unlabeled pool",
                  "`annotations.csv` (index, predicted label, confidence, auto-accepted / needs-review), "
                  "`annotation_summary.json`"),
@@ -72,15 +73,40 @@ BODIES = {
     "evaluate": [
         "import workbench as wb\nfrom workbench import evaluate\n\nP = wb.params.collect(\"evaluate\", globals())\n"
         "run, model, ds, train_params = evaluate.open_stage(P)",
-        "## Headline: ACC and AUC (MedMNIST protocol)",
+        "## Headline with 95 % intervals\nACC and AUC by the MedMNIST protocol, balanced accuracy and calibration "
+        "error on the test split; intervals from a seeded bootstrap stratified by class (`n_resamples`).",
         "result = evaluate.compute(run, model, ds, P)\nevaluate.headline(result)",
-        "## Per class (test)",
+        "evaluate.interval_plot(result)",
+        "## Per class (test)\nOne-vs-rest sensitivity, specificity, PPV, NPV and F1 with 95 % intervals; "
+        "undefined where the denominator is zero (e.g. the PPV of a class never predicted).",
         "evaluate.per_class(result, \"test\")",
         "preds = evaluate.load_predictions(run)\n"
         "wb.viz.confusion_matrix(wb.metrics.confusion(ds.labels[\"test\"], preds[\"test_probs\"].argmax(1), ds.num_classes), ds.class_names)",
-        "wb.viz.roc_curves(ds.labels[\"test\"], preds[\"test_probs\"], ds.class_names)",
-        "## Against the published baselines (data card)",
+        "## Operating points\nBinary tasks: the threshold reaching `target_sensitivity` on val, reported on test. "
+        "Multi-class tasks: one-vs-rest ROC and precision-recall curves per class.",
+        "evaluate.operating_points(result)",
+        "evaluate.roc_figure(ds, preds, result)",
+        "evaluate.pr_figure(ds, preds)",
+        "## Calibration\nExpected calibration error (15 bins) before and after temperature scaling; the temperature "
+        "is fitted on val, applied to test and saved with the model as `calibration.json`.",
+        "evaluate.calibration_table(result)",
+        "evaluate.reliability_figure(result)",
+        "## Explanations\nTop losses (the test images with the highest loss: the most confident errors first), "
+        "then each class's most confident correct and wrong prediction, then Grad-CAM beside occlusion sensitivity. "
+        "Grad-CAM (on JAX) shows where the evidence for the predicted class lies; occlusion sensitivity is the drop "
+        "in that class's probability when a patch of the image is hidden.",
+        "evaluate.top_losses(model, ds, preds, P)",
+        "evaluate.correct_vs_wrong(model, ds, preds, P)",
+        "evaluate.occlusion_figure(model, ds, preds, P)",
+        "## Test-time augmentation and ensembles\nGain over this run on the same test images, with paired "
+        "bootstrap intervals (`tta`, `ensemble`).",
+        "evaluate.variants(result)",
+        "## Against the published baselines (data card)\nOur point estimate and 95 % interval beside each published "
+        "test result, and where our interval lies relative to it.",
         "evaluate.baselines(ds, result, train_params.model)",
+        "evaluate.baseline_figure(result, train_params.model)",
+        "## Model card\nWritten to `model_card.md` in the run directory.",
+        "evaluate.write_model_card(run, ds)",
     ],
     "annotate": [
         "import workbench as wb\nfrom workbench import annotate\n\nP = wb.params.collect(\"annotate\", globals())\n"

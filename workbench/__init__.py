@@ -27,8 +27,9 @@ __version__ = "0.1.0"
 
 from .errors import WorkbenchError  # noqa: E402
 
-_SUBMODULES = ("annotate", "augment", "calibration", "cards", "data", "evaluate", "execute", "metrics", "models", "params",
-               "paths", "progress", "runs", "train", "viz")
+_SUBMODULES = ("annotate", "augment", "calibration", "cards", "data", "deid", "dicom", "evaluate", "execute", "explain",
+               "explore", "fetch", "imagefolder", "ingest", "metrics", "models", "params", "paths", "preprocess",
+               "progress", "report", "runs", "train", "viz")
 __all__ = ["WorkbenchError", "__version__", *_SUBMODULES]
 
 

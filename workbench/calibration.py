@@ -71,3 +71,38 @@ def load_temperature(run_dir) -> float | None:
     if not p.is_file():
         return None
     return float(json.loads(p.read_text())["temperature"])
+
+
+def evaluate(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray, test_labels: np.ndarray,
+             n_bins: int = 15, n_resamples: int = 0, seed: int = 0) -> dict:
+    """Fit the temperature on val, apply it to test; test ECE, NLL and reliability bins before and after.
+
+    With ``n_resamples`` > 0 the two test ECEs get seeded, class-stratified bootstrap intervals too."""
+    from .metrics import bootstrap_ci
+    fit = fit_temperature(val_probs, val_labels)
+    t = fit["temperature"]
+    test_labels = np.asarray(test_labels).reshape(-1)
+    after = apply_temperature(test_probs, t)
+    out = {"temperature": t, "fit": fit, "n_bins": n_bins,
+           "ece": ece(test_probs, test_labels, n_bins), "ece_after_temperature": ece(after, test_labels, n_bins),
+           "nll": nll(test_probs, test_labels), "nll_after_temperature": nll(test_probs, test_labels, t),
+           "reliability": reliability(test_probs, test_labels, n_bins),
+           "reliability_after_temperature": reliability(after, test_labels, n_bins)}
+    if n_resamples:
+        boot = bootstrap_ci(lambda y, p, q: np.array([ece(p, y, n_bins), ece(q, y, n_bins)]), test_labels,
+                            np.asarray(test_probs, dtype=np.float64), after, n_resamples=n_resamples, seed=seed)
+        out["ece_ci95"] = [boot["low"][0], boot["high"][0]]
+        out["ece_after_temperature_ci95"] = [boot["low"][1], boot["high"][1]]
+    return out
+
+
+def save(run, result: dict, model_file: str = "model.keras") -> Path:
+    """Write ``calibration.json`` beside the model (write-once): the temperature, where it was fitted and
+    what it did on val and test. ``load_temperature(run_dir)`` reads it back."""
+    doc = {"method": "temperature", "temperature": result["temperature"], "model": model_file,
+           "fitted_on": result["fit"]["fitted_on"], "n_fit": result["fit"]["n"],
+           "val_nll_before": result["fit"]["nll_before"], "val_nll_after": result["fit"]["nll_after"],
+           "test_ece_before": result["ece"], "test_ece_after": result["ece_after_temperature"],
+           "n_bins": result["n_bins"],
+           "usage": "calibrated probabilities = softmax(log(p) / temperature), see workbench.calibration"}
+    return run.write_json(CALIBRATION_FILE, doc)

@@ -1,7 +1,7 @@
 """Command line: ``workbench run STAGE -p NAME VALUE … [--run DIR]``, ``workbench pipeline -p …``,
-``workbench cards``, ``workbench fetch FLAG``, ``workbench ingest DICOM_DIR --out DIR``,
-``workbench card init FOLDER``. Errors are one line on stderr (exit 2); the run directory is the last
-line printed."""
+``workbench cards``, ``workbench report [RUNS_DIR]``, ``workbench fetch FLAG``,
+``workbench ingest DICOM_DIR --out DIR``, ``workbench card init FOLDER``. Errors are one line on stderr
+(exit 2); the run directory is the last line printed."""
 
 from __future__ import annotations
 
@@ -137,6 +137,15 @@ def cmd_card_init(args) -> None:
     print(path)
 
 
+def cmd_report(args) -> Path:
+    from .paths import runs_root
+    from .report import collect_runs, write_index
+    runs_dir = Path(args.runs_dir) if args.runs_dir else runs_root()
+    out = write_index(runs_dir, sort=args.sort, out=Path(args.out) if args.out else None)
+    print(f"{len(collect_runs(runs_dir))} run(s) compared")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("pipeline", help="train → evaluate → annotate into a new run directory")
     common(pl)
     sub.add_parser("cards", help="list the data cards")
+    from .report import SORT_KEYS
+    rp = sub.add_parser("report", help="write index.html comparing the runs in RUNS_DIR (default runs/)")
+    rp.add_argument("runs_dir", nargs="?", metavar="RUNS_DIR",
+                    help="folder of run directories (default: runs/ or $WORKBENCH_RUNS_DIR)")
+    rp.add_argument("--sort", default="test_acc", choices=SORT_KEYS, help="initial order (default test_acc)")
+    rp.add_argument("-o", "--out", help="where to write the page (default RUNS_DIR/index.html)")
     ph = sub.add_parser("params", help="list a stage's parameters")
     ph.add_argument("stage", choices=["explore", "train", "evaluate", "annotate"])
 
@@ -223,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "params":
             from .params import help_text
             print(help_text(args.stage))
+            return 0
+        if args.command == "report":
+            print(cmd_report(args))
             return 0
         if args.command in ("fetch", "ingest", "card"):
             {"fetch": cmd_fetch, "ingest": cmd_ingest, "card": cmd_card_init}[args.command](args)

@@ -260,14 +260,16 @@ def inspect_figure(image: np.ndarray, probs: np.ndarray, class_names: list[str],
 
 
 def _grad_cam(model, image: np.ndarray, class_index: int) -> np.ndarray | None:
-    """Grad-CAM heat map from workbench.explain when that module and a conv layer are available."""
+    """Grad-CAM heat map (H, W) in [0, 1] from workbench.explain, or None for a model without a
+    suitable convolutional feature map (the inspector then shows image and probabilities only)."""
     if model is None:
         return None
+    from . import explain
+    from .errors import WorkbenchError
     try:
-        from . import explain
-    except ImportError:
+        return explain.gradcam(model, image[None], class_index=int(class_index), batch_size=1)[0]
+    except WorkbenchError:
         return None
-    return explain.grad_cam(model, image[None].astype("float32"), int(class_index))[0]
 
 
 def prediction_inspector(run_dir: str | Path | None = None, split: str = "test"):

@@ -45,8 +45,17 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     run_dir: str = _p("", "run directory with a trained model (empty: the latest run)")
-    seed: int = _p(0, "seed (recorded; evaluation itself is deterministic)", min=0)
+    seed: int = _p(0, "seed of the bootstrap resamples and of test-time augmentation", min=0)
     batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
+    n_resamples: int = _p(1000, "bootstrap resamples (stratified by class) for the 95% intervals", min=100,
+                          max=100000)
+    target_sensitivity: float = _p(0.95, "binary tasks: the threshold is chosen on val to reach this sensitivity",
+                                   min=0.5, max=1.0)
+    tta: int = _p(0, "test-time augmentation: extra passes drawn from the training augmentation of the run (0: off)",
+                  min=0, max=64)
+    ensemble: str = _p("", "other run directories (comma-separated) averaged with this model (empty: off)")
+    gallery_size: int = _p(16, "images in the top-losses gallery", min=1, max=200)
+    cam_layer: str = _p("", "layer for Grad-CAM (empty: the last feature map of at least 7x7)")
 
 
 @dataclass(frozen=True)
