@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-browser lab train evaluate annotate pipeline clean-venv
+.PHONY: help install demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,17 @@ annotate: $(STAMP) ## auto-annotate with a trained run: make annotate RUN=runs/�
 
 pipeline: $(STAMP) ## train → evaluate → annotate into one new run directory (P='-p …')
 	$(WB) pipeline $(P)
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## train/infer img/s: Keras-on-JAX (fast, stock) vs PyTorch, papermill overhead → bench/results/perf.*
+	$(BIN)/python -m bench.perf $(BENCH_ARGS)
+
+bench-accuracy: $(STAMP) ## test ACC/AUC of a recipe over seeds → bench/results/accuracy.json (BENCH_ARGS='--recipe demo --seeds 0')
+	$(BIN)/python -m bench.accuracy $(BENCH_ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

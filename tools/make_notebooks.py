@@ -21,7 +21,8 @@ HEADERS = {
                 "figures)"),
     "train": ("10 · Train", "a dataset: a data card name (default the embedded BloodMNIST), a MedMNIST-format `.npz`, a folder "
               "written by `workbench ingest` or an image folder with its card",
-              "`model.keras` (best epoch by val loss), `history.csv`, `preprocess.json`, `augment.yaml`, `train_summary.json`, "
+              "`model.keras` (best epoch by val loss; with `tta` the network wrapped in test-time augmentation, "
+              "the bare network in `backbone.keras`), `history.csv`, `preprocess.json`, `augment.yaml`, `train_summary.json`, "
               "`params/train.json`, `provenance.json`"),
     "evaluate": ("20 · Evaluate", "a run directory holding a trained `model.keras`",
                  "`metrics.json` (test ACC/AUC by the MedMNIST protocol with 95 % bootstrap intervals, per-class "
@@ -49,7 +50,8 @@ BODIES = {
         "explore.prediction_inspector(P.predictions_run)",
     ],
     "train": [
-        "import workbench as wb\nfrom workbench import train\n\nP = wb.params.collect(\"train\", globals())\nrun = wb.runs.open_stage(\"train\", P)",
+        "import workbench as wb\nfrom workbench import train\n\nP = wb.params.collect(\"train\", globals())\n"
+        "run, P = train.open_stage(P)  # fills in the recipe's values; params/train.json records the effective ones",
         "## Data",
         "ds = train.load_data(P, run)\nds.describe()",
         "wb.viz.class_balance(ds.counts(), ds.class_names)",
@@ -63,7 +65,7 @@ BODIES = {
         "## Augmentation\nApplied on the fly to training batches; the pipeline is saved as `augment.yaml`.",
         "aug = train.make_augmentation(P, ds, run)\ntrain.preview_augmentation(P, ds)",
         "## Model",
-        "model = train.build_model(P, ds)\nmodel.summary()",
+        "model = train.build_model(P, ds, run)\nmodel.summary()",
         "## Training\nAdamW with linear warm-up and cosine decay; early stopping on val loss restores the best epoch, "
         "which is also the checkpoint saved as `model.keras`.",
         "history = train.fit(model, ds, aug, P, run)\nhistory",

@@ -98,6 +98,9 @@ def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress
         raise WorkbenchError(f"stage {stage} already ran in {run_dir}: run directories are write-once; start a new run")
     os.environ["WORKBENCH_HEADLESS"] = "1"
     os.environ["KERAS_BACKEND"] = "jax"
+    if stage == "train":  # the fast CPU path's process settings must be there when the kernel starts
+        from .layers import kernel_env
+        os.environ.update(kernel_env(values.get("conv_impl", "fast")))
     try:
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out), parameters={**values, "run_dir": str(run_dir)},

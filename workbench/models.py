@@ -1,6 +1,9 @@
 """Model registry: ``MODELS = {name: build_fn}``; every builder is
 ``build_*(input_shape, num_classes, **hp) -> keras.Model`` (functional API).
 
+``conv_impl`` ("fast", the default, or "stock") picks the layers of the fast CPU training path
+(workbench.layers); both give the same outputs and gradients and the same weights.
+
 Models take raw pixel values (0-255, float) and rescale inside, so a saved ``model.keras`` is
 self-contained; they output class probabilities (softmax, float32).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from . import layers as _fast
 from .errors import WorkbenchError
 
 # PyTorch's BN momentum (0.1 ≙ Keras 0.9): Keras' default 0.99 leaves the moving statistics far from the
@@ -18,8 +22,22 @@ from .errors import WorkbenchError
 BN_MOMENTUM = 0.9
 
 
-def _conv_bn_relu(x, filters: int, stride: int = 1, name: str = ""):
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _conv_cls(conv_impl: str):
+    """Convolutions are Keras' own in both paths: the fast path changes the backend's convolution
+    kernels (workbench.layers.configure_backend), not the layer."""
+    if conv_impl not in _fast.CONV_IMPLS:
+        raise WorkbenchError(f"unknown conv_impl {conv_impl!r} (parameter 'conv_impl'); "
+                             f"choose one of {', '.join(_fast.CONV_IMPLS)}")
+    return layers.Conv2D
+
+
+def _pool_cls(conv_impl: str):
+    """2×2 max-pooling: workbench.layers.MaxPooling2D (cheap gradient) on the fast path, Keras' otherwise."""
+    return _fast.MaxPooling2D if conv_impl == "fast" else layers.MaxPooling2D
+
+
+def _conv_bn_relu(x, filters: int, stride: int = 1, name: str = "", conv_impl: str = "fast"):
+    x = _conv_cls(conv_impl)(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -31,30 +49,32 @@ def _head(x, num_classes: int, dropout: float):
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
 
 
-def build_cnn(input_shape, num_classes: int, width: int = 16, dropout: float = 0.3) -> keras.Model:
+def build_cnn(input_shape, num_classes: int, width: int = 16, dropout: float = 0.3,
+              conv_impl: str = "fast") -> keras.Model:
     """Compact VGG-style CNN: 3 stages of two 3x3 conv-BN-ReLU (width, 2w, 4w) with 2x2 max-pooling."""
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for stage, mult in enumerate((1, 2, 4), start=1):
-        x = _conv_bn_relu(x, width * mult, name=f"s{stage}a")
-        x = _conv_bn_relu(x, width * mult, name=f"s{stage}b")
-        x = layers.MaxPooling2D(name=f"s{stage}_pool")(x)
+        x = _conv_bn_relu(x, width * mult, name=f"s{stage}a", conv_impl=conv_impl)
+        x = _conv_bn_relu(x, width * mult, name=f"s{stage}b", conv_impl=conv_impl)
+        x = _pool_cls(conv_impl)(name=f"s{stage}_pool")(x)
     return keras.Model(inputs, _head(x, num_classes, dropout), name="cnn")
 
 
-def _basic_block(x, filters: int, stride: int, name: str):
+def _basic_block(x, filters: int, stride: int, name: str, conv_impl: str):
+    conv = _conv_cls(conv_impl)
     shortcut = x
-    y = _conv_bn_relu(x, filters, stride, name=f"{name}_1")
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+    y = _conv_bn_relu(x, filters, stride, name=f"{name}_1", conv_impl=conv_impl)
+    y = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
     y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_2_bn")(y)
     if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj_conv")(shortcut)
+        shortcut = conv(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj_conv")(shortcut)
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
 def build_resnet18(input_shape, num_classes: int, width: int = 64, dropout: float = 0.0,
-                   stem_stride: int | None = None) -> keras.Model:
+                   stem_stride: int | None = None, conv_impl: str = "fast") -> keras.Model:
     """ResNet-18 as in the MedMNIST baselines: 3x3 stem, no max-pool, blocks [2, 2, 2, 2].
 
     For inputs ≥ 64 px the stem uses stride 2 (``stem_stride=None`` picks it from the input size)."""
@@ -62,11 +82,11 @@ def build_resnet18(input_shape, num_classes: int, width: int = 64, dropout: floa
         stem_stride = 2 if input_shape[0] >= 64 else 1
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    x = _conv_bn_relu(x, width, stride=stem_stride, name="stem")
+    x = _conv_bn_relu(x, width, stride=stem_stride, name="stem", conv_impl=conv_impl)
     for stage, mult in enumerate((1, 2, 4, 8), start=1):
         for block in range(2):
             stride = 2 if (stage > 1 and block == 0) else 1
-            x = _basic_block(x, width * mult, stride, name=f"layer{stage}_{block}")
+            x = _basic_block(x, width * mult, stride, name=f"layer{stage}_{block}", conv_impl=conv_impl)
     return keras.Model(inputs, _head(x, num_classes, dropout), name="resnet18")
 
 

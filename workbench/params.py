@@ -25,21 +25,36 @@ class TrainParams:
     dataset: str = _p("bloodmnist", "data card name, or a path: MedMNIST-format .npz, ingested DICOM folder, image folder")
     size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
     max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
-    model: str = _p("cnn", "model from the registry (workbench.models.MODELS)", choices_from="models")
-    width: int = _p(16, "base number of filters", min=4, max=512)
-    dropout: float = _p(0.2, "dropout before the classifier", min=0.0, max=0.9)
+    recipe: str = _p("demo", "training recipe: sets every parameter marked (recipe) that is left at -1 or empty; "
+                     "demo about 5 min on 2 CPU cores, full about 15 min (workbench.train.RECIPES)",
+                     choices=("demo", "full"))
+    model: str = _p("", "(recipe) model from the registry (workbench.models.MODELS)", choices_from="models", recipe=True)
+    width: int = _p(-1, "(recipe) base number of filters", min=4, max=512, recipe=True)
+    dropout: float = _p(-1.0, "(recipe) dropout before the classifier", min=0.0, max=0.9,
+                        recipe=True)
     denoise: str = _p("none", "denoising before training, applied at every stage", choices=_pre.DENOISE)
     contrast: str = _p("none", "contrast enhancement: CLAHE or histogram equalisation", choices=_pre.CONTRAST)
     normalize: str = _p("none", "intensity normalisation: minmax or zscore per image, dataset (train mean/std)",
                         choices=_pre.NORMALIZE)
-    augment: str = _p("microscopy", "augmentation preset (workbench.augment.PRESETS)", choices_from="augment")
-    epochs: int = _p(15, "maximum number of epochs", min=1, max=1000)
-    batch_size: int = _p(128, "batch size", min=1, max=4096)
-    learning_rate: float = _p(0.003, "peak learning rate of the cosine schedule", min=1e-7, max=1.0)
+    augment: str = _p("", "(recipe) augmentation preset (workbench.augment.PRESETS)", choices_from="augment",
+                      recipe=True)
+    epochs: int = _p(-1, "(recipe) maximum number of epochs", min=1, max=1000, recipe=True)
+    batch_size: int = _p(128, "batch size (a multiple of the number of devices when training on several)", min=1,
+                         max=4096)
+    learning_rate: float = _p(-1.0, "(recipe) peak learning rate of the cosine schedule", min=1e-7, max=1.0, recipe=True)
     weight_decay: float = _p(0.0001, "AdamW weight decay", min=0.0, max=1.0)
     warmup_epochs: int = _p(1, "linear warm-up epochs before the cosine decay", min=0)
-    patience: int = _p(5, "early stopping: epochs without val_loss improvement", min=1)
+    patience: int = _p(-1, "(recipe) early stopping: epochs without val_loss improvement", min=1, recipe=True)
+    ema: str = _p("", "(recipe) keep an exponential moving average of the weights for evaluation: yes or no",
+                  choices=("yes", "no"), recipe=True)
+    tta: str = _p("", "(recipe) test-time augmentation inside the saved model (mean over the 8 flips and "
+                  "quarter turns; only for orientation-free images): yes or no", choices=("yes", "no"), recipe=True)
     class_weights: bool = _p(False, "weight the loss by inverse class frequency (balanced)")
+    init_from: str = _p("", "start from the weights of a trained run directory or .keras file (layers matched by "
+                        "name and shape; the classifier is new when the class count differs)")
+    freeze_backbone: bool = _p(False, "with init_from: train only the classifier, keep the other weights fixed")
+    conv_impl: str = _p("fast", "CPU training path: fast (workbench.layers) or stock (plain Keras on the backend "
+                        "defaults)", choices=("fast", "stock"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,8 @@ def coerce(stage: str, name: str, value):
         value = float(value)
     if type(value) is not typ:
         raise WorkbenchError(f"parameter {name!r} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    if f.metadata.get("recipe") and value == f.default:
+        return value  # left to the recipe (workbench.train.resolve fills it in)
     if typ is float and not math.isfinite(value):
         raise WorkbenchError(f"parameter {name!r} must be a finite number, got {value!r}")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")

@@ -1,10 +1,20 @@
 """Train stage: seeded fit with on-the-fly augmentation, cosine LR with warm-up, early stopping on
-val_loss, best checkpoint, optional class weights; writes model.keras, history.csv, augment.yaml."""
+val_loss, best checkpoint, optional class weights; writes model.keras, history.csv, augment.yaml.
+
+Recipes (``recipe`` parameter, ``RECIPES``) fill in every parameter marked "(recipe)" that was left at
+its empty default (-1 or ""); a value passed explicitly always wins, and ``params/train.json``
+records the effective values. Transfer learning: ``init_from`` (a run directory or ``.keras`` file)
+copies weights layer by layer (by name, where shapes match), ``freeze_backbone`` trains only the
+classifier. With more than one local JAX device, training is data-parallel over all of them
+(``keras.distribution.DataParallel``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,16 +25,62 @@ from . import data as _data
 from . import models as _models
 from . import preprocess as _pre
 from . import runs as _runs
+from . import layers as _layers
+from .errors import WorkbenchError
 from .params import TrainParams
 from .progress import TqdmTraining
+
+# What each recipe sets where the user left a "(recipe)" parameter empty. demo: the foundation's compact
+# CNN (≈ 4 min on 2 CPU cores). full: twice the width, more epochs, an exponential moving average of the
+# weights and test-time augmentation over the 8 flips/quarter turns (only where the augmentation preset
+# says the images have no canonical orientation, see ``_tta_default``). Measured results:
+# bench/results/accuracy.json (make bench-accuracy).
+RECIPES: dict[str, dict] = {
+    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "microscopy", "epochs": 15,
+             "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto"},
+    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "microscopy", "epochs": 24,
+             "learning_rate": 0.003, "patience": 8, "ema": "yes", "tta": "auto"},
+}
+# presets whose flips and quarter turns are label-preserving: there dihedral TTA is valid
+ORIENTATION_FREE_PRESETS = ("microscopy",)
+
+
+def resolve(params: TrainParams) -> TrainParams:
+    """Fill the recipe's values into the parameters left at their empty default; explicit values win."""
+    recipe = RECIPES[params.recipe]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainParams)}
+    values = {}
+    for name, value in recipe.items():
+        if getattr(params, name) == defaults[name]:
+            values[name] = value
+    out = dataclasses.replace(params, **values)
+    if out.tta == "auto":
+        out = dataclasses.replace(out, tta="yes" if out.augment in ORIENTATION_FREE_PRESETS else "no")
+    if out.freeze_backbone and not out.init_from:
+        raise WorkbenchError("parameter 'freeze_backbone' needs 'init_from' (a trained run directory or .keras file)")
+    from .params import make, to_dict
+    return make("train", to_dict(out))  # the filled-in values pass the usual checks
+
+
+def open_stage(params: TrainParams):
+    """Resolve the recipe, set up the CPU training path, open the run directory (params + provenance)."""
+    p = resolve(params)
+    backend = _layers.configure_backend(p.conv_impl)
+    run = _runs.open_stage("train", p)
+    _runs.add_provenance(run, training_path=backend, recipe={"name": p.recipe, **RECIPES[p.recipe]})
+    return run, p
 
 
 class AugmentedBatches(keras.utils.PyDataset):
     """Shuffled batches, augmented on the fly; one seeded generator drives order and augmentation."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, transform, seed: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, transform, seed: int,
+                 multiple_of: int = 1):
         super().__init__(workers=1, use_multiprocessing=False)
         self.images, self.labels = images, labels
+        # data-parallel training splits every batch evenly over the devices: a last batch that does not
+        # divide is cut to the largest multiple (the images left out change every epoch)
+        self.multiple_of = multiple_of
         self.batch_size, self.transform = batch_size, transform
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images))
@@ -34,6 +90,7 @@ class AugmentedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = idx[:len(idx) - len(idx) % self.multiple_of] if len(idx) > self.multiple_of else idx
         x = _augment.apply(self.transform, self.images[idx]).astype("float32")
         return x, self.labels[idx]
 
@@ -87,9 +144,77 @@ def make_augmentation(params: TrainParams, ds: _data.Dataset, run: _runs.Run | N
     return t
 
 
-def build_model(params: TrainParams, ds: _data.Dataset) -> keras.Model:
+def build_model(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None) -> keras.Model:
+    """The registry model for the data; with ``init_from``, its weights copied in (and the backbone
+    frozen with ``freeze_backbone``)."""
     keras.utils.set_random_seed(params.seed)
-    return _models.build(params.model, ds.input_shape, ds.num_classes, width=params.width, dropout=params.dropout)
+    distribution = _distribute()
+    model = _models.build(params.model, ds.input_shape, ds.num_classes, width=params.width, dropout=params.dropout,
+                          conv_impl=params.conv_impl)
+    if params.init_from:
+        report = init_from(model, params.init_from, freeze_backbone=params.freeze_backbone)
+        if run is not None:
+            _runs.add_provenance(run, init_from=report)
+    if run is not None and distribution is not None:
+        _runs.add_provenance(run, distribution=distribution)
+    return model
+
+
+def _distribute() -> dict | None:
+    """Data parallelism over every local JAX device when there is more than one (else None)."""
+    import jax
+    devices = jax.devices()
+    if len(devices) < 2:
+        keras.distribution.set_distribution(None)
+        return None
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return {"type": "DataParallel", "devices": [str(d) for d in devices]}
+
+
+def _source_model(source: str) -> tuple[keras.Model, Path]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise WorkbenchError(f"parameter 'init_from' = {source!r}: no such .keras file or run directory with "
+                             "model.keras; give a trained run directory or a .keras file")
+    model = _models.load(path, compile=False)
+    backbone = model.get_layer("tta").backbone if any(l.name == "tta" for l in model.layers) else model
+    return backbone, path
+
+
+def init_from(model: keras.Model, source: str, freeze_backbone: bool = False) -> dict:
+    """Copy weights from ``source`` into ``model`` layer by layer (same name, same weight shapes).
+
+    The classifier (``probs``) is copied only when the class counts agree; with ``freeze_backbone``
+    every layer but the classifier is frozen (BatchNormalization then uses its moving statistics)."""
+    src, path = _source_model(source)
+    src_layers = {l.name: l for l in src.layers}
+    copied, skipped = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = src_layers.get(layer.name)
+        if other is not None and [w.shape for w in other.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(other.get_weights())
+            copied.append(layer.name)
+        else:
+            skipped.append(layer.name)
+    if not copied:
+        raise WorkbenchError(f"parameter 'init_from': {path} shares no layer (by name and shape) with model "
+                             f"{model.name}; pretrain the same model (parameter 'model') and width")
+    if freeze_backbone:
+        for layer in model.layers:
+            if layer.name != "probs":
+                layer.trainable = False
+    return {"path": str(path.resolve()), "layers_copied": len(copied), "layers_new": skipped,
+            "frozen_backbone": bool(freeze_backbone)}
+
+
+def with_tta(model: keras.Model) -> keras.Model:
+    """The same network wrapped so that it predicts the mean over the 8 flips/quarter turns."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    return keras.Model(inputs, _layers.DihedralMean(model, name="tta")(inputs), name=f"{model.name}_tta")
 
 
 def class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -104,7 +229,13 @@ def class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
 def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, run: _runs.Run) -> pd.DataFrame:
     """Fit and checkpoint the best epoch (by val_loss) to model.keras; return the history table."""
     keras.utils.set_random_seed(params.seed)
-    batches = AugmentedBatches(ds.images["train"], ds.labels["train"], params.batch_size, transform, params.seed)
+    import jax
+    n_dev = jax.device_count()
+    if n_dev > 1 and params.batch_size % n_dev:
+        raise WorkbenchError(f"parameter 'batch_size' = {params.batch_size} must be a multiple of the {n_dev} "
+                             "devices for data-parallel training")
+    batches = AugmentedBatches(ds.images["train"], ds.labels["train"], params.batch_size, transform, params.seed,
+                               multiple_of=n_dev)
     steps = len(batches)
     total = params.epochs * steps
     warmup = min(params.warmup_epochs * steps, max(total - 1, 0))
@@ -113,12 +244,16 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         decay_steps=max(total - warmup, 1), alpha=0.01,
         warmup_target=params.learning_rate if warmup else None, warmup_steps=warmup,
     )
+    # EMA: the averaged weights are written into the model once per epoch, so validation, early stopping
+    # and the checkpoint all see them
+    ema = {"use_ema": True, "ema_momentum": 0.99, "ema_overwrite_frequency": steps} if params.ema == "yes" else {}
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay),
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, **ema),
         loss="sparse_categorical_crossentropy",
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
     )
-    model_path = run.file("model.keras")
+    tta = params.tta == "yes"
+    model_path = run.file("backbone.keras" if tta else "model.keras")
     history_path = run.file("history.csv")
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_loss", save_best_only=True),
@@ -132,6 +267,8 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     model.fit(batches, validation_data=(ds.images["val"].astype("float32"), ds.labels["val"]),
               epochs=params.epochs, callbacks=callbacks, class_weight=cw, verbose=0)
     seconds = time.perf_counter() - t0
+    if tta:
+        with_tta(model).save(run.file("model.keras"))
     hist = pd.read_csv(history_path)
     best = int(hist["val_loss"].idxmin())
     summary = {
@@ -140,6 +277,8 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         "train_seconds": round(seconds, 2),
         "train_images_per_second": round(len(hist) * len(ds.labels["train"]) / seconds, 1),
         "class_weight": cw, "num_params": int(model.count_params()),
+        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "tta": tta, "ema": params.ema == "yes", "conv_impl": params.conv_impl,
     }
     run.write_json("train_summary.json", summary)
     return hist
@@ -147,11 +286,11 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
 
 def run(params: TrainParams) -> dict:
     """The whole stage without a notebook (the notebook calls the same steps one per cell)."""
-    r = _runs.open_stage("train", params)
+    r, params = open_stage(params)
     ds = load_data(params, r)
     ds = ds.preprocessed(make_preprocessing(params, ds, r))
     t = make_augmentation(params, ds, r)
-    model = build_model(params, ds)
+    model = build_model(params, ds, r)
     fit(model, ds, t, params, r)
     return {"run_dir": str(r.path), **r.read_json("train_summary.json")}
 
