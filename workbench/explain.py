@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from .errors import WorkbenchError
+from .models import backbone
 
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 
@@ -81,6 +82,7 @@ def default_layer(model: keras.Model) -> str:
 
 def check_layer(model: keras.Model, layer: str = "") -> str:
     """The Grad-CAM layer to use (parameter 'cam_layer'; empty: ``default_layer``)."""
+    model = backbone(model)
     if not layer:
         return default_layer(model)
     names = [n.name for n in model.layers]
@@ -137,6 +139,8 @@ def gradcam(model: keras.Model, images: np.ndarray, class_index=None, layer: str
     images = np.asarray(images)
     if images.ndim != 4:
         raise WorkbenchError(f"gradcam needs a batch of images (N, H, W, C); got shape {images.shape}")
+    # a model saved with test-time augmentation: explain its network on the image as given
+    model = backbone(model)
     layer = check_layer(model, layer)
     n, h, w = images.shape[:3]
     classes = np.broadcast_to(np.asarray(-1 if class_index is None else class_index, dtype=np.int64), (n,))

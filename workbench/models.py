@@ -106,3 +106,10 @@ def load(path, compile: bool = True) -> keras.Model:
     except (OSError, ValueError, KeyError) as e:
         raise WorkbenchError(f"cannot load model {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                              "re-run the train stage") from None
+
+
+def backbone(model: keras.Model) -> keras.Model:
+    """The bare network inside a model saved with test-time augmentation (its ``tta`` wrapper layer),
+    else the model itself: what Grad-CAM explains and what ``init_from`` copies weights from."""
+    names = [layer.name for layer in model.layers]
+    return model.get_layer("tta").backbone if "tta" in names else model

@@ -179,8 +179,7 @@ def _source_model(source: str) -> tuple[keras.Model, Path]:
         raise WorkbenchError(f"parameter 'init_from' = {source!r}: no such .keras file or run directory with "
                              "model.keras; give a trained run directory or a .keras file")
     model = _models.load(path, compile=False)
-    backbone = model.get_layer("tta").backbone if any(l.name == "tta" for l in model.layers) else model
-    return backbone, path
+    return _models.backbone(model), path
 
 
 def init_from(model: keras.Model, source: str, freeze_backbone: bool = False) -> dict:
