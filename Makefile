@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lab train evaluate annotate pipeline clean-venv
+.PHONY: help install demo test lab train evaluate annotate pipeline bench-annotate clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ annotate: $(STAMP) ## auto-annotate with a trained run: make annotate RUN=runs/�
 
 pipeline: $(STAMP) ## train → evaluate → annotate into one new run directory (P='-p …')
 	$(WB) pipeline $(P)
+
+bench-annotate: $(STAMP) ## auto-label precision/coverage + active learning vs random on BloodMNIST (ARGS=--quick: minutes)
+	$(BIN)/python bench/annotate.py $(ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

@@ -63,7 +63,7 @@ BODIES = {
         "evaluate.baselines(ds, result, train_params.model)",
     ],
     "annotate": [
-        "import workbench as wb\nfrom workbench import annotate\n\nP = wb.params.collect(\"annotate\", globals())\n"
+        "import workbench as wb\nfrom workbench import annotate, widgets\n\nP = wb.params.collect(\"annotate\", globals())\n"
         "run, model, ds, train_params = annotate.open_stage(P)",
         "## Pool and probabilities\nThe pool's labels are hidden from the model; where the split has them they are "
         "used only to report what was achieved. Probabilities are temperature-scaled when the evaluate stage "
@@ -73,8 +73,7 @@ BODIES = {
         "val predictions of that class still reach the target precision.",
         "choice, val_probs = annotate.choose_thresholds(model, ds, P, temperature)\n"
         "annotate.thresholds_table(choice, ds.class_names)",
-        "wb.viz.precision_coverage_curve(val_probs.max(1), val_probs.argmax(1) == ds.labels[\"val\"], "
-        "min(choice[\"thresholds\"]), P.target_precision)",
+        "wb.viz.per_class_thresholds(choice, ds.class_names, val_probs, ds.labels[\"val\"])",
         "## Label the pool",
         "table, pool_probs = annotate.label_pool(run, model, pool, ds, P, choice, temperature)\ntable.head(10)",
         "summary = annotate.summarise(run, pool, P, choice, table)\nannotate.achieved_table(summary)",
@@ -91,9 +90,9 @@ BODIES = {
         "annotate.audit_gallery(issues, ds, P)",
         "## Review\nAccept the model's label, pick a class, skip or undo; every decision is saved at once to "
         "`review/decisions.jsonl` and the review resumes where it stopped (also later, with "
-        "`wb.widgets.review_run(RUN_DIR, annotator=NAME)`). Export writes the labels for "
+        "`workbench.widgets.review_run(RUN_DIR, annotator=NAME)`). Export writes the labels for "
         "`10_train -p extra_labels`. Headless reports show a static summary.",
-        "wb.widgets.review_run(run.path, annotator=P.annotator, log=P.review_log)",
+        "widgets.review_run(run.path, annotator=P.annotator, log=P.review_log)",
     ],
 }
 

@@ -91,7 +91,7 @@ def mc_dropout_model(model, seed: int = 0, rate: float | None = None):
     def clone(layer):
         if isinstance(layer, layers.Dropout):
             cfg = layer.get_config()
-            cfg["seed"] = int(seed) * 1000 + next(counter)
+            cfg["seed"] = (int(seed) * 1000 + next(counter)) % (2**31 - 1)
             if rate is not None:
                 cfg["rate"] = float(rate)
             return _AlwaysDropout.from_config(cfg)
@@ -114,8 +114,17 @@ def _split_at_first_dropout(mc):
 
 
 def _predict(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    out = [np.asarray(model.predict_on_batch(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float64)
+    """Probabilities in batches; the last batch is padded to a power of two so that a model sees few
+    distinct input shapes (each new shape costs a JAX compilation)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        b = x[i:i + batch_size]
+        n = len(b)
+        size = min(batch_size, 1 << max(n - 1, 0).bit_length())
+        if size > n:
+            b = np.concatenate([b, np.zeros((size - n, *b.shape[1:]), b.dtype)])
+        out.append(np.asarray(model.predict_on_batch(b))[:n])
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, model.output_shape[-1]))
 
 
 def mc_dropout_passes(model, images: np.ndarray, n_passes: int = 10, seed: int = 0,
@@ -196,28 +205,71 @@ class ALConfig:
     width: int = 16
     dropout: float = 0.2
     augment: str = "microscopy"
-    n_passes: int = 8               # MC-dropout / TTA passes
+    n_passes: int = 8               # MC-dropout passes
+    tta_passes: int = 4             # TTA passes (each augments every candidate: the costly one)
     candidates: int = 0             # score a seeded random subset of the pool per round (0: all)
+    min_samples: int = 0            # every fit sees at least this many images (more epochs for small sets)
+
+
+def _batches(images, labels, batch_size: int, transform, seed: int, steps: int | None = None):
+    """Seeded shuffled (augmented) batches of one fixed shape, drawn from a stream of permutations
+    (so no remainder batch and no image left out of an epoch): repeated fits on growing sets reuse one
+    compiled training step. An epoch is ``steps`` batches (default: one pass over the images)."""
+    import keras
+
+    from . import augment as _augment
+
+    class StreamBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.rng = np.random.default_rng(seed)
+            self.buffer = np.zeros(0, dtype=int)
+            self.steps = steps or max(1, math.ceil(len(images) / batch_size))
+
+        def __len__(self):
+            return self.steps
+
+        def __getitem__(self, i):
+            while len(self.buffer) < batch_size:
+                self.buffer = np.concatenate([self.buffer, self.rng.permutation(len(images))])
+            idx, self.buffer = self.buffer[:batch_size], self.buffer[batch_size:]
+            x = images[idx] if transform is None else _augment.apply(transform, images[idx])
+            return x.astype("float32"), labels[idx]
+
+    return StreamBatches()
 
 
 def train_model(model, images, labels, epochs: int, cfg: ALConfig, seed: int, transform=None):
-    """Compile (fresh AdamW, warm-up + cosine) and fit ``model`` in place on (images, labels)."""
-    import keras
+    """Fit ``model`` in place: AdamW with fresh moments, per-epoch cosine learning rate (first epoch a
+    warm-up at a third of it when ``epochs`` > 2). Small sets train for more epochs, so that every fit
+    sees at least ``cfg.min_samples`` images.
 
-    from .train import AugmentedBatches
-    batches = AugmentedBatches(images, labels, cfg.batch_size, transform, seed) if transform is not None else None
-    steps = math.ceil(len(images) / cfg.batch_size)
-    total = max(epochs * steps, 2)
-    warm = min(steps, total - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warm, alpha=0.01,
-                                                      warmup_target=cfg.learning_rate, warmup_steps=warm)
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=1e-4),
-                  loss="sparse_categorical_crossentropy")
+    The model is compiled once and reused (optimizer state reset, learning rate set per epoch by a
+    callback), so the rounds of active learning and the folds of the audit pay one compilation.
+    """
+    import keras
+    if not getattr(model, "_wb_compiled", False):
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=1e-4),
+                      loss="sparse_categorical_crossentropy")
+        model._wb_compiled = True
+    opt = model.optimizer
+    if opt.built:
+        for v in opt.variables:
+            v.assign(np.zeros(v.shape, dtype=v.dtype))
+
+    def lr(epoch):
+        if epochs > 2 and epoch == 0:
+            return cfg.learning_rate / 3
+        return cfg.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1))))
+
+    class SetLR(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(lr(epoch))
+
     keras.utils.set_random_seed(seed)
-    if batches is not None:
-        model.fit(batches, epochs=epochs, verbose=0)
-    else:
-        model.fit(images.astype("float32"), labels, batch_size=cfg.batch_size, epochs=epochs, verbose=0, shuffle=True)
+    labels = np.asarray(labels).reshape(-1)
+    epochs = max(epochs, math.ceil(cfg.min_samples / max(len(labels), 1)))
+    model.fit(_batches(images, labels, cfg.batch_size, transform, seed), epochs=epochs, verbose=0, callbacks=[SetLR()])
     return model
 
 
@@ -235,17 +287,20 @@ def select(strategy: str, model, pool_images: np.ndarray, k: int, cfg: ALConfig,
     cand = np.arange(n)
     if cfg.candidates and cfg.candidates < n:
         cand = np.sort(rng.choice(n, size=cfg.candidates, replace=False))
-    res = uncertainty(strategy, model, pool_images[cand], transform=transform, n_passes=cfg.n_passes,
+    res = uncertainty(strategy, model, pool_images[cand], transform=transform,
+                      n_passes=cfg.tta_passes if strategy == "tta" else cfg.n_passes,
                       seed=int(rng.integers(1 << 30)), batch_size=512)
     return cand[rank(res["score"])[:k]]
 
 
 def simulate(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
-             num_classes: int, cfg: ALConfig, initial: np.ndarray | None = None, initial_model=None) -> dict:
+             num_classes: int, cfg: ALConfig, initial: np.ndarray | None = None, initial_model=None,
+             on_round=None) -> dict:
     """Simulated oracle: start from a seeded labelled subset (or ``initial``), each round label the top
     items of the pool by ``cfg.strategy``, retrain (warm start) and record test ACC against labels used.
 
-    ``initial_model`` (trained on ``initial``) lets several strategies share round 0.
+    ``initial_model`` (trained on ``initial``) lets several strategies share round 0;
+    ``on_round(point, model, labelled)`` may add entries to each round's point of the curve.
     """
     import keras
 
@@ -268,6 +323,8 @@ def simulate(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, te
         train_model(model, images[labelled], labels[labelled], cfg.first_epochs, cfg, cfg.seed, transform)
     curve = [{"round": 0, "labels": int(len(labelled)), "fraction": len(labelled) / n,
               "test_acc": accuracy(model, test_images, test_labels)}]
+    if on_round is not None:
+        curve[0].update(on_round(curve[0], model, labelled) or {})
     t0 = time.perf_counter()
     for r, target in enumerate(targets[1:], start=1):
         mask = np.ones(n, bool)
@@ -279,6 +336,8 @@ def simulate(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, te
         curve.append({"round": r, "labels": int(len(labelled)), "fraction": len(labelled) / n,
                       "test_acc": accuracy(model, test_images, test_labels),
                       "picked_class_counts": np.bincount(labels[picked], minlength=num_classes).tolist()})
+        if on_round is not None:
+            curve[-1].update(on_round(curve[-1], model, labelled) or {})
     return {"config": asdict(cfg), "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
             "labelled": labelled}
 

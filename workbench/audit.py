@@ -21,8 +21,8 @@ def cross_val_probs(images: np.ndarray, labels: np.ndarray, build_model, folds: 
                     learning_rate: float = 0.003) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-sample class probabilities (N, K) and each image's fold (N,).
 
-    ``build_model()`` returns a fresh compiled-or-not Keras model; ``transform_factory(seed)`` the
-    training augmentation (None: no augmentation).
+    ``build_model()`` returns a fresh Keras model (built once; every fold starts from its initial
+    weights); ``transform_factory(seed)`` the training augmentation (None: no augmentation).
     """
     import keras
     from sklearn.model_selection import StratifiedKFold
@@ -40,9 +40,11 @@ def cross_val_probs(images: np.ndarray, labels: np.ndarray, build_model, folds: 
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     probs, fold_of = None, np.full(len(labels), -1)
     cfg = ALConfig(batch_size=batch_size, learning_rate=learning_rate)
+    model = build_model()  # one model, re-initialised per fold: one compilation for all folds
+    initial = model.get_weights()
     for f, (tr, te) in enumerate(tqdm(list(skf.split(np.zeros(len(labels)), labels)), desc="audit folds", unit="fold")):
         keras.utils.set_random_seed(seed + f)
-        model = build_model()
+        model.set_weights(initial)
         t = transform_factory(seed + f) if transform_factory is not None else None
         train_model(model, images[tr], labels[tr], epochs, cfg, seed + f, t)
         p = _predict(model, np.asarray(images[te], np.float32), 512)
