@@ -82,7 +82,9 @@ def test_mc_dropout_keeps_batchnorm_in_inference_mode(trained, tiny):
 
 
 def test_mc_dropout_needs_a_dropout_layer(tiny):
-    m = models.build("cnn", (28, 28, 3), 8, width=4, dropout=0.0)
+    import keras
+    m = keras.Sequential([keras.Input((28, 28, 3)), keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(8, activation="softmax")])
     with pytest.raises(WorkbenchError, match="no Dropout layer"):
         active.mc_dropout_passes(m, tiny["val_images"][:4], n_passes=2)
 

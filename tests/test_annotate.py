@@ -104,3 +104,25 @@ def test_extra_labels_extend_the_train_split(tmp_path, ds):
     assert leak["n_labelled"] == 2
     with pytest.raises(WorkbenchError, match="no labelled.npz"):
         train.load_data(TrainParams(dataset=str(TINY), extra_labels=str(tmp_path)))
+
+
+def test_calibrated_probabilities_when_the_run_has_a_temperature(tmp_path, capsys):
+    from workbench.calibration import apply_temperature
+    from workbench.params import AnnotateParams
+    from workbench.runs import Run
+    run = Run(tmp_path, "annotate")
+    assert annotate.temperature(run, AnnotateParams()) is None
+    assert "no calibration.json" in capsys.readouterr().out
+    (tmp_path / "calibration.json").write_text('{"method": "temperature", "temperature": 1.7}')
+    assert annotate.temperature(run, AnnotateParams()) == pytest.approx(1.7)
+    assert annotate.temperature(run, AnnotateParams(calibrate=False)) is None
+    # a temperature > 1 softens confidences: the same target needs a lower threshold on them
+    conf = np.linspace(0.5, 0.99, 60)
+    pred = np.arange(60) % 3
+    truth = np.where(conf > 0.8, pred, (pred + 1) % 3)
+    raw = _probs(conf, pred)
+    cal = apply_temperature(raw, 1.7)
+    t_raw = annotate.per_class_thresholds(raw, truth, 0.99, "global")["thresholds"][0]
+    t_cal = annotate.per_class_thresholds(cal, truth, 0.99, "global")["thresholds"][0]
+    assert t_cal < t_raw
+    assert ((raw.max(1) >= t_raw) == (cal.max(1) >= t_cal)).all()  # same items accepted: ranking kept

@@ -201,7 +201,8 @@ class ALConfig:
     first_epochs: int = 20          # from scratch on the initial labelled set
     round_epochs: int = 4           # warm-started on the grown labelled set
     batch_size: int = 128
-    learning_rate: float = 0.003
+    learning_rate: float = 0.003    # from scratch
+    round_learning_rate: float = 0.001  # warm-started rounds: lower, so a round refines rather than re-learns
     width: int = 16
     dropout: float = 0.2
     augment: str = "microscopy"
@@ -239,7 +240,8 @@ def _batches(images, labels, batch_size: int, transform, seed: int, steps: int |
     return StreamBatches()
 
 
-def train_model(model, images, labels, epochs: int, cfg: ALConfig, seed: int, transform=None):
+def train_model(model, images, labels, epochs: int, cfg: ALConfig, seed: int, transform=None,
+                learning_rate: float | None = None):
     """Fit ``model`` in place: AdamW with fresh moments, per-epoch cosine learning rate (first epoch a
     warm-up at a third of it when ``epochs`` > 2). Small sets train for more epochs, so that every fit
     sees at least ``cfg.min_samples`` images.
@@ -248,6 +250,7 @@ def train_model(model, images, labels, epochs: int, cfg: ALConfig, seed: int, tr
     callback), so the rounds of active learning and the folds of the audit pay one compilation.
     """
     import keras
+    base_lr = learning_rate or cfg.learning_rate
     if not getattr(model, "_wb_compiled", False):
         model.compile(optimizer=keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=1e-4),
                       loss="sparse_categorical_crossentropy")
@@ -259,8 +262,8 @@ def train_model(model, images, labels, epochs: int, cfg: ALConfig, seed: int, tr
 
     def lr(epoch):
         if epochs > 2 and epoch == 0:
-            return cfg.learning_rate / 3
-        return cfg.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1))))
+            return base_lr / 3
+        return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1))))
 
     class SetLR(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -332,7 +335,8 @@ def simulate(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, te
         pool = np.flatnonzero(mask)
         picked = pool[select(cfg.strategy, model, images[pool], target - len(labelled), cfg, rng, transform)]
         labelled = np.concatenate([labelled, picked])
-        train_model(model, images[labelled], labels[labelled], cfg.round_epochs, cfg, cfg.seed + r, transform)
+        train_model(model, images[labelled], labels[labelled], cfg.round_epochs, cfg, cfg.seed + r, transform,
+                    learning_rate=cfg.round_learning_rate)
         curve.append({"round": r, "labels": int(len(labelled)), "fraction": len(labelled) / n,
                       "test_acc": accuracy(model, test_images, test_labels),
                       "picked_class_counts": np.bincount(labels[picked], minlength=num_classes).tolist()})
