@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy clean-venv
+.PHONY: help install demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench: $(BENCH_STAMP) ## train/infer img/s: Keras-on-JAX (fast, stock) vs PyTorc
 
 bench-accuracy: $(STAMP) ## test ACC/AUC of a recipe over seeds → bench/results/accuracy.json (BENCH_ARGS='--recipe demo --seeds 0')
 	$(BIN)/python -m bench.accuracy $(BENCH_ARGS)
+
+bench-annotate: $(STAMP) ## auto-label precision/coverage + active learning vs random on BloodMNIST (ARGS=--quick: minutes)
+	$(BIN)/python bench/annotate.py $(ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

@@ -19,7 +19,8 @@ def test_run_directory_holds_every_artifact(pipeline_run):
                  "30_annotate.html", "params/train.json", "params/evaluate.json", "params/annotate.json",
                  "provenance.json", "model.keras", "history.csv", "augment.yaml", "metrics.json",
                  "predictions.npz", "annotations.csv", "annotation_summary.json", "train_summary.json",
-                 "calibration.json", "model_card.md"):
+                 "calibration.json", "model_card.md",
+                 "pool_predictions.npz", "review_queue.csv", "label_issues.csv", "label_audit.json", "audit_probs.npz"):
         assert (d / name).is_file(), name
     assert d.parent.name.startswith("runs")  # WORKBENCH_RUNS_DIR was honoured
 
@@ -68,26 +69,71 @@ def test_annotations_follow_threshold(pipeline_run):
     with open(d / "annotations.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["pool_size"] == 120
-    assert list(rows[0]) == ["index", "split", "predicted_label", "predicted_class", "confidence", "status"]
-    t = summary["threshold"]["threshold"]
+    assert list(rows[0]) == ["index", "split", "predicted_label", "predicted_class", "confidence", "status",
+                             "id", "threshold"]
+    per_class = [c["threshold"] for c in summary["thresholds"]["per_class"]]
+    assert summary["thresholds"]["mode"] == "per-class" and len(per_class) == 8
     for r in rows:
+        t = per_class[int(r["predicted_label"])]
+        assert float(r["threshold"]) == pytest.approx(t) or (t == float("inf") and r["threshold"] == "inf")
         expected = "auto-accepted" if float(r["confidence"]) >= t else "needs-review"
         assert r["status"] == expected
+        assert r["id"] == f"test:{r['index']}"
     assert summary["n_auto_accepted"] + summary["n_needs_review"] == 120
-    # pool labels are known for the test split: precision/coverage achieved are reported
+    # pool labels are known for the test split: precision/coverage achieved are reported, with intervals
     truth = np.load(FIXTURES / "bloodmnist_tiny.npz")["test_labels"].reshape(-1)
     acc = [r for r in rows if r["status"] == "auto-accepted"]
     cov = len(acc) / len(rows)
-    assert summary["achieved"]["coverage"] == pytest.approx(cov)
+    a = summary["achieved"]
+    assert a["coverage"] == pytest.approx(cov)
+    assert a["coverage_ci95"][0] <= cov <= a["coverage_ci95"][1]
+    assert a["bootstrap"]["n_resamples"] == 1000
     if acc:
         prec = np.mean([int(r["predicted_label"]) == truth[int(r["index"])] for r in acc])
-        assert summary["achieved"]["precision"] == pytest.approx(prec)
+        assert a["precision"] == pytest.approx(prec)
+    assert summary["temperature"] is None  # no calibration.json in this run: uncalibrated, and said so
+    assert len(summary["model_hash"]) == 32 and len(summary["pool_id"]) == 16
+
+
+def test_review_queue_ranks_the_needs_review_items(pipeline_run):
+    import pandas as pd
+    d = pipeline_run["dir"]
+    table = pd.read_csv(d / "annotations.csv")
+    queue = pd.read_csv(d / "review_queue.csv")
+    assert set(queue["index"]) == set(table.index[table["status"] == "needs-review"])
+    assert (queue["strategy"] == "margin").all() and queue["rank"].tolist() == list(range(1, len(queue) + 1))
+    assert np.all(np.diff(queue["score"].to_numpy()) <= 1e-9)  # most uncertain first
+    with np.load(d / "pool_predictions.npz", allow_pickle=False) as z:
+        p = z["probs"][queue["index"].to_numpy()]
+    top2 = np.sort(p, axis=1)[:, -2:]
+    np.testing.assert_allclose(queue["score"], 1 - (top2[:, 1] - top2[:, 0]), atol=1e-5)  # margin score
+
+
+def test_label_audit_with_out_of_sample_probabilities(pipeline_run):
+    import pandas as pd
+    d = pipeline_run["dir"]
+    meta = read_json(d / "label_audit.json")
+    assert meta["n"] == 240 and meta["folds"] == 3 and meta["split"] == "train"
+    issues = pd.read_csv(d / "label_issues.csv")
+    assert meta["n_issues"] == len(issues)
+    assert list(issues.columns[:4]) == ["rank", "index", "split", "id"]
+    with np.load(d / "audit_probs.npz", allow_pickle=False) as z:
+        probs, folds, labels = z["probs"], z["folds"], z["labels"]
+    truth = np.load(FIXTURES / "bloodmnist_tiny.npz")["train_labels"].reshape(-1)
+    assert np.array_equal(labels, truth) and probs.shape == (240, 8) and np.allclose(probs.sum(1), 1, atol=1e-3)
+    assert set(folds.tolist()) == {0, 1, 2}
+    for f in range(3):  # stratified folds: every class held out in every fold
+        assert set(truth[folds == f].tolist()) == set(truth.tolist())
+    if len(issues):
+        i = issues.iloc[0]
+        assert i["given_label"] == truth[i["index"]] and i["suggested_label"] == probs[i["index"]].argmax()
 
 
 def test_reports_are_self_contained_without_code(pipeline_run):
     d = pipeline_run["dir"]
     for stem, must, n_figures in (("10_train", "Training", 2), ("20_evaluate", "published baselines", 9),
-                                  ("30_annotate", "Needs review", 2)):
+                                  ("30_annotate", "Needs review", 2), ("30_annotate", "Label audit", 2),
+                                  ("30_annotate", "Review (static view", 2)):
         html = (d / f"{stem}.html").read_text()
         assert must in html
         assert html.count("data:image/png;base64") >= n_figures, stem  # figures inline

@@ -28,9 +28,14 @@ HEADERS = {
                  "`metrics.json` (test ACC/AUC by the MedMNIST protocol with 95 % bootstrap intervals, per-class "
                  "sensitivity/specificity/PPV/NPV/F1, calibration, operating points, TTA/ensemble gains, published "
                  "baselines), `predictions.npz`, `calibration.json` (temperature fitted on val), `model_card.md`"),
-    "annotate": ("30 · Annotate", "a run directory holding a trained `model.keras`; a split used as the unlabeled pool",
-                 "`annotations.csv` (index, predicted label, confidence, auto-accepted / needs-review), "
-                 "`annotation_summary.json`"),
+    "annotate": ("30 · Annotate", "a run directory holding a trained `model.keras` (and `calibration.json` when "
+                 "evaluated); a pool of unlabelled images (a dataset split, labels hidden from the model)",
+                 "`annotations.csv` (prediction, confidence, per-class threshold, auto-accepted / needs-review), "
+                 "`annotation_summary.json` (precision and coverage with bootstrap intervals), `pool_predictions.npz`, "
+                 "`review_queue.csv` (needs-review items ranked by the strategy), `label_issues.csv` + "
+                 "`label_audit.json` (likely mislabelled train images), `review/decisions.jsonl` (the review's "
+                 "append-only log) and `review/export-*/` (annotations.csv, COCO JSON, labelled.npz for "
+                 "`10_train -p extra_labels`)"),
 }
 
 BODIES = {
@@ -111,20 +116,36 @@ BODIES = {
         "evaluate.write_model_card(run, ds)",
     ],
     "annotate": [
-        "import workbench as wb\nfrom workbench import annotate\n\nP = wb.params.collect(\"annotate\", globals())\n"
+        "import workbench as wb\nfrom workbench import annotate, widgets\n\nP = wb.params.collect(\"annotate\", globals())\n"
         "run, model, ds, train_params = annotate.open_stage(P)",
-        "## Auto-accept threshold, chosen on val\nThe lowest confidence at which the accepted val predictions "
-        "still reach the target precision.",
-        "choice, val_conf, val_correct = annotate.choose_threshold(model, ds, P)\nchoice",
-        "wb.viz.precision_coverage_curve(val_conf, val_correct, choice[\"threshold\"], P.target_precision)",
-        "## Label the pool\nThe pool's labels are hidden from the model; where the split has them they are "
-        "used below only to report what was achieved.",
-        "table = annotate.label_pool(run, model, ds, P, choice)\ntable.head(10)",
-        "summary = annotate.summarise(run, ds, P, choice, table)\nsummary",
+        "## Pool and probabilities\nThe pool's labels are hidden from the model; where the split has them they are "
+        "used only to report what was achieved. Probabilities are temperature-scaled when the evaluate stage "
+        "fitted a temperature.",
+        "pool = annotate.load_pool(ds, P)\ntemperature = annotate.temperature(run, P)\n(pool.name, len(pool), pool.pool_id)",
+        "## Auto-accept thresholds, chosen on val\nPer predicted class, the lowest confidence at which the accepted "
+        "val predictions of that class still reach the target precision.",
+        "choice, val_probs = annotate.choose_thresholds(model, ds, P, temperature)\n"
+        "annotate.thresholds_table(choice, ds.class_names)",
+        "wb.viz.per_class_thresholds(choice, ds.class_names, val_probs, ds.labels[\"val\"])",
+        "## Label the pool",
+        "table, pool_probs = annotate.label_pool(run, model, pool, ds, P, choice, temperature)\ntable.head(10)",
+        "summary = annotate.summarise(run, pool, P, choice, table)\nannotate.achieved_table(summary)",
         "## Auto-accepted",
-        "annotate.gallery(table, ds, P, annotate.AUTO)",
-        "## Needs review (least confident first)",
-        "annotate.gallery(table, ds, P, annotate.REVIEW)",
+        "annotate.gallery(table, pool, ds, P, annotate.AUTO)",
+        "## Needs review, ranked\nThe needs-review items ordered by the chosen uncertainty strategy "
+        "(most informative first) into `review_queue.csv`.",
+        "queue = annotate.rank_for_review(run, model, pool, table, pool_probs, ds, P, train_params, temperature)\n"
+        "queue.head(10)",
+        "annotate.gallery(table, pool, ds, P, annotate.REVIEW)",
+        "## Label audit (train split)\nConfident learning (cleanlab) on out-of-sample probabilities from "
+        "cross-validated models: train images whose given label is probably wrong, with a suggested label.",
+        "issues = annotate.audit_labels(run, ds, train_params, P)\nissues.head(10) if issues is not None else None",
+        "annotate.audit_gallery(issues, ds, P)",
+        "## Review\nAccept the model's label, pick a class, skip or undo; every decision is saved at once to "
+        "`review/decisions.jsonl` and the review resumes where it stopped (also later, with "
+        "`workbench.widgets.review_run(RUN_DIR, annotator=NAME)`). Export writes the labels for "
+        "`10_train -p extra_labels`. Headless reports show a static summary.",
+        "widgets.review_run(run.path, annotator=P.annotator, log=P.review_log)",
     ],
 }
 

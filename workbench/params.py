@@ -55,6 +55,8 @@ class TrainParams:
     freeze_backbone: bool = _p(False, "with init_from: train only the classifier, keep the other weights fixed")
     conv_impl: str = _p("fast", "CPU training path: fast (workbench.layers) or stock (plain Keras on the backend "
                         "defaults)", choices=("fast", "stock"))
+    extra_labels: str = _p("", "extra training labels: a review export directory (or its labelled.npz) from "
+                               "the annotate stage, appended to the train split (empty: none)")
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,23 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class AnnotateParams:
     run_dir: str = _p("", "run directory with a trained model (empty: the latest run)")
-    seed: int = _p(0, "seed for the galleries' sampling", min=0)
+    seed: int = _p(0, "seed for sampling (galleries, MC-dropout, TTA, audit folds, bootstrap)", min=0)
     pool_split: str = _p("test", "split used as the unlabeled pool (labels hidden from the model)",
                          choices=("train", "val", "test"))
-    target_precision: float = _p(0.99, "auto-accept threshold is chosen on val to reach this precision",
+    target_precision: float = _p(0.99, "auto-accept thresholds are chosen on val to reach this precision",
                                  min=0.5, max=1.0)
+    thresholds: str = _p("per-class", "one confidence threshold per predicted class, or one global threshold",
+                         choices=("per-class", "global"))
+    min_class_val: int = _p(20, "a class predicted fewer times on val uses the global threshold", min=1)
+    calibrate: bool = _p(True, "use the run's temperature (calibration.json from evaluate) when present")
+    strategy: str = _p("margin", "ranking of the needs-review items into review_queue.csv",
+                       choices=("least_confidence", "margin", "entropy", "mc_dropout", "tta"))
+    n_passes: int = _p(10, "stochastic passes for the mc_dropout and tta strategies", min=2, max=200)
+    bootstrap: int = _p(1000, "bootstrap resamples for the precision and coverage intervals", min=100)
+    audit_folds: int = _p(3, "label audit: cross-validation folds over the train split (0: no audit)", min=0, max=20)
+    audit_epochs: int = _p(3, "label audit: training epochs of each fold's model", min=1, max=200)
+    annotator: str = _p("", "name recorded with every review decision")
+    review_log: str = _p("", "review decisions log (empty: review/decisions.jsonl in the run directory)")
     gallery_size: int = _p(24, "images per gallery in the report", min=1, max=400)
     batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
 

@@ -100,8 +100,13 @@ class AugmentedBatches(keras.utils.PyDataset):
 
 def load_data(params: TrainParams, run: _runs.Run | None = None) -> _data.Dataset:
     ds = _data.load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split, seed=params.seed)
+    extra = None
+    if params.extra_labels:
+        ds, extra = add_extra_labels(ds, params.extra_labels)
     if run is not None:
         _runs.add_provenance(run, data=ds.describe())
+        if extra is not None:
+            _runs.add_provenance(run, extra_labels=extra)
     return ds
 
 
@@ -135,6 +140,62 @@ def preview_preprocessing(params: TrainParams, ds: _data.Dataset, spec: dict, n_
     before = ds.images["train"][idx]
     return preprocessing_preview(before, _pre.apply_spec(spec, before),
                                  title=f"Preprocessing: {_pre.describe(spec)}")
+
+
+def _extra_labels_file(spec: str):
+    from pathlib import Path
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        p = p / "labelled.npz"
+    elif p.name in ("annotations.csv", "annotations_coco.json"):
+        p = p.with_name("labelled.npz")
+    if not p.is_file():
+        raise WorkbenchError(f"extra labels {spec}: no {p.name} found at {p}; pass a review export directory "
+                             "(review/export-*/ written by the annotate stage) or its labelled.npz (parameter extra_labels)")
+    return p
+
+
+def add_extra_labels(ds: _data.Dataset, spec: str) -> tuple[_data.Dataset, dict]:
+    """Append the labelled images of an annotate review export to the train split.
+
+    Refused: other classes or image shape than the dataset, and images from the val or test split of
+    the same dataset file (training on them would leak into the evaluation)."""
+    import json
+    from dataclasses import replace
+    path = _extra_labels_file(spec)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"].astype(np.int64).reshape(-1)
+            class_names = [str(c) for c in z["class_names"]]
+            source = json.loads(str(z["source"])) if "source" in z.files else {}
+            n_sources = {str(k): int(v) for k, v in zip(*np.unique(z["label_source"], return_counts=True))} \
+                if "label_source" in z.files else {}
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise WorkbenchError(f"extra labels {path} is not a review export ({type(e).__name__}: {e}); "
+                             "export again from the review (parameter extra_labels)") from None
+    if class_names != list(ds.class_names):
+        raise WorkbenchError(f"extra labels {path} name classes {class_names} but dataset {ds.name} has "
+                             f"{list(ds.class_names)}: they belong to another task")
+    if images.dtype != np.uint8 or images.shape[1:] != ds.images["train"].shape[1:] or len(images) != len(labels):
+        raise WorkbenchError(f"extra labels {path}: images {images.dtype} {images.shape[1:]} for {len(labels)} labels do not "
+                             f"match dataset {ds.name} ({ds.images['train'].shape[1:]} uint8)")
+    if len(labels) and (labels.min() < 0 or labels.max() >= ds.num_classes):
+        raise WorkbenchError(f"extra labels {path}: labels outside 0..{ds.num_classes - 1}")
+    if source.get("dataset_md5") == ds.md5 and source.get("split") in ("val", "test"):
+        raise WorkbenchError(
+            f"extra labels {path} are images of the {source['split']} split of {ds.name}, which the evaluate stage "
+            "scores: training on them would leak into the evaluation; annotate a pool outside val/test")
+    if source.get("dataset_md5") == ds.md5 and source.get("split") == "train":
+        print(f"warning: extra labels {path} are images of the train split of {ds.name}: they are trained on twice")
+    images_tr = np.concatenate([ds.images["train"], images])
+    labels_tr = np.concatenate([ds.labels["train"], labels])
+    note = f"train split extended by {len(labels)} labelled images from {path} ({n_sources or 'sources unknown'})"
+    info = {"path": str(path.resolve()), "md5": _data.file_md5(path), "n": int(len(labels)), "label_source": n_sources,
+            "pool_source": source}
+    out = replace(ds, images={**ds.images, "train": images_tr}, labels={**ds.labels, "train": labels_tr},
+                  notes=[*ds.notes, note])
+    print(note)
+    return out, info
 
 
 def make_augmentation(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None):

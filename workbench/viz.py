@@ -393,4 +393,37 @@ def baseline_comparison(baselines: dict[str, dict], ours: dict, name: str = "thi
         ax.set_title(f"test {key.upper()}")
         ax.legend(fontsize=6, loc="lower left")
         ax.grid(axis="x", alpha=0.3)
+
+
+def per_class_thresholds(choice: dict, class_names: list[str], val_probs: np.ndarray | None = None,
+                         val_labels: np.ndarray | None = None) -> Figure:
+    """Auto-accept thresholds per predicted class and, when val is given, the share of each class's val
+    predictions they accept and the precision of those (the target as a dashed line)."""
+    k = len(class_names)
+    thr = np.asarray(choice["thresholds"], dtype=np.float64)
+    fig = _fig(10, 3.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    shown = np.where(np.isfinite(thr), thr, 1.0)
+    bars = ax1.bar(range(k), shown, color=["tab:blue" if np.isfinite(t) else "lightgrey" for t in thr])
+    for b, t, row in zip(bars, thr, choice["per_class"]):
+        label = "none" if not np.isfinite(t) else f"{t:.3f}" + ("*" if row["source"] != "class" else "")
+        ax1.text(b.get_x() + b.get_width() / 2, 0.02, label, ha="center", va="bottom", rotation=90, fontsize=7)
+    ax1.set_xticks(range(k), [_short(n, 12) for n in class_names], rotation=45, ha="right", fontsize=7)
+    ax1.set_ylim(0, 1)
+    ax1.set_title(f"threshold per predicted class ({choice['mode']}; * global fallback)", fontsize=9)
+    if val_probs is not None and val_labels is not None:
+        pred, conf = val_probs.argmax(1), val_probs.max(1)
+        acc = conf >= thr[pred]
+        cov = [acc[pred == c].mean() if (pred == c).any() else 0.0 for c in range(k)]
+        prec = [((pred == val_labels) & acc & (pred == c)).sum() / max((acc & (pred == c)).sum(), 1) for c in range(k)]
+        x = np.arange(k)
+        ax2.bar(x - 0.2, cov, 0.4, label="coverage")
+        ax2.bar(x + 0.2, prec, 0.4, label="precision")
+        ax2.axhline(choice["target_precision"], color="red", ls="--", lw=0.8, label=f"target {choice['target_precision']}")
+        ax2.set_xticks(x, [_short(n, 12) for n in class_names], rotation=45, ha="right", fontsize=7)
+        ax2.set_ylim(0, 1.05)
+        ax2.legend(fontsize=7, loc="lower left")
+        ax2.set_title("val: accepted share and precision per predicted class", fontsize=9)
+    else:
+        ax2.axis("off")
     return fig

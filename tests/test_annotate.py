@@ -1,0 +1,128 @@
+"""Annotate stage pieces: pools, per-class thresholds, achieved precision/coverage with intervals, and
+the review export read back by 10_train as extra training labels."""
+
+import numpy as np
+import pytest
+
+import workbench  # noqa: F401  (JAX backend)
+from conftest import TINY
+from workbench import annotate, data
+from workbench.errors import WorkbenchError
+from workbench.params import TrainParams
+from workbench.review import ReviewSession, export
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return data.load_dataset(str(TINY))
+
+
+def test_split_pool_hides_nothing_but_reports_truth(ds):
+    pool = annotate.split_pool(ds, "test")
+    assert len(pool) == 120 and pool.ids[:2] == ["test:0", "test:1"]
+    assert pool.source["split"] == "test" and pool.source["dataset_md5"] == ds.md5
+    same = annotate.split_pool(ds, "test")
+    assert same.pool_id == pool.pool_id and len(pool.pool_id) == 16
+    changed = annotate.Pool("x", pool.images.copy(), pool.ids)
+    changed.images[0, 0, 0, 0] ^= 1
+    assert changed.pool_id != pool.pool_id  # one changed pixel → another pool
+    with pytest.raises(WorkbenchError, match="not unique"):
+        annotate.Pool("dup", pool.images[:2], ["a", "a"])
+    with pytest.raises(WorkbenchError, match="no split"):
+        annotate.split_pool(ds, "unlabelled")
+
+
+def _probs(conf, pred, k=3):
+    p = np.full((len(conf), k), 0.0)
+    for i, (c, y) in enumerate(zip(conf, pred)):
+        p[i] = (1 - c) / (k - 1)
+        p[i, y] = c
+    return p
+
+
+def test_per_class_thresholds_reach_the_target_per_class():
+    # class 0: confident and right down to 0.6; class 1: wrong above 0.8 except at the top
+    conf = np.array([0.99, 0.9, 0.8, 0.7, 0.6] * 6 + [0.99, 0.95, 0.85, 0.8, 0.7] * 6)
+    pred = np.array([0] * 30 + [1] * 30)
+    truth = pred.copy()
+    truth[30:][np.isin(conf[30:], [0.85, 0.8, 0.7])] = 2  # class-1 predictions below 0.9 are wrong
+    choice = annotate.per_class_thresholds(_probs(conf, pred), truth, 0.99, "per-class", min_class_val=5)
+    thr = choice["thresholds"]
+    assert thr[0] == pytest.approx(0.6) and thr[1] == pytest.approx(0.95)
+    assert choice["per_class"][2]["source"].startswith("global")  # never predicted: global fallback
+    assert choice["val_precision"] >= 0.99
+    glob = annotate.per_class_thresholds(_probs(conf, pred), truth, 0.99, "global")
+    assert len(set(glob["thresholds"])) == 1 and glob["thresholds"][0] == pytest.approx(0.9)
+    assert choice["val_coverage"] > glob["val_coverage"]  # per-class accepts more at the same target
+
+
+def test_achieved_precision_coverage_with_intervals():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    pred = np.where(rng.random(400) < 0.9, y, (y + 1) % 4)
+    accepted = rng.random(400) < 0.7
+    a = annotate.achieved(y, pred, accepted, n_resamples=300, seed=0)
+    assert a["precision"] == pytest.approx((pred[accepted] == y[accepted]).mean())
+    assert a["coverage"] == pytest.approx(accepted.mean())
+    for k in ("precision", "coverage"):
+        lo, hi = a[f"{k}_ci95"]
+        assert lo <= a[k] <= hi and hi - lo < 0.15
+    assert a["bootstrap"]["n_resamples"] == 300
+
+
+def _export(tmp_path, pool, ds, name="export"):
+    pred = {i: int(c) for i, c in zip(pool.ids, pool.labels)}
+    s = ReviewSession(tmp_path / f"{name}.jsonl", pool.ids[:5], pred, ds.class_names, pool.pool_id, "m", annotator="t")
+    s.accept()
+    s.label(3)
+    s.skip()
+    import pandas as pd
+    table = pd.DataFrame({"index": range(len(pool)), "split": pool.source.get("split", "folder"),
+                          "predicted_label": pool.labels, "predicted_class": [ds.class_names[c] for c in pool.labels],
+                          "confidence": 0.5, "status": "needs-review", "id": pool.ids})
+    return export(s, table, tmp_path / name, images=pool.images, source=pool.source)
+
+
+def test_extra_labels_extend_the_train_split(tmp_path, ds):
+    # an outside pool (as an image folder would give): images the dataset does not hold as val/test
+    with np.load(TINY) as z:
+        images, labels = z["val_images"][:10], z["val_labels"].reshape(-1)[:10]
+    pool = annotate.Pool("folder", images, [f"img{i}.png" for i in range(10)], labels, source={"kind": "image-folder"})
+    out = _export(tmp_path, pool, ds)
+    params = TrainParams(dataset=str(TINY), extra_labels=str(tmp_path / "export"))
+    from workbench import train
+    ext = train.load_data(params)
+    assert len(ext.labels["train"]) == 240 + 2  # accept + corrected label; the skip adds nothing
+    np.testing.assert_array_equal(ext.images["train"][240], images[0])
+    assert ext.labels["train"][240] == labels[0] and ext.labels["train"][241] == 3
+    assert any("extended by 2 labelled images" in n for n in ext.notes)
+    # the csv path works too; the val split of the same file is refused (leakage)
+    assert len(train.load_data(TrainParams(dataset=str(TINY), extra_labels=out["csv"])).labels["train"]) == 242
+    leak = _export(tmp_path, annotate.split_pool(ds, "test"), ds, name="leak")
+    with pytest.raises(WorkbenchError, match="test split .* leak"):
+        train.load_data(TrainParams(dataset=str(TINY), extra_labels=str(tmp_path / "leak")))
+    assert leak["n_labelled"] == 2
+    with pytest.raises(WorkbenchError, match="no labelled.npz"):
+        train.load_data(TrainParams(dataset=str(TINY), extra_labels=str(tmp_path)))
+
+
+def test_calibrated_probabilities_when_the_run_has_a_temperature(tmp_path, capsys):
+    from workbench.calibration import apply_temperature
+    from workbench.params import AnnotateParams
+    from workbench.runs import Run
+    run = Run(tmp_path, "annotate")
+    assert annotate.temperature(run, AnnotateParams()) is None
+    assert "no calibration.json" in capsys.readouterr().out
+    (tmp_path / "calibration.json").write_text('{"method": "temperature", "temperature": 1.7}')
+    assert annotate.temperature(run, AnnotateParams()) == pytest.approx(1.7)
+    assert annotate.temperature(run, AnnotateParams(calibrate=False)) is None
+    # a temperature > 1 softens confidences: the same target needs a lower threshold on them
+    conf = np.linspace(0.5, 0.99, 60)
+    pred = np.arange(60) % 3
+    truth = np.where(conf > 0.8, pred, (pred + 1) % 3)
+    raw = _probs(conf, pred)
+    cal = apply_temperature(raw, 1.7)
+    t_raw = annotate.per_class_thresholds(raw, truth, 0.99, "global")["thresholds"][0]
+    t_cal = annotate.per_class_thresholds(cal, truth, 0.99, "global")["thresholds"][0]
+    assert t_cal < t_raw
+    assert ((raw.max(1) >= t_raw) == (cal.max(1) >= t_cal)).all()  # same items accepted: ranking kept

@@ -1,0 +1,193 @@
+"""Review logic (workbench.review): decisions, undo, resume, durability, damaged and foreign logs, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, TINY
+from workbench.errors import WorkbenchError
+from workbench.review import ReviewLogWarning, ReviewSession, export, read_log
+
+NAMES = ["a", "b", "c"]
+
+
+def session(path, queue=("x0", "x1", "x2", "x3"), pool="pool1", model="model1", annotator="ana"):
+    predicted = {q: i % 3 for i, q in enumerate(queue)}
+    return ReviewSession(path, list(queue), predicted, NAMES, pool, model, annotator=annotator)
+
+
+def test_decisions_undo_and_resume(tmp_path):
+    log = tmp_path / "review" / "decisions.jsonl"
+    s = session(log)
+    assert s.current == "x0" and s.progress()["decided"] == 0
+    assert s.accept().label == 0                 # x0 predicted 0
+    assert s.label(2).label == 2                 # x1 predicted 1 → corrected to 2
+    assert s.skip().action == "skip"             # x2
+    assert s.current == "x3"
+    undone = s.undo()
+    assert undone.item == "x2" and s.current == "x2"
+    assert s.label(1).item == "x2"
+    p = s.progress()
+    assert p == {"decided": 3, "total": 4, "accept": 1, "label": 2, "skip": 0, "corrected": 2}
+
+    # a new process (here: a new session object) resumes exactly there
+    again = session(log)
+    assert again.current == "x3"
+    assert {k: (d.action, d.label) for k, d in again.decisions.items()} == \
+        {"x0": ("accept", 0), "x1": ("label", 2), "x2": ("label", 1)}
+    assert again.undo().item == "x2"             # undo history survives the restart too
+    assert again.current == "x2"
+    # the log is append-only: header + 5 records + this undo, nothing rewritten
+    lines = log.read_text().splitlines()
+    assert len(lines) == 7 and json.loads(lines[0])["type"] == "header"
+    assert [json.loads(line)["type"] for line in lines[1:]] == ["decision"] * 3 + ["undo", "decision", "undo"]
+
+
+def test_done_and_bad_label(tmp_path):
+    s = session(tmp_path / "l.jsonl", queue=("only",))
+    with pytest.raises(WorkbenchError, match="not a class index"):
+        s.label(7)
+    s.accept()
+    assert s.done and s.current is None
+    with pytest.raises(WorkbenchError, match="queue is done"):
+        s.skip()
+    assert session(tmp_path / "l.jsonl", queue=("only",)).done
+
+
+def test_log_of_another_pool_or_model_is_refused(tmp_path):
+    log = tmp_path / "d.jsonl"
+    session(log).accept()
+    before = log.read_bytes()
+    with pytest.raises(WorkbenchError, match="written for pool pool1 and model model1.*pool other"):
+        session(log, pool="other")
+    with pytest.raises(WorkbenchError, match="belongs to another pool or model"):
+        session(log, model="model2")
+    assert log.read_bytes() == before  # refusing wrote nothing
+
+
+def test_truncated_last_line_is_reported_skipped_and_acknowledged(tmp_path):
+    log = tmp_path / "d.jsonl"
+    s = session(log)
+    s.accept()
+    s.accept()
+    with open(log, "ab") as f:  # a write cut short by a crash: half a record, no newline
+        f.write(b'{"type":"decision","seq":3,"item":"x2","act')
+    with pytest.warns(ReviewLogWarning, match="cut short"):
+        s2 = session(log)
+    assert set(s2.decisions) == {"x0", "x1"} and s2.current == "x2"
+    assert any("last line" in n for n in s2.notes)
+    s2.skip()  # appends cleanly after the damaged line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # already acknowledged: no new warning
+        s3 = session(log)
+    assert set(s3.decisions) == {"x0", "x1", "x2"} and s3.recovered
+    rec = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"type":"recovered"')]
+    assert rec and rec[0]["line"] == 4
+
+
+def test_corruption_in_the_middle_is_refused(tmp_path):
+    log = tmp_path / "d.jsonl"
+    s = session(log)
+    s.accept()
+    s.accept()
+    lines = log.read_text().splitlines()
+    lines[1] = lines[1][:10]
+    log.write_text("\n".join(lines) + "\n")
+    with pytest.raises(WorkbenchError, match="corrupt at line 2"):
+        session(log)
+
+
+def test_two_sessions_on_one_log_do_not_lose_decisions(tmp_path):
+    log = tmp_path / "d.jsonl"
+    a, b = session(log), session(log)
+    a.accept()
+    with pytest.raises(WorkbenchError, match="changed by another review session"):
+        b.accept()
+    assert list(session(log).decisions) == ["x0"]
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from workbench.review import ReviewSession
+    queue = [f"item{{i}}" for i in range(100000)]
+    s = ReviewSession({log!r}, queue, {{q: i % 3 for i, q in enumerate(queue)}}, ["a", "b", "c"], "p", "m", annotator="k")
+    i = 0
+    while True:
+        d = s.label(i % 3) if i % 2 else s.accept()
+        print("confirmed", d.item, d.label, flush=True)   # only after the record is on disk
+        i += 1
+""")
+
+
+def test_sigkill_during_review_loses_no_confirmed_decision(tmp_path):
+    log = tmp_path / "kill.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), log=str(log))],
+                            stdout=subprocess.PIPE, text=True)
+    confirmed = {}
+    try:
+        for line in proc.stdout:
+            _, item, label = line.split()
+            confirmed[item] = int(label)
+            if len(confirmed) >= 150:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    queue = [f"item{i}" for i in range(100000)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReviewLogWarning)  # the kill may have cut the last write
+        s = ReviewSession(log, queue, {q: i % 3 for i, q in enumerate(queue)}, NAMES, "p", "m")
+    for item, label in confirmed.items():
+        assert s.decisions[item].label == label
+    assert s.current == f"item{len(s.decisions)}"  # resumes right after the last saved decision
+
+
+def _tiny_pool():
+    with np.load(TINY) as z:
+        return z["val_images"][:6], z["val_labels"].reshape(-1)[:6]
+
+
+def test_export_csv_coco_and_npz(tmp_path):
+    images, _ = _tiny_pool()
+    ids = [f"val:{i}" for i in range(6)]
+    table = pd.DataFrame({"index": range(6), "split": "val", "predicted_label": [0, 1, 2, 0, 1, 2],
+                          "predicted_class": [NAMES[c] for c in [0, 1, 2, 0, 1, 2]],
+                          "confidence": [0.99, 0.5, 0.6, 0.97, 0.4, 0.3],
+                          "status": ["auto-accepted", "needs-review", "needs-review", "auto-accepted",
+                                     "needs-review", "needs-review"], "id": ids})
+    queue = ["val:1", "val:2", "val:4", "val:5"]
+    s = ReviewSession(tmp_path / "d.jsonl", queue, dict(zip(ids, table["predicted_label"])), NAMES, "p", "m",
+                      annotator="ana")
+    s.accept()      # val:1 → 1
+    s.label(0)      # val:2 → 0 (corrected)
+    s.skip()        # val:4
+    out = export(s, table, tmp_path / "export", images=images, source={"kind": "test"})
+    df = pd.read_csv(out["csv"])
+    assert list(df.columns[:7]) == ["index", "split", "predicted_label", "predicted_class", "confidence", "status", "id"]
+    src = dict(zip(df["id"], df["label_source"]))
+    assert src == {"val:0": "auto-accepted", "val:1": "accepted", "val:2": "corrected", "val:3": "auto-accepted",
+                   "val:4": "skipped", "val:5": "unreviewed"}
+    assert df.set_index("id").loc["val:2", "label"] == 0 and df.set_index("id").loc["val:2", "annotator"] == "ana"
+    doc = json.loads(open(out["coco"]).read())
+    assert [c["name"] for c in doc["categories"]] == NAMES and len(doc["images"]) == 6
+    anns = {a["image_id"]: a for a in doc["annotations"]}
+    assert set(anns) == {0, 1, 2, 3}
+    assert anns[2]["category_id"] == 0 and anns[2]["annotator"] == "ana" and anns[2]["time"].endswith("Z")
+    assert anns[0]["annotator"] == "model" and doc["info"]["pool_id"] == "p"
+    with np.load(out["npz"], allow_pickle=False) as z:
+        assert z["images"].shape == (4, 28, 28, 3) and z["labels"].tolist() == [0, 1, 0, 0]
+        np.testing.assert_array_equal(z["images"][2], images[2])
+        assert z["ids"].tolist() == ["val:0", "val:1", "val:2", "val:3"]
+    with pytest.raises(WorkbenchError, match="write-once"):
+        export(s, table, tmp_path / "export", images=images)
+    assert read_log(tmp_path / "d.jsonl").header["pool_id"] == "p"
