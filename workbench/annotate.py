@@ -287,6 +287,14 @@ def audit_labels(run: _runs.Run, ds, train_params, params: AnnotateParams) -> pd
         return None
     tp = train_params
     images, labels = ds.images["train"], ds.labels["train"]
+    counts = np.bincount(labels, minlength=ds.num_classes)
+    if counts[counts > 0].min() < params.audit_folds:
+        # too few labelled images for cross-validation: the rest of the stage is still useful
+        reason = (f"a class has only {int(counts[counts > 0].min())} train image(s), fewer than the "
+                  f"{params.audit_folds} folds of the audit (parameter audit_folds)")
+        print(f"warning: label audit skipped: {reason}")
+        run.write_json("label_audit.json", {"skipped": True, "reason": reason, "split": "train"})
+        return None
 
     def build():
         return _models.build(tp.model, ds.input_shape, ds.num_classes, width=tp.width, dropout=tp.dropout)
