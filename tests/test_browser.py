@@ -91,6 +91,9 @@ def browser():
         b.close()
 
 
+_PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in the current tab
+
+
 def _start_session(lab, name: str) -> None:
     """Start the notebook's kernel through the REST API first, so JupyterLab opens the notebook attached to
     the workbench kernel instead of racing its kernel-spec lookup (which shows a 'Select Kernel' dialog)."""
@@ -110,7 +113,9 @@ def _dismiss_kernel_dialog(page) -> None:
 
 def _open_and_run_all(page, lab, name: str, timeout_s: float = 240):
     _start_session(lab, name)
-    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    # a workspace of its own per notebook (and reset): JupyterLab must not restore other notebooks' tabs,
+    # whose cells would count below
+    page.goto(f"{lab['url']}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={lab['token']}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_timeout(1000)
     _dismiss_kernel_dialog(page)
@@ -119,11 +124,11 @@ def _open_and_run_all(page, lab, name: str, timeout_s: float = 240):
                            timeout=60_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
-    n_code = page.locator(".jp-CodeCell").count()
+    n_code = page.locator(f"{_PANEL} .jp-CodeCell").count()
     # every code cell shows an execution count, none is still "[*]"
     page.wait_for_function(
-        """(n) => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent);
-                    return p.length === n && p.every(t => /\\[\\d+\\]/.test(t)); }""",
+        """(n) => { const p = [...document.querySelectorAll('%s .jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent);
+                    return p.length === n && p.every(t => /\\[\\d+\\]/.test(t)); }""" % _PANEL,
         arg=n_code, timeout=timeout_s * 1000)
     return n_code
 
@@ -162,3 +167,38 @@ def test_explore_notebook_widgets_render_and_react(lab, browser, pipeline_run, t
     assert page.get_by_text("33 images", exact=True).count() == 1
     page.screenshot(path=str(tmp_path / "explore_after_interaction.png"), full_page=True)
     assert (tmp_path / "grid_after.png").stat().st_size > 1000
+
+
+def test_review_widget_accept_key_writes_decisions(lab, browser, pipeline_run, tmp_path):
+    """Press the review widget's Accept key (a) on three images in the browser: three decisions on disk."""
+    run = lab["home"] / "review_run"
+    shutil.copytree(pipeline_run["dir"], run)
+    log = run / "review" / "decisions.jsonl"
+    assert not log.exists()
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "review-0", "metadata": {}, "outputs": [],
+                     "source": f"from workbench import widgets\nwidgets.review_run({str(run)!r}, annotator='browser-test')"}],
+          "metadata": {"kernelspec": {"name": "workbench", "display_name": "Python 3 (workbench)", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (lab["home"] / "review.ipynb").write_text(json.dumps(nb))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open_and_run_all(page, lab, "review.ipynb")
+    _assert_no_errors(page)
+    keys = page.locator(".widget-text", has_text="Keys").locator("input")
+    keys.wait_for(timeout=60_000)
+    page.screenshot(path=str(tmp_path / "review_before.png"), full_page=True)
+    for n in range(1, 4):
+        keys.click()
+        keys.press("a")
+        # each key is one durable decision: wait until the log holds n of them
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+            decisions = [r for r in recs if r.get("type") == "decision"]
+            if len(decisions) >= n:
+                break
+            time.sleep(0.2)
+        assert len(decisions) == n, f"after {n} key presses the log holds {len(decisions)} decisions"
+    page.screenshot(path=str(tmp_path / "review_after.png"), full_page=True)
+    assert [d["action"] for d in decisions] == ["accept"] * 3
+    assert len({d["item"] for d in decisions}) == 3  # three different images
+    assert all(d["annotator"] == "browser-test" for d in decisions)

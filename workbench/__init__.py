@@ -27,9 +27,9 @@ __version__ = "0.1.0"
 
 from .errors import WorkbenchError  # noqa: E402
 
-_SUBMODULES = ("annotate", "augment", "calibration", "cards", "data", "deid", "dicom", "evaluate", "execute", "explain",
+_SUBMODULES = ("active", "annotate", "audit", "augment", "calibration", "cards", "data", "deid", "dicom", "evaluate", "execute", "explain",
                "explore", "fetch", "imagefolder", "ingest", "metrics", "models", "params", "paths", "preprocess",
-               "progress", "report", "runs", "train", "viz")
+               "progress", "report", "review", "runs", "train", "viz", "widgets")
 __all__ = ["WorkbenchError", "__version__", *_SUBMODULES]
 
 
