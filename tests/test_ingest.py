@@ -271,3 +271,18 @@ def test_audit_matches_whole_numbers_and_ignores_hashes(tmp_path):
     assert deid.audit([f], reg) == []
     f.write_text("patient,date\nP0001,20231107\nJANET,x\n")
     assert deid.audit([f], reg) == [(str(f), "PatientID"), (str(f), "PatientName")]
+
+
+@pytest.mark.slow
+def test_no_phi_in_the_html_reports_of_a_pipeline_on_ingested_data(ingested, tmp_path):
+    """The shared reports too: the three stage notebooks (papermill + nbconvert) on the ingested dataset,
+    then every file of the run directory, HTML reports and executed notebooks included, is searched."""
+    from conftest import run_cli
+    proc = run_cli("pipeline", "-q", "-p", "dataset", str(ingested["out"]), "-p", "epochs", "1", "-p", "width", "4",
+                   "-p", "batch_size", "32", "-p", "augment", "none", "-p", "audit_folds", "0",
+                   "-p", "n_resamples", "100", env={"WORKBENCH_RUNS_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    reports = sorted(p.name for p in run_dir.glob("*.html"))
+    assert reports == ["10_train.html", "20_evaluate.html", "30_annotate.html"]
+    assert _search([run_dir], ingested["phi"]) == []
