@@ -91,7 +91,8 @@ def test_annotations_follow_threshold(pipeline_run):
     if acc:
         prec = np.mean([int(r["predicted_label"]) == truth[int(r["index"])] for r in acc])
         assert a["precision"] == pytest.approx(prec)
-    assert summary["temperature"] is None  # no calibration.json in this run: uncalibrated, and said so
+    # evaluate fitted a temperature on val (calibration.json): annotate used the calibrated probabilities
+    assert summary["temperature"] == pytest.approx(read_json(d / "calibration.json")["temperature"])
     assert len(summary["model_hash"]) == 32 and len(summary["pool_id"]) == 16
 
 
