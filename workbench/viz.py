@@ -129,13 +129,18 @@ def confusion_matrix(cm: np.ndarray, class_names: list[str], title: str = "Confu
     return fig
 
 
+def _one_vs_rest(y_true: np.ndarray, class_names: list[str]):
+    """(class index, name, positives mask) for every class with both positives and negatives."""
+    for c, name in enumerate(class_names):
+        pos = y_true == c
+        if pos.any() and not pos.all():
+            yield c, name, pos
+
+
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> Figure:
     fig = _fig(5.5, 4.5)
     ax = fig.add_subplot()
-    for c, name in enumerate(class_names):
-        pos = y_true == c
-        if pos.all() or not pos.any():
-            continue
+    for c, name, pos in _one_vs_rest(y_true, class_names):
         fpr, tpr, _ = skm.roc_curve(pos, probs[:, c])
         ax.plot(fpr, tpr, lw=1, label=f"{_short(name)} (AUC {skm.auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
@@ -252,10 +257,7 @@ def pr_curves(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> 
     """One-vs-rest precision-recall curves with average precision; dotted: each class's prevalence."""
     fig = _fig(5.5, 4.5)
     ax = fig.add_subplot()
-    for c, name in enumerate(class_names):
-        pos = y_true == c
-        if pos.all() or not pos.any():
-            continue
+    for c, name, pos in _one_vs_rest(y_true, class_names):
         prec, rec, _ = skm.precision_recall_curve(pos, probs[:, c])
         ap = skm.average_precision_score(pos, probs[:, c])
         (line,) = ax.plot(rec, prec, lw=1, label=f"{_short(name)} (AP {ap:.3f})")
