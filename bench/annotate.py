@@ -1,12 +1,13 @@
 """Annotation benchmark on BloodMNIST (simulated oracle): `make bench-annotate` (add ARGS=--quick).
 
 1. Full-label reference: the compact CNN trained on every train label → test ACC.
-2. Auto-labelling: a seeded 10 % of train labelled, the rest a pool with labels hidden; per-class
-   thresholds chosen on val (temperature-calibrated) for precision 0.99; precision and coverage
-   achieved on the pool with bootstrap intervals. Then one round of self-training: the accepted
-   pool labels are added as extra training labels (what ``10_train -p extra_labels`` does), the
-   model is fine-tuned, thresholds chosen again on val and applied to the rest of the pool; the
-   union is reported too.
+2. Auto-labelling (the headline): for each seed, a seeded random 10 % of train labelled and the rest
+   a pool with labels hidden. The model is the full recipe's network (compact CNN, width 32) with
+   its dihedral test-time augmentation, trained on the 10 % until it has seen ``auto_samples``
+   images. Temperature and thresholds are chosen on val for precision 0.99 by every threshold rule
+   of the annotate stage (``RULES``); the headline is the stage's default (one global threshold,
+   Learn-then-Test guarantee 0.9). Precision and coverage achieved on the pool, with bootstrap
+   intervals per seed.
 3. Active learning: from a seeded k % labelled start, each round labels the top-B pool items by a
    strategy (oracle = the hidden true labels), warm-start retrains and records test ACC vs labels
    used; every strategy against random at equal budgets, over several seeds. For each strategy: the
@@ -50,6 +51,14 @@ QUICK = {
 STRATEGIES = ("random", *active.STRATEGIES)
 AUTO_FRACTION = 0.10
 HEADLINE_STRATEGY = "margin"  # fixed before measuring: the annotate stage's default strategy
+# auto-labelling model: the full recipe's network and TTA (train.RECIPES["full"]); a small labelled set
+# trains for more epochs, until it has seen AUTO[mode]["samples"] images (100 epochs of 10 % of train)
+AUTO = {"full": {"seeds": (0, 1, 2), "width": 32, "samples": 120_000},
+        "quick": {"seeds": (0,), "width": 16, "samples": 6_000}}
+# the annotate stage's threshold rules: name -> (thresholds, guarantee); the first is its default
+RULES = {"global, guarantee 0.9 (default)": ("global", 0.9), "per-class, guarantee 0.9": ("per-class", 0.9),
+         "global, point estimate": ("global", 0.0), "per-class, point estimate": ("per-class", 0.0)}
+HEADLINE_RULE = next(iter(RULES))
 
 
 def log(msg: str) -> None:
@@ -72,31 +81,68 @@ def reference(ds, train, test, cfg, s):
 
 
 def accept_on_pool(model, val, x_pool, y_pool, target=0.99, n_resamples=1000):
-    """Temperature fitted on val, per-class thresholds on val for ``target``, applied to the pool."""
+    """Temperature fitted on val; thresholds on val for ``target`` by every rule in ``RULES``, applied to
+    the pool. Returns the headline rule's numbers at the top level and every rule under "rules"."""
     pv = active._predict(model, val[0].astype("float32"), 512)
     t = calibration.fit_temperature(pv, val[1])["temperature"]
     pv = calibration.apply_temperature(pv, t)
     pp = calibration.apply_temperature(active._predict(model, x_pool.astype("float32"), 512), t)
-    choice = per_class_thresholds(pv, val[1], target, "per-class", 20)
-    ok = pp.max(1) >= np.asarray(choice["thresholds"])[pp.argmax(1)]
-    res = achieved(y_pool, pp.argmax(1), ok, n_resamples, 0)
-    return {k: res[k] for k in ("precision", "coverage", "precision_ci95", "coverage_ci95", "n_accepted", "n")} | {
-        "temperature": t, "pool_acc": float((pp.argmax(1) == y_pool).mean())}
+    keys = ("precision", "coverage", "precision_ci95", "coverage_ci95", "n_accepted", "n")
+    rules = {}
+    for name, (mode, guarantee) in RULES.items():
+        choice = per_class_thresholds(pv, val[1], target, mode, 20, guarantee)
+        ok = pp.max(1) >= np.asarray(choice["thresholds"])[pp.argmax(1)]
+        res = achieved(y_pool, pp.argmax(1), ok, n_resamples, 0)
+        rules[name] = {k: res[k] for k in keys}
+    return {**rules[HEADLINE_RULE], "rule": HEADLINE_RULE, "rules": rules, "temperature": t,
+            "pool_acc": float((pp.argmax(1) == y_pool).mean()), "val_acc": float((pv.argmax(1) == val[1]).mean())}
 
 
-def auto_label_random_seed(ds, train, val, cfg, s, fraction=0.10):
-    """A seeded random 10 % labelled, the other 90 % the pool: train, then auto-accept."""
+def auto_label(ds, train, val, test, cfg, mode, fraction=AUTO_FRACTION, target=0.99, n_resamples=1000):
+    """Per seed: a seeded random ``fraction`` of train labelled, the rest the pool; the full recipe's
+    network trained on it (``AUTO``), wrapped in its dihedral TTA; auto-accept on the pool by every rule."""
     import keras
+
+    from workbench.train import with_tta
+    a = AUTO[mode]
     x, y = train
-    rng = np.random.default_rng(0)
-    lab = np.sort(rng.choice(len(y), size=int(round(fraction * len(y))), replace=False))
-    pool = np.setdiff1d(np.arange(len(y)), lab)
-    keras.utils.set_random_seed(0)
-    m = models.build("cnn", x.shape[1:], ds.num_classes, width=cfg.width, dropout=cfg.dropout)
-    active.train_model(m, x[lab], y[lab], s["auto_epochs"], cfg, 0, augment.build(cfg.augment, 0))
-    res = accept_on_pool(m, val, x[pool], y[pool], n_resamples=s["bootstrap"])
-    log(f"auto-label, random 10 % labelled: precision {res['precision']:.4f} coverage {res['coverage']:.4f}")
-    return {"labelled": "seeded random 10 % of train", "n_labelled": int(len(lab)), **res}
+    per_seed = []
+    for seed in a["seeds"]:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        lab = np.sort(rng.choice(len(y), size=int(round(fraction * len(y))), replace=False))
+        pool = np.setdiff1d(np.arange(len(y)), lab)
+        keras.utils.set_random_seed(seed)
+        m = models.build("cnn", x.shape[1:], ds.num_classes, width=a["width"], dropout=cfg.dropout)
+        c = replace(cfg, width=a["width"], min_samples=a["samples"])
+        active.train_model(m, x[lab], y[lab], 1, c, seed, augment.build(cfg.augment, seed))
+        tta = with_tta(m)
+        res = accept_on_pool(tta, val, x[pool], y[pool], target, n_resamples)
+        res.update(seed=seed, n_labelled=int(len(lab)), test_acc=active.accuracy(tta, *test),
+                   seconds=round(time.perf_counter() - t0, 1))
+        per_seed.append(res)
+        log(f"auto-label seed {seed}: " + "; ".join(
+            f"{k}: {v['precision']:.4f} at {v['coverage']:.4f}" for k, v in res["rules"].items())
+            + f" (pool ACC {res['pool_acc']:.4f}, {res['seconds']:.0f} s)")
+    by_rule = {}
+    for name in RULES:
+        rs = [r["rules"][name] for r in per_seed]
+        by_rule[name] = {"precision": float(np.mean([r["precision"] for r in rs])),
+                         "coverage": float(np.mean([r["coverage"] for r in rs])),
+                         "precision_per_seed": [r["precision"] for r in rs],
+                         "coverage_per_seed": [r["coverage"] for r in rs],
+                         "precision_ci95_per_seed": [r["precision_ci95"] for r in rs],
+                         "coverage_ci95_per_seed": [r["coverage_ci95"] for r in rs]}
+    head = by_rule[HEADLINE_RULE]
+    return {"precision": head["precision"], "coverage": head["coverage"], "rule": HEADLINE_RULE,
+            "labelled_fraction": fraction, "target_precision": target,
+            "method": f"per seed a seeded random {fraction:.0%} of train labelled, the other {1 - fraction:.0%} the "
+                      f"pool (labels hidden); compact CNN width {a['width']} (the full recipe's network) trained on "
+                      f"{a['samples']:,} augmented samples, dihedral TTA; temperature and thresholds chosen on val; "
+                      f"mean over {len(a['seeds'])} seed(s)",
+            **{k: head[k] for k in ("precision_per_seed", "coverage_per_seed", "precision_ci95_per_seed",
+                                    "coverage_ci95_per_seed")},
+            "by_rule": by_rule, "per_seed": per_seed, "settings": a}
 
 
 def run_active(ds, train, val, test, cfg, s):
@@ -156,7 +202,8 @@ def summarise_active(runs, full_acc, fractions):
     return out, target
 
 
-def auto_label_summary(runs, auto_random):
+def active_auto_label(runs):
+    """Auto-labelling once active learning has labelled 10 % (width-16 AL model, no TTA), per strategy."""
     by = {}
     for st, rs in runs.items():
         pts = [p["auto_label"] for r in rs for p in r["curve"] if "auto_label" in p]
@@ -164,18 +211,11 @@ def auto_label_summary(runs, auto_random):
             continue
         by[st] = {"precision": float(np.mean([p["precision"] for p in pts])),
                   "coverage": float(np.mean([p["coverage"] for p in pts])),
+                  "rule": pts[0].get("rule", "per-class, point estimate"),
                   "precision_per_seed": [p["precision"] for p in pts], "coverage_per_seed": [p["coverage"] for p in pts],
                   "precision_ci95_per_seed": [p["precision_ci95"] for p in pts],
                   "coverage_ci95_per_seed": [p["coverage_ci95"] for p in pts]}
-    head = by.get(HEADLINE_STRATEGY, {})
-    return {"precision": head.get("precision"), "coverage": head.get("coverage"), "strategy": HEADLINE_STRATEGY,
-            "labelled_fraction": AUTO_FRACTION, "target_precision": 0.99,
-            "method": f"10 % of train labelled: a seeded random start then active-learning rounds by {HEADLINE_STRATEGY} "
-                      "(simulated oracle); temperature and per-class thresholds chosen on val for precision 0.99; "
-                      "applied to the other 90 % (labels hidden); mean over seeds",
-            **{k: head.get(k) for k in ("precision_per_seed", "coverage_per_seed", "precision_ci95_per_seed",
-                                        "coverage_ci95_per_seed")},
-            "random_10pct": auto_random, "by_strategy": by}
+    return by
 
 
 def beats_random(st, summary):
@@ -186,22 +226,29 @@ def beats_random(st, summary):
 
 def markdown(result) -> str:
     a = result["auto_label"]
+    n_seeds = len(a["precision_per_seed"])
     lines = ["# Annotation benchmark (BloodMNIST, simulated oracle)", "",
              f"Mode: {result['mode']}; full-label test ACC {result['full_label_test_acc']:.4f} "
-             f"(95 % of it: {result['target_acc']:.4f}); seeds {list(result['settings']['seeds'])}; "
-             f"wall time {result['seconds']['total']:.0f} s.", "",
-             "## Auto-labelling at 10 % labelled, target precision 0.99 (per-class thresholds on val, calibrated)", "",
-             "| 10 % labelled by | precision | coverage | seeds |", "| --- | --- | --- | --- |",
-             f"| seeded random sample (one model) | {a['random_10pct']['precision']:.4f} "
-             f"({a['random_10pct']['precision_ci95'][0]:.4f}–{a['random_10pct']['precision_ci95'][1]:.4f}) | "
-             f"{a['random_10pct']['coverage']:.4f} ({a['random_10pct']['coverage_ci95'][0]:.4f}–"
-             f"{a['random_10pct']['coverage_ci95'][1]:.4f}) | 1 |",
-             *[f"| {result['settings']['fractions'][0]:.0%} random + active learning ({st}) | {v['precision']:.4f} | "
-               f"{v['coverage']:.4f} | "
-               f"{len(v['precision_per_seed'])} |" for st, v in a["by_strategy"].items()], "",
-             f"Headline (`auto_label.precision/coverage`): {a['strategy']}, mean over seeds; 95 % bootstrap "
-             "intervals per seed in the JSON.", "",
-             "## Active learning: test ACC (mean over seeds) vs labelled fraction", ""]
+             f"(95 % of it: {result['target_acc']:.4f}); active-learning seeds {list(result['settings']['seeds'])}; "
+             f"wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()) + ".", "",
+             f"## Auto-labelling at {a['labelled_fraction']:.0%} labelled, target precision {a['target_precision']}", "",
+             a["method"] + ".", "",
+             "| threshold rule | precision (mean) | coverage (mean) | precision per seed (95 % CI) | "
+             "coverage per seed |", "| --- | --- | --- | --- | --- |"]
+    for name, v in a["by_rule"].items():
+        per = ", ".join(f"{p:.4f} ({lo:.4f}–{hi:.4f})" for p, (lo, hi) in zip(v["precision_per_seed"],
+                                                                           v["precision_ci95_per_seed"]))
+        cov = ", ".join(f"{c:.3f}" for c in v["coverage_per_seed"])
+        bold = "**" if name == a["rule"] else ""
+        lines.append(f"| {bold}{name}{bold} | {v['precision']:.4f} | {v['coverage']:.4f} | {per} | {cov} |")
+    lines += ["", f"Headline (`auto_label.precision/coverage`): {a['rule']}, mean over {n_seeds} seed(s). "
+              f"Pool ACC per seed: " + ", ".join(f"{r['pool_acc']:.4f}" for r in a["per_seed"]) + ".", ""]
+    if result.get("active_auto_label"):
+        lines += [f"After active learning to {a['labelled_fraction']:.0%} (width-16 AL model, no TTA):", "",
+                  "| strategy | rule | precision | coverage | seeds |", "| --- | --- | --- | --- | --- |",
+                  *[f"| {st} | {v['rule']} | {v['precision']:.4f} | {v['coverage']:.4f} | {len(v['precision_per_seed'])} |"
+                    for st, v in result["active_auto_label"].items()], ""]
+    lines += ["## Active learning: test ACC (mean over seeds) vs labelled fraction", ""]
     fr = result["settings"]["fractions"]
     lines.append("| strategy | " + " | ".join(f"{f:.0%}" for f in fr) + " | labels to 95 % | beats random |")
     lines.append("| --- " * (len(fr) + 3) + "|")
@@ -234,11 +281,21 @@ def plot(result):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small pool, one seed, few rounds (minutes)")
+    ap.add_argument("--part", choices=("all", "auto", "active"), default="all",
+                    help="run only the auto-labelling or only the active-learning part; the other part is kept "
+                         "from the existing results file of the same mode (each part records when it ran)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="results directory")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
-    t_start = time.perf_counter()
+    out = Path(args.out)
+    stem = "annotate" if mode == "full" else "annotate_quick"
+    previous = {}
+    if args.part != "all":
+        if not (out / f"{stem}.json").is_file():
+            raise SystemExit(f"--part {args.part} keeps the other part from {out / (stem + '.json')}, which does not "
+                             "exist: run with --part all first")
+        previous = json.loads((out / f"{stem}.json").read_text())
     ds = data.load_dataset("bloodmnist")
     train = subset(ds.images["train"], ds.labels["train"], s["max_train"], 0)
     test = subset(ds.images["test"], ds.labels["test"], s["max_test"], 0)
@@ -247,47 +304,56 @@ def main(argv=None) -> int:
                           min_samples=s["min_samples"], candidates=s["candidates"], n_passes=s["n_passes"],
                           tta_passes=s["tta_passes"])
     log(f"{mode}: train {len(train[1])}, val {len(val[1])}, test {len(test[1])}, load average {os.getloadavg()}")
-    seconds = {}
-    t = time.perf_counter()
-    full_acc = reference(ds, train, test, cfg, s)
-    seconds["reference"] = time.perf_counter() - t
-    log(f"full-label test ACC {full_acc:.4f} ({seconds['reference']:.0f} s)")
-    t = time.perf_counter()
-    auto_random = auto_label_random_seed(ds, train, val, cfg, s)
-    seconds["auto_label_random_10pct"] = time.perf_counter() - t
-    t = time.perf_counter()
-    runs = run_active(ds, train, val, test, cfg, s)
-    seconds["active_learning"] = time.perf_counter() - t
-    auto = auto_label_summary(runs, auto_random)
-    summary, target = summarise_active(runs, full_acc, s["fractions"])
-    for st in summary:
-        summary[st]["beats_random"] = None if st == "random" else beats_random(st, summary)
-    seconds["total"] = time.perf_counter() - t_start
+    result = dict(previous)
+    seconds = dict(previous.get("seconds", {}))
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    ran = dict(previous.get("ran_at", {}))
+    if args.part in ("all", "active"):
+        t = time.perf_counter()
+        full_acc = reference(ds, train, test, cfg, s)
+        seconds["reference"] = time.perf_counter() - t
+        log(f"full-label test ACC {full_acc:.4f} ({seconds['reference']:.0f} s)")
+        t = time.perf_counter()
+        runs = run_active(ds, train, val, test, cfg, s)
+        seconds["active_learning"] = time.perf_counter() - t
+        summary, target = summarise_active(runs, full_acc, s["fractions"])
+        for st in summary:
+            summary[st]["beats_random"] = None if st == "random" else beats_random(st, summary)
+        unc = {st: v for st, v in summary.items() if st != "random"}
+        best = min(unc, key=lambda k: (unc[k]["fraction_to_95pct_full_acc"] or 9,
+                                       -unc[k]["mean_gain_over_random_after_round0"]))
+        result.update({"full_label_test_acc": full_acc, "target_acc": target, "active_learning": summary,
+                       "best_uncertainty_strategy": best, "active_auto_label": active_auto_label(runs),
+                       "runs": {st: [r["curve"] for r in rs] for st, rs in runs.items()}})
+        ran["active"] = now
+    elif "active_auto_label" not in result and "auto_label" in result:  # a file from before --part existed
+        result["active_auto_label"] = {st: {**v, "rule": "per-class, point estimate"}
+                                       for st, v in result["auto_label"].get("by_strategy", {}).items()}
+    if args.part in ("all", "auto"):
+        t = time.perf_counter()
+        result["auto_label"] = auto_label(ds, train, val, test, cfg, mode, n_resamples=s["bootstrap"])
+        seconds["auto_label"] = time.perf_counter() - t
+        seconds.pop("auto_label_random_10pct", None)
+        ran["auto"] = now
+    seconds.pop("total", None)
+    auto, summary = result["auto_label"], result["active_learning"]
     unc = {st: v for st, v in summary.items() if st != "random"}
-    best = min(unc, key=lambda k: (unc[k]["fraction_to_95pct_full_acc"] or 9, -unc[k]["mean_gain_over_random_after_round0"]))
-    result = {
+    result.update({
         "benchmark": "annotate", "dataset": "bloodmnist (28 px)", "mode": mode,
-        "full_label_test_acc": full_acc, "target_acc": target,
-        "auto_label": auto,
-        "active_learning": summary,
-        "best_uncertainty_strategy": best,
         "goals": {
-            "auto_label_precision_ge_0.99": bool(auto["precision"] is not None and auto["precision"] >= 0.99),
-            "auto_label_coverage_ge_0.80": bool(auto["coverage"] is not None and auto["coverage"] >= 0.80),
-            "random_10pct_precision_ge_0.99": auto_random["precision"] >= 0.99,
-            "random_10pct_coverage_ge_0.80": auto_random["coverage"] >= 0.80,
+            "auto_label_precision_ge_0.99": bool(auto["precision"] >= 0.99),
+            "auto_label_coverage_ge_0.80": bool(auto["coverage"] >= 0.80),
             "uncertainty_reaches_95pct_with_le_20pct_labels": any(
                 (v["fraction_to_95pct_full_acc"] or 9) <= 0.20 + 1e-9 for v in unc.values()),
             "uncertainty_beats_random": any(v["beats_random"] for v in unc.values()),
         },
-        "settings": {**s, "al_config": asdict(cfg), "model": "cnn", "strategies": list(STRATEGIES)},
-        "runs": {st: [r["curve"] for r in rs] for st, rs in runs.items()},
+        "settings": {**s, "al_config": asdict(cfg), "model": "cnn", "strategies": list(STRATEGIES),
+                     "auto": AUTO[mode], "rules": {k: list(v) for k, v in RULES.items()}},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "ran_at": ran,
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "platform": platform.platform()},
-    }
-    out = Path(args.out)
+    })
     out.mkdir(parents=True, exist_ok=True)
-    stem = "annotate" if mode == "full" else "annotate_quick"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     md = markdown(result)
     (out / f"{stem}.md").write_text(md)

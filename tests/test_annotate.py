@@ -126,3 +126,19 @@ def test_calibrated_probabilities_when_the_run_has_a_temperature(tmp_path, capsy
     t_cal = annotate.per_class_thresholds(cal, truth, 0.99, "global")["thresholds"][0]
     assert t_cal < t_raw
     assert ((raw.max(1) >= t_raw) == (cal.max(1) >= t_cal)).all()  # same items accepted: ranking kept
+
+
+def test_per_class_thresholds_with_guarantee_fall_back_to_global_for_small_classes():
+    rng = np.random.default_rng(0)
+    # class 0: 600 val predictions, right; class 1: 100 (fewer than the test's n_min = 230), right
+    conf = np.r_[rng.uniform(0.9, 1.0, 600), rng.uniform(0.9, 1.0, 100)]
+    pred = np.r_[np.zeros(600, int), np.ones(100, int)]
+    choice = annotate.per_class_thresholds(_probs(conf, pred), pred.copy(), 0.99, "per-class", guarantee=0.9)
+    rows = choice["per_class"]
+    assert rows[0]["source"] == "class" and rows[1]["source"].startswith("global")
+    assert choice["global"]["n_min"] == 230 and choice["guarantee"] == 0.9
+    assert choice["thresholds"][1] == pytest.approx(choice["global"]["threshold"])
+    assert np.isfinite(choice["thresholds"][0])
+    # without a guarantee class 1 has enough predictions (≥ min_class_val) for its own threshold
+    point = annotate.per_class_thresholds(_probs(conf, pred), pred.copy(), 0.99, "per-class")
+    assert point["per_class"][1]["source"] == "class"

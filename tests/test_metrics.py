@@ -160,3 +160,61 @@ def test_precision_coverage():
     assert got == {"precision": pytest.approx(2 / 3), "coverage": 0.6, "n_accepted": 3, "n": 5}
     none = metrics.precision_coverage([0, 0], [1, 1])
     assert math.isnan(none["precision"]) and none["coverage"] == 0.0 and none["n_accepted"] == 0
+
+
+# --- Learn-then-Test thresholds (guarantee > 0) ------------------------------------------------------------
+def test_guarantee_needs_enough_images_to_pass():
+    # zero errors in n images certify precision 0.99 at level 0.1 only from n_min = 230 on
+    conf = np.linspace(1.0, 0.5, 300)
+    for n_correct, reached in ((229, False), (230, True)):
+        correct = np.arange(300) < n_correct  # the n most confident are right, the rest wrong
+        got = metrics.threshold_for_precision(conf, correct, 0.99, guarantee=0.9)
+        assert got["n_min"] == 230 and got["method"] == "learn-then-test"
+        assert got["reached"] is reached
+        if reached:
+            assert got["threshold"] == pytest.approx(conf[229]) and got["val_coverage"] == pytest.approx(230 / 300)
+        else:
+            assert got["threshold"] == math.inf and got["val_coverage"] == 0.0
+    # the point estimate goes on to 231 (229 right, 2 wrong: 0.991) without asking how sure that is
+    assert metrics.threshold_for_precision(conf, np.arange(300) < 229, 0.99)["val_coverage"] == pytest.approx(231 / 300)
+
+
+def test_guarantee_stops_at_the_first_failed_test():
+    # an error in the top 300 makes that cut fail, even though lower cuts would pass again
+    conf = np.linspace(1.0, 0.0, 3000, endpoint=False)
+    correct = np.ones(3000, bool)
+    correct[[250, 251, 252, 253]] = False  # 4 errors in the first 254: p-value far above 0.1
+    got = metrics.threshold_for_precision(conf, correct, 0.99, guarantee=0.9)
+    assert got["reached"] and got["threshold"] >= conf[249]
+    assert metrics.threshold_for_precision(conf, correct, 0.99)["val_coverage"] == 1.0
+
+
+def test_guarantee_holds_on_new_data_where_the_point_estimate_does_not():
+    """Scores whose correctness probability equals the confidence. Thresholds are chosen on 1,500
+    'val' items and checked on 20,000 new ones. The guarantee-0.9 rule may miss the target in at most
+    about 10 % of the draws. The point estimate misses it far more often."""
+    rng = np.random.default_rng(3)
+    miss = {0.0: 0, 0.9: 0}
+    coverage = {0.0: [], 0.9: []}
+    draws = 60
+
+    def sample(n):
+        conf = 1 - rng.beta(0.35, 6, n)  # most items confident, a long uncertain tail
+        return conf, rng.uniform(size=n) < conf
+    for _ in range(draws):
+        cv, kv = sample(1500)
+        cn, kn = sample(20000)
+        for g in miss:
+            t = metrics.threshold_for_precision(cv, kv, 0.99, guarantee=g)["threshold"]
+            acc = cn >= t
+            miss[g] += bool(acc.any() and kn[acc].mean() < 0.99)
+            coverage[g].append(acc.mean())
+    assert miss[0.9] / draws <= 0.15
+    assert miss[0.0] / draws >= 0.25
+    assert 0.3 < np.mean(coverage[0.9]) < np.mean(coverage[0.0])  # the price: a little less coverage
+
+
+def test_guarantee_of_precision_one_is_never_certified():
+    conf = np.linspace(1.0, 0.5, 1000)
+    got = metrics.threshold_for_precision(conf, np.ones(1000, bool), 1.0, guarantee=0.9)
+    assert got["reached"] is False and got["threshold"] == math.inf

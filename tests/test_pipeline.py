@@ -72,7 +72,7 @@ def test_annotations_follow_threshold(pipeline_run):
     assert list(rows[0]) == ["index", "split", "predicted_label", "predicted_class", "confidence", "status",
                              "id", "threshold"]
     per_class = [c["threshold"] for c in summary["thresholds"]["per_class"]]
-    assert summary["thresholds"]["mode"] == "per-class" and len(per_class) == 8
+    assert summary["thresholds"]["mode"] == "global" and len(per_class) == 8 and summary["guarantee"] == 0.9
     for r in rows:
         t = per_class[int(r["predicted_label"])]
         assert float(r["threshold"]) == pytest.approx(t) or (t == float("inf") and r["threshold"] == "inf")

@@ -30,7 +30,7 @@ HEADERS = {
                  "baselines), `predictions.npz`, `calibration.json` (temperature fitted on val), `model_card.md`"),
     "annotate": ("30 · Annotate", "a run directory holding a trained `model.keras` (and `calibration.json` when "
                  "evaluated); a pool of unlabelled images (a dataset split, labels hidden from the model)",
-                 "`annotations.csv` (prediction, confidence, per-class threshold, auto-accepted / needs-review), "
+                 "`annotations.csv` (prediction, confidence, threshold, auto-accepted / needs-review), "
                  "`annotation_summary.json` (precision and coverage with bootstrap intervals), `pool_predictions.npz`, "
                  "`review_queue.csv` (needs-review items ranked by the strategy), `label_issues.csv` + "
                  "`label_audit.json` (likely mislabelled train images), `review/decisions.jsonl` (the review's "
@@ -122,8 +122,12 @@ BODIES = {
         "used only to report what was achieved. Probabilities are temperature-scaled when the evaluate stage "
         "fitted a temperature.",
         "pool = annotate.load_pool(ds, P)\ntemperature = annotate.temperature(run, P)\n(pool.name, len(pool), pool.pool_id)",
-        "## Auto-accept thresholds, chosen on val\nPer predicted class, the lowest confidence at which the accepted "
-        "val predictions of that class still reach the target precision.",
+        "## Auto-accept thresholds, chosen on val\nThe lowest confidence (one for all classes, or one per "
+        "predicted class) at which the accepted val predictions reach the target precision. With a "
+        "`guarantee` g > 0 the threshold is chosen by Learn-then-Test: an exact binomial test at each cut, "
+        "from the most confident down, stopping at the first that fails. The precision on new data like val "
+        "then reaches the target with probability at least g. A val point estimate would miss the target "
+        "about half the time.",
         "choice, val_probs = annotate.choose_thresholds(model, ds, P, temperature)\n"
         "annotate.thresholds_table(choice, ds.class_names)",
         "wb.viz.per_class_thresholds(choice, ds.class_names, val_probs, ds.labels[\"val\"])",

@@ -59,27 +59,54 @@ def confusion(y_true, y_pred, num_classes: int, normalize: str | None = None) ->
     return skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes)), normalize=normalize)
 
 
-def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> dict:
+def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float,
+                            guarantee: float = 0.0) -> dict:
     """Lowest confidence threshold whose accepted set (confidence ≥ t) has precision ≥ target.
 
-    Among thresholds reaching the target, the one with the largest coverage is chosen. If none
-    reaches it, ``threshold`` is +inf (nothing is auto-accepted) and ``reached`` is False.
+    ``guarantee`` = 0: the val point estimate. Among thresholds whose val precision reaches the
+    target, the one with the largest coverage is chosen. Taking the best of many noisy cuts is
+    optimistic: on new images the precision lands below the target about half the time.
+
+    ``guarantee`` = g > 0: Learn-then-Test (Angelopoulos et al. 2021) with fixed-sequence testing.
+    The cuts are visited from the most to the least confident. At each cut the null hypothesis
+    "the error rate of the accepted set is above 1 - target" is tested with an exact binomial test
+    at level 1 - g, and the walk stops at the first cut that fails. The chosen threshold then has
+    precision ≥ target on new images exchangeable with these with probability ≥ g. The order of
+    the cuts does not depend on the labels. The walk starts at the first cut with enough images to
+    pass with zero errors (``n_min``), so an empty or tiny top set does not end it at once.
+
+    If no cut qualifies, ``threshold`` is +inf (nothing is auto-accepted) and ``reached`` is False.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
     order = np.argsort(-confidence, kind="stable")
     conf_sorted, corr_sorted = confidence[order], correct[order]
-    cum_prec = np.cumsum(corr_sorted) / np.arange(1, len(order) + 1)
+    n = np.arange(1, len(order) + 1)
+    cum_prec = np.cumsum(corr_sorted) / n
     # only cut between distinct confidence values (ties are accepted together)
     last_of_tie = np.r_[conf_sorted[1:] != conf_sorted[:-1], True]
-    ok = np.flatnonzero((cum_prec >= target) & last_of_tie)
+    info = {"target_precision": float(target), "n_val": int(len(order)), "guarantee": float(guarantee)}
+    if guarantee > 0:
+        from scipy.stats import binom
+        delta, alpha = 1.0 - float(guarantee), 1.0 - float(target)
+        # zero errors in n images rejects "error rate ≥ alpha" when (1 - alpha)^n ≤ delta
+        n_min = int(np.ceil(np.log(delta) / np.log1p(-alpha))) if 0 < alpha < 1 else len(order) + 1
+        info.update(method="learn-then-test", n_min=n_min)
+        p_value = binom.cdf(n - np.cumsum(corr_sorted), n, alpha) if alpha > 0 else np.ones(len(order))
+        ok = []
+        for i in np.flatnonzero(last_of_tie & (n >= n_min)):
+            if p_value[i] > delta:
+                break
+            ok.append(i)
+    else:
+        info.update(method="point estimate")
+        ok = np.flatnonzero((cum_prec >= target) & last_of_tie)
     if len(ok) == 0:
-        return {"threshold": float("inf"), "reached": False, "val_precision": float("nan"),
-                "val_coverage": 0.0, "target_precision": float(target), "n_val": int(len(order))}
+        return {"threshold": float("inf"), "reached": False, "val_precision": float("nan"), "val_coverage": 0.0,
+                **info}
     i = ok[-1]
     return {"threshold": float(conf_sorted[i]), "reached": True, "val_precision": float(cum_prec[i]),
-            "val_coverage": float((i + 1) / len(order)), "target_precision": float(target),
-            "n_val": int(len(order))}
+            "val_coverage": float((i + 1) / len(order)), **info}
 
 
 def precision_coverage(accepted: np.ndarray, correct: np.ndarray) -> dict:

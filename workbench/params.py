@@ -83,8 +83,11 @@ class AnnotateParams:
                          choices=("train", "val", "test"))
     target_precision: float = _p(0.99, "auto-accept thresholds are chosen on val to reach this precision",
                                  min=0.5, max=1.0)
-    thresholds: str = _p("per-class", "one confidence threshold per predicted class, or one global threshold",
-                         choices=("per-class", "global"))
+    thresholds: str = _p("global", "one confidence threshold for all classes, or one per predicted class",
+                         choices=("global", "per-class"))
+    guarantee: float = _p(0.9, "probability that the accepted precision reaches target_precision on new data "
+                          "(Learn-then-Test; 0 takes the val estimate)", min=0.0,
+                          max=0.999)
     min_class_val: int = _p(20, "a class predicted fewer times on val uses the global threshold", min=1)
     calibrate: bool = _p(True, "use the run's temperature (calibration.json from evaluate) when present")
     strategy: str = _p("margin", "ranking of the needs-review items into review_queue.csv",
