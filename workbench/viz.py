@@ -412,7 +412,9 @@ def per_class_thresholds(choice: dict, class_names: list[str], val_probs: np.nda
         ax1.text(b.get_x() + b.get_width() / 2, 0.02, label, ha="center", va="bottom", rotation=90, fontsize=7)
     ax1.set_xticks(range(k), [_short(n, 12) for n in class_names], rotation=45, ha="right", fontsize=7)
     ax1.set_ylim(0, 1)
-    ax1.set_title(f"threshold per predicted class ({choice['mode']}; * global fallback)", fontsize=9)
+    g = choice.get("guarantee", 0.0)
+    how = f"Learn-then-Test, guarantee {g}" if g else "val point estimate"
+    ax1.set_title(f"threshold per predicted class ({choice['mode']}, {how}; * global)", fontsize=9)
     if val_probs is not None and val_labels is not None:
         pred, conf = val_probs.argmax(1), val_probs.max(1)
         acc = conf >= thr[pred]
