@@ -82,7 +82,8 @@ def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target:
     order = np.argsort(-confidence, kind="stable")
     conf_sorted, corr_sorted = confidence[order], correct[order]
     n = np.arange(1, len(order) + 1)
-    cum_prec = np.cumsum(corr_sorted) / n
+    n_correct = np.cumsum(corr_sorted)
+    cum_prec = n_correct / n
     # only cut between distinct confidence values (ties are accepted together)
     last_of_tie = np.r_[conf_sorted[1:] != conf_sorted[:-1], True]
     info = {"target_precision": float(target), "n_val": int(len(order)), "guarantee": float(guarantee)}
@@ -92,12 +93,10 @@ def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target:
         # zero errors in n images rejects "error rate ≥ alpha" when (1 - alpha)^n ≤ delta
         n_min = int(np.ceil(np.log(delta) / np.log1p(-alpha))) if 0 < alpha < 1 else len(order) + 1
         info.update(method="learn-then-test", n_min=n_min)
-        p_value = binom.cdf(n - np.cumsum(corr_sorted), n, alpha) if alpha > 0 else np.ones(len(order))
-        ok = []
-        for i in np.flatnonzero(last_of_tie & (n >= n_min)):
-            if p_value[i] > delta:
-                break
-            ok.append(i)
+        cuts = np.flatnonzero(last_of_tie & (n >= n_min))
+        errors = n[cuts] - n_correct[cuts]
+        passed = binom.cdf(errors, n[cuts], alpha) <= delta if alpha > 0 else np.zeros(len(cuts), bool)
+        ok = cuts[np.logical_and.accumulate(passed)]  # fixed sequence: up to the first failed test
     else:
         info.update(method="point estimate")
         ok = np.flatnonzero((cum_prec >= target) & last_of_tie)
