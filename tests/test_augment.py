@@ -25,7 +25,23 @@ def _images(n_channels, rgb):
 
 
 def test_presets():
-    assert PRESETS == ("none", "light", "microscopy")
+    assert PRESETS == ("none", "light", "microscopy", "dihedral")
+
+
+def test_dihedral_is_geometric_only_and_covers_all_eight_symmetries(rgb):
+    names = [type(op).__name__ for op in augment.build("dihedral", 0, 3).transforms]
+    assert names == ["HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine"]
+    # without the affine step every output is one of the 8 flips/quarter turns of its input, and all 8 occur
+    t = augment.build("dihedral", 0, 3)
+    t.transforms[3].p = 0.0
+    x = rgb[:1]
+    seen = set()
+    for _ in range(64):
+        out = augment.apply(t, x)[0]
+        match = [k for k in range(8) if np.array_equal(out, np.rot90(x[0] if k < 4 else x[0][:, ::-1], k % 4))]
+        assert match, "dihedral produced an image that is not a flip/quarter turn of its input"
+        seen.add(match[0])
+    assert len(seen) == 8
 
 
 @pytest.mark.parametrize("n_channels", [1, 3])
@@ -42,7 +58,7 @@ def test_preset_keeps_shape_and_dtype(preset, n_channels, rgb):
 
 
 @pytest.mark.parametrize("n_channels", [1, 3])
-@pytest.mark.parametrize("preset", ["light", "microscopy"])
+@pytest.mark.parametrize("preset", ["light", "microscopy", "dihedral"])
 def test_same_seed_same_output_different_seed_different(preset, n_channels, rgb):
     x = _images(n_channels, rgb)
     a = augment.apply(augment.build(preset, 11, n_channels), x)
@@ -50,6 +66,38 @@ def test_same_seed_same_output_different_seed_different(preset, n_channels, rgb)
     c = augment.apply(augment.build(preset, 12, n_channels), x)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("preset", ["light", "microscopy", "dihedral"])
+def test_transforms_draw_independently(preset, rgb):
+    # albumentations' own seeding puts every transform in lockstep (each its own generator, same seed):
+    # HorizontalFlip then fired exactly when the next p=0.5 transform did. With the shared stream the
+    # horizontal flip must fire both with and without the second transform.
+    t = augment.build(preset, 0, 3)
+    first, second = t.transforms[0], t.transforms[1]
+    assert type(first).__name__ == "HorizontalFlip"
+    seen = set(_fired(t, rgb[:1], [first, second], 200))
+    assert {(True, False), (False, True)} <= seen
+
+
+def _fired(t, x, watched, n):
+    """Per call, which of the ``watched`` transforms ran (each one's ``should_apply`` is wrapped to record it)."""
+    ran = {}
+
+    def recording(i, fn):
+        def wrapper(*args, **kwargs):
+            ran[i] = fn(*args, **kwargs)
+            return ran[i]
+        return wrapper
+
+    for i, op in enumerate(watched):
+        op.should_apply = recording(i, op.should_apply)
+    out = []
+    for _ in range(n):
+        ran.clear()
+        augment.apply(t, x)
+        out.append(tuple(ran.get(i, False) for i in range(len(watched))))
+    return out
 
 
 def test_colour_jitter_only_for_rgb():

@@ -19,12 +19,13 @@ TINY_P = {"dataset": str(TINY), "epochs": 1, "width": 8, "batch_size": 64}
 
 def test_recipe_fills_only_what_was_left_empty():
     p = train.resolve(params.make("train", {}))
-    assert (p.recipe, p.model, p.width, p.epochs, p.augment, p.ema, p.tta) == ("demo", "cnn", 16, 15, "microscopy",
+    assert (p.recipe, p.model, p.width, p.epochs, p.augment, p.ema, p.tta) == ("demo", "cnn", 16, 15, "dihedral",
                                                                                  "no", "yes")
     full = train.resolve(params.make("train", {"recipe": "full", "width": 24, "tta": "no"}))
     assert (full.width, full.tta, full.ema, full.epochs) == (24, "no", "yes", train.RECIPES["full"]["epochs"])
     # TTA over flips/quarter turns only where the augmentation says orientation does not matter
     assert train.resolve(params.make("train", {"augment": "light"})).tta == "no"
+    assert train.resolve(params.make("train", {"augment": "dihedral"})).tta == "yes"  # orientation-free
     assert train.resolve(p) == p  # resolving twice changes nothing (params/train.json reloads as it was)
 
 
@@ -42,7 +43,7 @@ def test_pipeline_records_recipe_and_training_path(pipeline_run):
     d = pipeline_run["dir"]
     p = read_json(d / "params/train.json")
     assert p["recipe"] == "demo" and p["width"] == 8 and p["epochs"] == 1  # explicit values won
-    assert p["model"] == "cnn" and p["augment"] == "microscopy" and p["tta"] == "yes"  # the recipe's
+    assert p["model"] == "cnn" and p["augment"] == "dihedral" and p["tta"] == "yes"  # the recipe's
     tr = read_json(d / "provenance.json")["train"]
     assert tr["training_path"]["conv_impl"] == "fast" and tr["training_path"]["backend_settings_applied"]
     assert "individual_convolution" not in tr["training_path"]["xla_flags"]

@@ -110,7 +110,7 @@ def tta_predict(model, images: np.ndarray, augment_yaml: Path, passes: int, seed
     from . import augment as _augment
     from .progress import tqdm
     t, _ = _augment.load(augment_yaml)
-    t.set_random_seed(int(seed))
+    _augment.reseed(t, seed)
     total = predict(model, images, batch_size, desc="predict test")
     for _ in tqdm(range(passes), desc="test-time augmentation", unit="pass"):
         total = total + predict(model, _augment.apply(t, images), batch_size, desc="tta pass")

@@ -36,13 +36,13 @@ from .progress import TqdmTraining
 # says the images have no canonical orientation, see ``_tta_default``). Measured results:
 # bench/results/accuracy.json (make bench-accuracy).
 RECIPES: dict[str, dict] = {
-    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "microscopy", "epochs": 15,
+    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "dihedral", "epochs": 15,
              "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto"},
-    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "microscopy", "epochs": 24,
+    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "dihedral", "epochs": 24,
              "learning_rate": 0.003, "patience": 8, "ema": "yes", "tta": "auto"},
 }
 # presets whose flips and quarter turns are label-preserving: there dihedral TTA is valid
-ORIENTATION_FREE_PRESETS = ("microscopy",)
+ORIENTATION_FREE_PRESETS = ("microscopy", "dihedral")
 
 
 def resolve(params: TrainParams) -> TrainParams:
