@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a train parameter (repeatable), e.g. --set ema=no")
     ap.add_argument("--note", default="", help="free text stored with the result (e.g. machine contention)")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the seeds already stored under the same label and add these (a seed run again replaces its row)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     try:
@@ -101,12 +103,15 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t_start:6.0f}s] {label}: {msg}", flush=True)
 
     rows = [one_seed(args.recipe, s, args.dataset, overrides, env, log) for s in seeds]
-    entry = {**summarise(rows, args.recipe), "recipe": args.recipe, "overrides": overrides, "runs": rows,
-             "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
-             "note": args.note}
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {}
     name = Path(args.dataset).stem if args.dataset.endswith(".npz") else args.dataset
+    if args.add:
+        earlier = doc.get(name, {}).get(label, {}).get("runs", [])
+        rows = sorted([r for r in earlier if r["seed"] not in seeds] + rows, key=lambda r: r["seed"])
+    entry = {**summarise(rows, args.recipe), "recipe": args.recipe, "overrides": overrides, "runs": rows,
+             "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+             "note": args.note}
     doc.setdefault(name, {})[label] = entry
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
