@@ -160,17 +160,21 @@ def child_stage(spec: dict) -> dict:
 
 
 def _annotate_direct(spec: dict) -> dict:
-    """The annotate notebook's cells, in order, as plain calls."""
+    """The annotate notebook's cells (tools/make_notebooks.py), in order, as plain calls."""
     from workbench import annotate, params
     p = params.make("annotate", {**spec["params"], "run_dir": spec["run_dir"]})
-    run, model, ds, _ = annotate.open_stage(p)
-    choice, _, _ = annotate.choose_threshold(model, ds, p)
+    run, model, ds, train_params = annotate.open_stage(p)
+    pool = annotate.load_pool(ds, p)
+    temp = annotate.temperature(run, p)
+    choice, _ = annotate.choose_thresholds(model, ds, p, temp)
     t0 = time.perf_counter()
-    table = annotate.label_pool(run, model, ds, p, choice)
+    table, probs = annotate.label_pool(run, model, pool, ds, p, choice, temp)
     pool_s = time.perf_counter() - t0
-    annotate.summarise(run, ds, p, choice, table)
-    annotate.gallery(table, ds, p, annotate.AUTO)
-    annotate.gallery(table, ds, p, annotate.REVIEW)
+    annotate.summarise(run, pool, p, choice, table)
+    annotate.gallery(table, pool, ds, p, annotate.AUTO)
+    annotate.rank_for_review(run, model, pool, table, probs, ds, p, train_params, temp)
+    annotate.gallery(table, pool, ds, p, annotate.REVIEW)
+    annotate.audit_labels(run, ds, train_params, p)
     return {"pool_size": len(table), "label_pool_s": pool_s, "annotate_img_s": len(table) / pool_s}
 
 
@@ -261,7 +265,7 @@ def measure_stages(log) -> dict:
                                             "run_dir": str(direct)}, timeout=900)
     for stage in ("train", "annotate"):
         pm, d = out.get(f"{stage}_papermill", {}), out.get(f"{stage}_direct", {})
-        if "wall_s" in pm and "wall_s" in d:
+        if "wall_s" in pm and "wall_s" in d and "error" not in d:  # a failed direct call has no overhead
             out[f"{stage}_overhead_s"] = pm["wall_s"] - d["wall_s"]
     out.pop("cli_run_dir", None)
     return out
@@ -307,6 +311,10 @@ def markdown(doc: dict) -> str:
             pm, d = st.get(f"{stage}_papermill", {}), st.get(f"{stage}_direct", {})
             lines.append(f"| {stage} | {_fmt(pm.get('wall_s'))} | {_fmt(d.get('wall_s'))} | "
                          f"{_fmt(st.get(f'{stage}_overhead_s'))} |")
+        for stage in ("train", "annotate"):
+            for how in ("papermill", "direct"):
+                if "error" in (st.get(f"{stage}_{how}") or {}):
+                    lines.append(f"\n**{stage} {how} failed**: {' '.join(st[f'{stage}_{how}']['error'])}")
         ad = (st.get("annotate_direct") or {}).get("summary") or {}
         if "annotate_img_s" in ad:
             lines.append(f"\nAnnotate inference (label the pool, {ad['pool_size']} images, trained cnn): "

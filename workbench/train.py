@@ -38,7 +38,7 @@ from .progress import TqdmTraining
 RECIPES: dict[str, dict] = {
     "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "dihedral", "epochs": 15,
              "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto"},
-    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "dihedral", "epochs": 24,
+    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "dihedral", "epochs": 36,
              "learning_rate": 0.003, "patience": 8, "ema": "yes", "tta": "auto"},
 }
 # presets whose flips and quarter turns are label-preserving: there dihedral TTA is valid
