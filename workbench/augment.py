@@ -6,6 +6,7 @@ the full albumentations dict), and ``load`` rebuilds an identical pipeline: same
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import albumentations as A
@@ -19,13 +20,13 @@ def _none(n_channels: int) -> list:
     return []
 
 
+def _mild_affine() -> A.Affine:
+    return A.Affine(translate_percent=(-0.08, 0.08), scale=(0.92, 1.08), rotate=(-10, 10), border_mode=0, p=0.5)
+
+
 def _light(n_channels: int) -> list:
     # geometric only: safe for any modality whose orientation is arbitrary (cells, patches)
-    return [
-        A.HorizontalFlip(p=0.5),
-        A.Affine(translate_percent=(-0.08, 0.08), scale=(0.92, 1.08), rotate=(-10, 10),
-                 border_mode=0, p=0.5),
-    ]
+    return [A.HorizontalFlip(p=0.5), _mild_affine()]
 
 
 def _microscopy(n_channels: int) -> list:
@@ -48,13 +49,7 @@ def _microscopy(n_channels: int) -> list:
 def _dihedral(n_channels: int) -> list:
     # orientation-free and geometric only: the 8 flips/quarter turns plus light's mild affine, no
     # intensity or blur jitter (at 28 px BloodMNIST colour/blur jitter cost accuracy: bench/results/accuracy.json)
-    return [
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
-        A.Affine(translate_percent=(-0.08, 0.08), scale=(0.92, 1.08), rotate=(-10, 10),
-                 border_mode=0, p=0.5),
-    ]
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5), _mild_affine()]
 
 
 PRESETS = {"none": _none, "light": _light, "microscopy": _microscopy, "dihedral": _dihedral}
@@ -68,7 +63,6 @@ def reseed(transform: A.Compose, seed: int) -> A.Compose:
     HorizontalFlip(p=0.5) and VerticalFlip(p=0.5) always fire together (a 180° turn, never a mirror
     image) and light's flip fired exactly when its affine did. Sharing the Compose's generators keeps
     the pipeline seeded and reproducible with independent draws (tests/test_augment.py checks both)."""
-    import random
     transform.set_random_seed(int(seed))  # records the seed on the pipeline
     transform.set_random_state(np.random.default_rng(int(seed)), random.Random(int(seed)))
     return transform

@@ -33,7 +33,7 @@ from .progress import TqdmTraining
 # What each recipe sets where the user left a "(recipe)" parameter empty. demo: the foundation's compact
 # CNN (≈ 4 min on 2 CPU cores). full: twice the width, more epochs, an exponential moving average of the
 # weights and test-time augmentation over the 8 flips/quarter turns (only where the augmentation preset
-# says the images have no canonical orientation, see ``_tta_default``). Measured results:
+# says the images have no canonical orientation, see ``resolve``). Measured results:
 # bench/results/accuracy.json (make bench-accuracy).
 RECIPES: dict[str, dict] = {
     "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "dihedral", "epochs": 15,
