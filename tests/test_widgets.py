@@ -78,6 +78,24 @@ def test_widget_with_overlay_and_done_queue(pipeline_run, tmp_path):
     assert not inputs.session.done and not w.accept_button.disabled
 
 
+def test_key_box_lost_clear_does_not_repeat_a_decision(pipeline_run, tmp_path):
+    """The browser may not see the kernel's clear before the next key: "a" then "aa" is one more accept."""
+    from workbench import annotate, widgets
+    inputs = annotate.open_review(pipeline_run["dir"], annotator="t", log=tmp_path / "l.jsonl")
+    w = widgets.ReviewWidget(inputs, overlay=None)
+    s = inputs.session
+    w.keys.value = "a"                       # first key: acted on, box cleared in the kernel
+    assert len(s.decisions) == 1 and w.keys.value == ""
+    w.keys.value = "aa"                      # clear lost in the browser: stale "a" + the new key
+    assert len(s.decisions) == 2
+    w.keys.value = "aas"                     # still stale: only the new "s" (skip) counts
+    assert len(s.decisions) == 3 and [d.action for d in s.decisions.values()][-1] == "skip"
+    w.keys.value = "a"                       # clear applied this time: the box holds only the new key
+    assert len(s.decisions) == 4
+    w.keys.value = "u"                       # a different key after a clear is new, too
+    assert len(s.decisions) == 3
+
+
 def test_log_for_another_pool_is_refused(pipeline_run, tmp_path):
     from workbench import widgets
     from workbench.review import ReviewSession

@@ -96,6 +96,7 @@ class ReviewWidget:
         self.export_button.on_click(lambda _: self.export())
         for c, b in enumerate(self.class_buttons):
             b.on_click(lambda _, c=c: self._act(lambda: self.session.label(c)))
+        self._last_keys = ""  # the key box's text as last received from the browser (see _on_keys)
         self.keys.observe(self._on_keys, names="value")
         self.annotator.observe(self._on_annotator, names="value")
         self.box = W.VBox([
@@ -191,11 +192,23 @@ class ReviewWidget:
             self._say(f"unknown key {key!r}: a accept, 1-9 class, s skip, u undo")
 
     def _on_keys(self, change):
+        """Act on the keys typed since the last message, then clear the box.
+
+        The clear can lose a race with the browser: ipywidgets 8 drops a kernel update for a field
+        whose own change is still awaiting its echo, and a reviewer may type the next key before
+        the clear arrives. The box then still holds what was already acted on ("a" → "aa"), and
+        acting on the whole text would record a decision twice. The browser sends one message per
+        keystroke, so its text is either what the kernel last received plus new keys (clear lost)
+        or only new keys (clear applied): a strictly longer text that starts with the last one
+        received is the stale case, and only its tail is new.
+        """
         text = change["new"]
-        if not text:
+        if not text:  # our own clear, or the reviewer emptied the box
             return
+        last, self._last_keys = self._last_keys, text
+        fresh = text[len(last):] if last and len(text) > len(last) and text.startswith(last) else text
         self.keys.value = ""
-        for ch in text:
+        for ch in fresh:
             self.press(ch)
 
     def export(self):
