@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate clean-venv
+.PHONY: help install demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate bench-transfer clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-accuracy: $(STAMP) ## test ACC/AUC of a recipe over seeds → bench/result
 
 bench-annotate: $(STAMP) ## auto-label precision/coverage + active learning vs random on BloodMNIST (ARGS=--quick: minutes)
 	$(BIN)/python bench/annotate.py $(ARGS)
+
+bench-transfer: $(STAMP) ## what init_from / freeze_backbone add: BloodMNIST classes split into source and target → bench/results/transfer.*
+	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

@@ -38,13 +38,13 @@ def _cli(*args, env) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def one_seed(recipe: str, seed: int, dataset: str, overrides: dict, env: dict, log) -> dict:
+def one_seed(recipe: str, seed: int, dataset: str, overrides: dict, env: dict, log, name: str = "") -> dict:
     p = ["-p", "recipe", recipe, "-p", "seed", str(seed), "-p", "dataset", dataset]
     for k, v in overrides.items():
         p += ["-p", k, v]
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    run_dir = Path(_cli("run", "train", "-q", "--name", f"acc-{recipe}-s{seed}", *p, env=env))
+    run_dir = Path(_cli("run", "train", "-q", "--name", name or f"acc-{recipe}-s{seed}", *p, env=env))
     _cli("run", "evaluate", "-q", "--run", str(run_dir), env=env)
     wall = time.perf_counter() - t0
     m = json.loads((run_dir / "metrics.json").read_text())

@@ -1,0 +1,187 @@
+"""`make bench-transfer`: what transfer learning (``init_from``, ``freeze_backbone``) adds, through the
+product's own stages (``workbench run train`` / ``run evaluate``, papermill-executed).
+
+Only BloodMNIST is on this machine (the other MedMNIST files cannot be downloaded here), so the source
+and target "datasets" are two disjoint label sets of it, written as MedMNIST-format .npz files:
+
+- source: eosinophil, erythroblast, lymphocyte, neutrophil, platelet (5 classes, all their images);
+- target: basophil, immature granulocytes, monocyte (3 classes, the ones most often confused with
+  each other), with ``--per-class`` labelled training images per class (a seeded sample; ``all`` =
+  every one) and the full val/test splits of those classes.
+
+Per seed: the source is trained once (``recipe`` demo), then the target three ways, everything else
+equal: from scratch, fine-tuned from the source run (``init_from``) and with the source backbone
+frozen (``init_from`` + ``freeze_backbone``). The class counts differ, so the classifier always
+starts new. This is transfer to new classes of the same imaging domain, not across MedMNIST datasets.
+
+    python -m bench.transfer                         # seeds 0 1 2, 20 labels per class and all
+    python -m bench.transfer --seeds 0 --per-class 20
+
+Results: bench/results/transfer.json (+ .md); run directories under runs/bench-transfer/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench import accuracy
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "transfer.json"
+SPLITS = ("train", "val", "test")
+SOURCE_CLASSES = (1, 2, 4, 6, 7)
+TARGET_CLASSES = (0, 3, 5)
+ARMS = {"scratch": {}, "fine-tune": {"init_from": "{source}"},
+        "frozen backbone": {"init_from": "{source}", "freeze_backbone": "true"}}
+
+
+def class_subset(arrays: dict, classes: tuple[int, ...], train_per_class: int | None, seed: int) -> dict:
+    """The images of ``classes`` with labels renumbered 0..k-1 (in the order given); the train split
+    cut to ``train_per_class`` seeded random images per class when given."""
+    classes = tuple(int(c) for c in classes)
+    out = {}
+    for s in SPLITS:
+        y = arrays[f"{s}_labels"].reshape(-1)
+        if s == "train" and train_per_class:
+            rng = np.random.default_rng(seed)
+            keep = []
+            for c in classes:
+                idx = np.flatnonzero(y == c)
+                if len(idx) < train_per_class:
+                    raise SystemExit(f"error: --per-class {train_per_class}: class {c} has only {len(idx)} "
+                                     "training images")
+                keep.append(rng.choice(idx, train_per_class, replace=False))
+            keep = np.sort(np.concatenate(keep))
+        else:
+            keep = np.flatnonzero(np.isin(y, classes))
+        new = np.full(256, 255, dtype=np.uint8)  # old label → new (MedMNIST labels are uint8)
+        new[list(classes)] = np.arange(len(classes), dtype=np.uint8)
+        out[f"{s}_images"] = arrays[f"{s}_images"][keep]
+        out[f"{s}_labels"] = new[y[keep]].reshape(-1, 1)
+    return out
+
+
+def _arrays(src: Path) -> dict:
+    with np.load(src, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_source(src: Path, out_dir: Path) -> Path:
+    """The source classes as their own .npz (written once)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "source.npz"
+    if not path.exists():
+        np.savez_compressed(path, **class_subset(_arrays(src), SOURCE_CLASSES, None, 0))
+    return path
+
+
+def write_target(src: Path, out_dir: Path, per_class: int | None, seed: int) -> Path:
+    """The target classes with ``per_class`` labelled training images each (seeded), as an .npz."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / (f"target-{per_class}pc-s{seed}.npz" if per_class else "target-all.npz")
+    np.savez_compressed(path, **class_subset(_arrays(src), TARGET_CLASSES, per_class, seed))
+    return path
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean ± sd of test ACC per (labels per class, arm), and each arm's gain over scratch."""
+    out: dict = {}
+    for key in sorted({r["per_class"] for r in rows}, key=lambda k: (k == "all", k if k != "all" else 0)):
+        by_arm = {}
+        for arm in ARMS:
+            vals = [r["test_acc"] for r in rows if r["per_class"] == key and r["arm"] == arm]
+            if vals:
+                mean, sd = accuracy._stats(vals)
+                by_arm[arm] = {"test_acc_mean": round(mean, 5), "test_acc_sd": round(sd, 5), "n_seeds": len(vals)}
+        if "scratch" in by_arm:
+            for arm, e in by_arm.items():
+                e["gain_over_scratch"] = round(e["test_acc_mean"] - by_arm["scratch"]["test_acc_mean"], 5)
+        out[str(key)] = by_arm
+    return out
+
+
+def markdown(doc: dict) -> str:
+    lines = [f"# Transfer learning ({doc['time_utc']}, {doc['cores']} cores)", "",
+             doc["setup"], "",
+             "| target labels per class | arm | test ACC (mean ± sd) | gain over scratch | seeds |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for key, arms in doc["summary"].items():
+        for arm, e in arms.items():
+            lines.append(f"| {key} | {arm} | {e['test_acc_mean']:.4f} ± {e['test_acc_sd']:.4f} | "
+                         f"{e.get('gain_over_scratch', 0):+.4f} | {e['n_seeds']} |")
+    lines += ["", f"Source model (5 classes) test ACC: {doc['source_test_acc_mean']:.4f} (mean over seeds)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--per-class", default="20,all",
+                    help="labelled target training images per class, comma-separated; 'all' = every one")
+    ap.add_argument("--recipe", default="demo", choices=("demo", "full"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "bloodmnist.npz"), help="the BloodMNIST .npz")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a train parameter for every training (repeatable), e.g. --set epochs=1")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-transfer"),
+                    help="where the split files and run directories go")
+    args = ap.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        sizes = [None if k.strip() == "all" else int(k) for k in args.per_class.split(",") if k.strip()]
+        overrides = dict(kv.split("=", 1) for kv in args.set)
+    except ValueError:
+        print("error: --seeds and --per-class take integers like 0,1,2 ('all' too for --per-class); "
+              "--set takes NAME=VALUE", file=sys.stderr)
+        return 2
+    out, runs_dir = Path(args.out), Path(args.runs)
+    env = {**os.environ, "WORKBENCH_RUNS_DIR": str(runs_dir)}
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
+    rows, source_rows = [], []
+    for seed in seeds:
+        source = write_source(Path(args.data), runs_dir / "data")
+        log(f"seed {seed}: source ({len(SOURCE_CLASSES)} classes)")
+        src = accuracy.one_seed(args.recipe, seed, str(source), overrides, env, log, name=f"tl-source-s{seed}")
+        source_rows.append(src)
+        for size in sizes:
+            target = write_target(Path(args.data), runs_dir / "data", size, seed)
+            for arm, extra in ARMS.items():
+                log(f"seed {seed}: target {size or 'all'} per class, {arm}")
+                arm_overrides = {**overrides, **{k: v.format(source=ROOT / src["run_dir"]) for k, v in extra.items()}}
+                r = accuracy.one_seed(args.recipe, seed, str(target), arm_overrides, env, log,
+                                      name=f"tl-{arm.split()[0]}-{size or 'all'}-s{seed}")
+                rows.append({**r, "arm": arm, "per_class": size or "all", "source_run": src["run_dir"]})
+    doc = {
+        "benchmark": "transfer", "recipe": args.recipe, "overrides": overrides,
+        "source_classes": list(SOURCE_CLASSES), "target_classes": list(TARGET_CLASSES),
+        "setup": (f"BloodMNIST split by class: source {list(SOURCE_CLASSES)} (all images), target "
+                  f"{list(TARGET_CLASSES)} (labelled train images per class as given, full val/test); recipe "
+                  f"{args.recipe}{' ' + str(overrides) if overrides else ''}; test ACC on the target's test split."),
+        "summary": summarise(rows),
+        "source_test_acc_mean": round(accuracy._stats([r["test_acc"] for r in source_rows])[0], 5),
+        "runs": rows, "source_runs": source_rows,
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    md = markdown(doc)
+    out.with_suffix(".md").write_text(md)
+    print("\n" + md + f"\nwrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
