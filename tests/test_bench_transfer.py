@@ -55,20 +55,31 @@ def test_arms_use_the_seed_source_run_and_gains_are_over_scratch(tmp_path, monke
 
     monkeypatch.setattr(accuracy, "one_seed", fake)
     out = tmp_path / "res" / "transfer.json"
-    assert transfer.main(["--data", str(FIXTURE), "--seeds", "0,1", "--per-class", "4,all", "--set", "epochs=1",
-                          "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    assert transfer.main(["--data", str(FIXTURE), "--seeds", "0,1", "--per-class", "4,all", "--set", "dropout=0.1",
+                          "--target-samples", "240", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
     assert len(calls) == 2 * (1 + 2 * 3)
     src0 = [c for c in calls if c["seed"] == 0]
     assert src0[0]["name"] == "tl-source-s0" and src0[0]["dataset"] == "source.npz"
-    assert src0[0]["overrides"] == {"epochs": "1"} and src0[0]["runs"] == str(tmp_path / "runs")
+    assert src0[0]["overrides"] == {"dropout": "0.1"} and src0[0]["runs"] == str(tmp_path / "runs")
+    # 4 per class = 12 training images: 240 samples need 20 epochs (more than the recipe's 15), no early stop
     ft = [c for c in src0 if c["name"] == "tl-fine-tune-4-s0"][0]
-    assert ft["overrides"] == {"epochs": "1", "init_from": str(tmp_path / "src0")}
+    assert ft["overrides"] == {"epochs": "20", "patience": "20", "init_from": str(tmp_path / "src0"),
+                               "learning_rate": "0.0003", "dropout": "0.1"}
     assert ft["dataset"] == "target-4pc-s0.npz"
+    # all 77 target training images of the fixture: the recipe's 15 epochs already exceed 240 samples
     frozen = [c for c in calls if c["name"] == "tl-frozen-all-s1"][0]
-    assert frozen["overrides"] == {"epochs": "1", "init_from": str(tmp_path / "src1"), "freeze_backbone": "true"}
-    assert "init_from" not in [c for c in src0 if c["name"] == "tl-scratch-4-s0"][0]["overrides"]
+    assert frozen["overrides"] == {"epochs": "15", "patience": "15", "init_from": str(tmp_path / "src1"),
+                                   "freeze_backbone": "true", "dropout": "0.1"}
+    assert [c for c in src0 if c["name"] == "tl-scratch-4-s0"][0]["overrides"] == {
+        "epochs": "20", "patience": "20", "dropout": "0.1"}
+    # a --set value wins over the schedule
+    calls.clear()
+    transfer.main(["--data", str(FIXTURE), "--seeds", "0", "--per-class", "4", "--set", "epochs=1",
+                   "--out", str(tmp_path / "o2.json"), "--runs", str(tmp_path / "runs")])
+    assert {c["overrides"]["epochs"] for c in calls} == {"1"}
 
     doc = json.loads(out.read_text())
+    assert doc["target_samples"] == 240 and doc["finetune_lr"] == "0.0003"
     s = doc["summary"]
     assert list(s) == ["4", "all"]
     assert s["4"]["fine-tune"]["test_acc_mean"] == pytest.approx(0.865)
