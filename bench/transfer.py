@@ -9,10 +9,10 @@ and target "datasets" are two disjoint label sets of it, written as MedMNIST-for
   each other), with ``--per-class`` labelled training images per class (a seeded sample; ``all`` =
   every one) and the full val/test splits of those classes.
 
-Per seed: the source is trained once (``recipe`` demo), then the target three ways: from scratch,
-fine-tuned from the source run (``init_from``, at a tenth of the recipe's learning rate, as one
-fine-tunes) and with the source backbone frozen (``init_from`` + ``freeze_backbone``: only the new
-classifier trains). The class counts differ, so the classifier always starts new. Every target
+Per seed: the source is trained once (``recipe`` demo), then the target four ways: from scratch,
+fine-tuned from the source run (``init_from``) at the recipe's learning rate and at a tenth of it
+(``--finetune-lr``), and with the source backbone frozen (``init_from`` + ``freeze_backbone``: only the
+new classifier trains). The class counts differ, so the classifier always starts new. Every target
 training sees at least ``--target-samples`` images (more epochs for few labels: the recipe's 15
 epochs of 60 images are 15 optimizer steps) and runs all its epochs (no early stopping; the best
 epoch by val loss is kept, as always). This is transfer to new classes of the same imaging domain,
@@ -45,8 +45,11 @@ RESULTS = ROOT / "bench" / "results" / "transfer.json"
 SPLITS = ("train", "val", "test")
 SOURCE_CLASSES = (1, 2, 4, 6, 7)
 TARGET_CLASSES = (0, 3, 5)
-ARMS = {"scratch": {}, "fine-tune": {"init_from": "{source}", "learning_rate": "{finetune_lr}"},
-        "frozen backbone": {"init_from": "{source}", "freeze_backbone": "true"}}
+# arm: (short name for run directories, train parameters)
+ARMS = {"scratch": ("scratch", {}),
+        "fine-tune": ("finetune", {"init_from": "{source}"}),
+        "fine-tune, lower lr": ("finetune-lowlr", {"init_from": "{source}", "learning_rate": "{finetune_lr}"}),
+        "frozen backbone": ("frozen", {"init_from": "{source}", "freeze_backbone": "true"})}
 
 
 def target_schedule(n_train: int, recipe_epochs: int, min_samples: int) -> dict:
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
                     help="override a train parameter for every training (repeatable), e.g. --set epochs=1")
     ap.add_argument("--target-samples", type=int, default=6000,
                     help="every target training sees at least this many images (default 6000)")
-    ap.add_argument("--finetune-lr", default="0.0003", help="learning rate of the fine-tune arm (default 0.0003)")
+    ap.add_argument("--finetune-lr", default="0.0003", help="learning rate of the 'fine-tune, lower lr' arm (default 0.0003)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-transfer"),
                     help="where the split files and run directories go")
@@ -176,12 +179,12 @@ def main(argv=None) -> int:
             with np.load(target, allow_pickle=False) as z:
                 n_train = len(z["train_labels"])
             schedule = target_schedule(n_train, RECIPES[args.recipe]["epochs"], args.target_samples)
-            for arm, extra in ARMS.items():
+            for arm, (short, extra) in ARMS.items():
                 log(f"seed {seed}: target {size or 'all'} per class, {arm}")
                 fill = {"source": ROOT / src["run_dir"], "finetune_lr": args.finetune_lr}
                 arm_overrides = {**schedule, **{k: v.format(**fill) for k, v in extra.items()}, **overrides}
                 r = accuracy.one_seed(args.recipe, seed, str(target), arm_overrides, env, log,
-                                      name=f"tl-{arm.split()[0]}-{size or 'all'}-s{seed}")
+                                      name=f"tl-{short}-{size or 'all'}-s{seed}")
                 rows.append({**r, "arm": arm, "per_class": size or "all", "source_run": src["run_dir"]})
     doc = {
         "benchmark": "transfer", "recipe": args.recipe, "overrides": overrides,
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
         "setup": (f"BloodMNIST split by class: source {list(SOURCE_CLASSES)} (all images), target "
                   f"{list(TARGET_CLASSES)} (labelled train images per class as given, full val/test); recipe "
                   f"{args.recipe}{' ' + str(overrides) if overrides else ''}; every target training sees at "
-                  f"least {args.target_samples:,} images, no early stopping; fine-tune at learning rate "
+                  f"least {args.target_samples:,} images, no early stopping; lower fine-tune learning rate "
                   f"{args.finetune_lr}; test ACC on the target's test split."),
         "summary": summarise(rows),
         "source_test_acc_mean": round(accuracy._stats([r["test_acc"] for r in source_rows])[0], 5),

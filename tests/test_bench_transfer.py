@@ -43,28 +43,29 @@ def test_class_split_files_load_as_datasets(tmp_path):
 
 def test_arms_use_the_seed_source_run_and_gains_are_over_scratch(tmp_path, monkeypatch):
     calls = []
-    acc = {"scratch": 0.80, "fine-tune": 0.86, "frozen backbone": 0.78}
+    acc = {"scratch": 0.80, "fine-tune": 0.86, "fine-tune, lower lr": 0.84, "frozen backbone": 0.78}
 
     def fake(recipe, seed, dataset, overrides, env, log, name=""):
         calls.append({"seed": seed, "dataset": Path(dataset).name, "overrides": dict(overrides), "name": name,
                       "runs": env["WORKBENCH_RUNS_DIR"]})
         if name.startswith("tl-source"):
             return {"seed": seed, "test_acc": 0.95, "run_dir": str(tmp_path / f"src{seed}")}
-        arm = next(a for a in acc if name.startswith(f"tl-{a.split()[0]}-"))
+        arm = next(a for a, (short, _) in transfer.ARMS.items() if name.startswith(f"tl-{short}-"))
         return {"seed": seed, "test_acc": acc[arm] + 0.01 * seed, "run_dir": str(tmp_path / name)}
 
     monkeypatch.setattr(accuracy, "one_seed", fake)
     out = tmp_path / "res" / "transfer.json"
     assert transfer.main(["--data", str(FIXTURE), "--seeds", "0,1", "--per-class", "4,all", "--set", "dropout=0.1",
                           "--target-samples", "240", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
-    assert len(calls) == 2 * (1 + 2 * 3)
+    assert len(calls) == 2 * (1 + 2 * 4)
     src0 = [c for c in calls if c["seed"] == 0]
     assert src0[0]["name"] == "tl-source-s0" and src0[0]["dataset"] == "source.npz"
     assert src0[0]["overrides"] == {"dropout": "0.1"} and src0[0]["runs"] == str(tmp_path / "runs")
     # 4 per class = 12 training images: 240 samples need 20 epochs (more than the recipe's 15), no early stop
-    ft = [c for c in src0 if c["name"] == "tl-fine-tune-4-s0"][0]
-    assert ft["overrides"] == {"epochs": "20", "patience": "20", "init_from": str(tmp_path / "src0"),
-                               "learning_rate": "0.0003", "dropout": "0.1"}
+    ft = [c for c in src0 if c["name"] == "tl-finetune-4-s0"][0]
+    assert ft["overrides"] == {"epochs": "20", "patience": "20", "init_from": str(tmp_path / "src0"), "dropout": "0.1"}
+    low = [c for c in src0 if c["name"] == "tl-finetune-lowlr-4-s0"][0]
+    assert low["overrides"] == {**ft["overrides"], "learning_rate": "0.0003"}
     assert ft["dataset"] == "target-4pc-s0.npz"
     # all 77 target training images of the fixture: the recipe's 15 epochs already exceed 240 samples
     frozen = [c for c in calls if c["name"] == "tl-frozen-all-s1"][0]
