@@ -27,6 +27,7 @@ Results: bench/results/transfer.json (+ .md); run directories under runs/bench-t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -63,6 +64,8 @@ def class_subset(arrays: dict, classes: tuple[int, ...], train_per_class: int | 
     """The images of ``classes`` with labels renumbered 0..k-1 (in the order given); the train split
     cut to ``train_per_class`` seeded random images per class when given."""
     classes = tuple(int(c) for c in classes)
+    new = np.full(256, 255, dtype=np.uint8)  # old label → new (MedMNIST labels are uint8)
+    new[list(classes)] = np.arange(len(classes), dtype=np.uint8)
     out = {}
     for s in SPLITS:
         y = arrays[f"{s}_labels"].reshape(-1)
@@ -78,24 +81,23 @@ def class_subset(arrays: dict, classes: tuple[int, ...], train_per_class: int | 
             keep = np.sort(np.concatenate(keep))
         else:
             keep = np.flatnonzero(np.isin(y, classes))
-        new = np.full(256, 255, dtype=np.uint8)  # old label → new (MedMNIST labels are uint8)
-        new[list(classes)] = np.arange(len(classes), dtype=np.uint8)
         out[f"{s}_images"] = arrays[f"{s}_images"][keep]
         out[f"{s}_labels"] = new[y[keep]].reshape(-1, 1)
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _arrays(src: Path) -> dict:
-    with np.load(src, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """The dataset's arrays, read once per run (workbench's own checked reader: clear errors, no pickle)."""
+    from workbench.data import _read_npz
+    return _read_npz(Path(src))
 
 
 def write_source(src: Path, out_dir: Path) -> Path:
-    """The source classes as their own .npz (written once)."""
+    """The source classes as their own .npz."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "source.npz"
-    if not path.exists():
-        np.savez_compressed(path, **class_subset(_arrays(src), SOURCE_CLASSES, None, 0))
+    np.savez_compressed(path, **class_subset(_arrays(src), SOURCE_CLASSES, None, 0))
     return path
 
 
@@ -133,7 +135,7 @@ def markdown(doc: dict) -> str:
         for arm, e in arms.items():
             lines.append(f"| {key} | {arm} | {e['test_acc_mean']:.4f} ± {e['test_acc_sd']:.4f} | "
                          f"{e.get('gain_over_scratch', 0):+.4f} | {e['n_seeds']} |")
-    lines += ["", f"Source model (5 classes) test ACC: {doc['source_test_acc_mean']:.4f} (mean over seeds)."]
+    lines += ["", f"Source model ({len(doc['source_classes'])} classes) test ACC: {doc['source_test_acc_mean']:.4f} (mean over seeds)."]
     return "\n".join(lines) + "\n"
 
 
@@ -157,11 +159,19 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         sizes = [None if k.strip() == "all" else int(k) for k in args.per_class.split(",") if k.strip()]
         overrides = dict(kv.split("=", 1) for kv in args.set)
+        if any(k is not None and k < 1 for k in sizes) or not sizes or not seeds:
+            raise ValueError
     except ValueError:
-        print("error: --seeds and --per-class take integers like 0,1,2 ('all' too for --per-class); "
+        print("error: --seeds and --per-class take integers like 0,1,2 (--per-class: at least 1, or 'all'); "
               "--set takes NAME=VALUE", file=sys.stderr)
         return 2
     out, runs_dir = Path(args.out), Path(args.runs)
+    from workbench.errors import WorkbenchError
+    try:
+        source = write_source(Path(args.data), runs_dir / "data")
+    except WorkbenchError as e:
+        print(f"error: --data: {e}", file=sys.stderr)
+        return 2
     env = {**os.environ, "WORKBENCH_RUNS_DIR": str(runs_dir)}
     t_start = time.perf_counter()
 
@@ -170,7 +180,6 @@ def main(argv=None) -> int:
 
     rows, source_rows = [], []
     for seed in seeds:
-        source = write_source(Path(args.data), runs_dir / "data")
         log(f"seed {seed}: source ({len(SOURCE_CLASSES)} classes)")
         src = accuracy.one_seed(args.recipe, seed, str(source), overrides, env, log, name=f"tl-source-s{seed}")
         source_rows.append(src)

@@ -89,3 +89,11 @@ def test_arms_use_the_seed_source_run_and_gains_are_over_scratch(tmp_path, monke
     assert s["all"]["scratch"]["n_seeds"] == 2 and doc["source_test_acc_mean"] == pytest.approx(0.95)
     md = out.with_suffix(".md").read_text()
     assert "| 4 | fine-tune | 0.8650 ± 0.0071 | +0.0600 | 2 |" in md
+
+
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "transfer.json"
+    assert transfer.main(["--data", str(tmp_path / "missing.npz"), "--out", str(out), "--runs", str(tmp_path)]) == 2
+    assert "error: --data: dataset file" in capsys.readouterr().err and not out.exists()
+    assert transfer.main(["--data", str(FIXTURE), "--per-class", "0", "--out", str(out), "--runs", str(tmp_path)]) == 2
+    assert "--per-class: at least 1" in capsys.readouterr().err and not out.exists()
