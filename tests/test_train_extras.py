@@ -21,8 +21,10 @@ def test_recipe_fills_only_what_was_left_empty():
     p = train.resolve(params.make("train", {}))
     assert (p.recipe, p.model, p.width, p.epochs, p.augment, p.ema, p.tta) == ("demo", "cnn", 16, 15, "dihedral",
                                                                                  "no", "yes")
-    full = train.resolve(params.make("train", {"recipe": "full", "width": 24, "tta": "no"}))
-    assert (full.width, full.tta, full.ema, full.epochs) == (24, "no", "yes", train.RECIPES["full"]["epochs"])
+    full = train.resolve(params.make("train", {"recipe": "full", "width": 24, "tta": "no", "ema": "yes"}))
+    assert (full.width, full.tta, full.ema) == (24, "no", "yes")  # explicit values win, also against "no"
+    assert (full.epochs, full.patience) == (train.RECIPES["full"]["epochs"], train.RECIPES["full"]["patience"])
+    assert train.RECIPES["full"]["ema"] != "yes"
     # TTA over flips/quarter turns only where the augmentation says orientation does not matter
     assert train.resolve(params.make("train", {"augment": "light"})).tta == "no"
     assert train.resolve(params.make("train", {"augment": "dihedral"})).tta == "yes"  # orientation-free
