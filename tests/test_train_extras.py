@@ -23,8 +23,11 @@ def test_recipe_fills_only_what_was_left_empty():
                                                                                  "no", "yes")
     full = train.resolve(params.make("train", {"recipe": "full", "width": 24, "tta": "no", "ema": "yes"}))
     assert (full.width, full.tta, full.ema) == (24, "no", "yes")  # explicit values win, also against "no"
-    assert (full.epochs, full.patience) == (train.RECIPES["full"]["epochs"], train.RECIPES["full"]["patience"])
+    assert full.patience == full.epochs == train.RECIPES["full"]["epochs"]  # full: no early stopping
     assert train.RECIPES["full"]["ema"] != "yes"
+    longer = train.resolve(params.make("train", {"recipe": "full", "epochs": 50}))
+    assert longer.patience == 50  # follows the epochs asked for
+    assert train.resolve(params.make("train", {"recipe": "full", "patience": 4})).patience == 4  # explicit wins
     # TTA over flips/quarter turns only where the augmentation says orientation does not matter
     assert train.resolve(params.make("train", {"augment": "light"})).tta == "no"
     assert train.resolve(params.make("train", {"augment": "dihedral"})).tta == "yes"  # orientation-free

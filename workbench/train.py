@@ -42,7 +42,7 @@ RECIPES: dict[str, dict] = {
     "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "dihedral", "epochs": 15,
              "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto"},
     "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "dihedral", "epochs": 36,
-             "learning_rate": 0.003, "patience": 36, "ema": "no", "tta": "auto"},
+             "learning_rate": 0.003, "patience": "epochs", "ema": "no", "tta": "auto"},
 }
 # presets whose flips and quarter turns are label-preserving: there dihedral TTA is valid
 ORIENTATION_FREE_PRESETS = ("microscopy", "dihedral")
@@ -57,6 +57,8 @@ def resolve(params: TrainParams) -> TrainParams:
         if getattr(params, name) == defaults[name]:
             values[name] = value
     out = dataclasses.replace(params, **values)
+    if out.patience == "epochs":  # no early stopping, however many epochs the user asks for
+        out = dataclasses.replace(out, patience=out.epochs)
     if out.tta == "auto":
         out = dataclasses.replace(out, tta="yes" if out.augment in ORIENTATION_FREE_PRESETS else "no")
     if out.freeze_backbone and not out.init_from:
