@@ -112,7 +112,7 @@ def child_keras(spec: dict) -> dict:
     infer_s = _best_seconds(lambda: [np.asarray(model.predict_on_batch(x[i:i + INFER_BATCH]))
                                      for i in range(0, n_inf, INFER_BATCH)])
     return {"train_img_s": steps * BATCH / train_s, "infer_img_s": n_inf / infer_s, "params": model.count_params(),
-            "final_loss": float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss)),
+            "final_loss": float(loss),
             "backend": backend}
 
 

@@ -178,13 +178,17 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
 
+    # every target file before any training: a --per-class larger than a class fails in seconds, not
+    # after the first source model
+    targets = {(seed, size): write_target(Path(args.data), runs_dir / "data", size, seed)
+               for seed in seeds for size in sizes}
     rows, source_rows = [], []
     for seed in seeds:
         log(f"seed {seed}: source ({len(SOURCE_CLASSES)} classes)")
         src = accuracy.one_seed(args.recipe, seed, str(source), overrides, env, log, name=f"tl-source-s{seed}")
         source_rows.append(src)
         for size in sizes:
-            target = write_target(Path(args.data), runs_dir / "data", size, seed)
+            target = targets[seed, size]
             with np.load(target, allow_pickle=False) as z:
                 n_train = len(z["train_labels"])
             schedule = target_schedule(n_train, RECIPES[args.recipe]["epochs"], args.target_samples)

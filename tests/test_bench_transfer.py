@@ -97,3 +97,11 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys):
     assert "error: --data: dataset file" in capsys.readouterr().err and not out.exists()
     assert transfer.main(["--data", str(FIXTURE), "--per-class", "0", "--out", str(out), "--runs", str(tmp_path)]) == 2
     assert "--per-class: at least 1" in capsys.readouterr().err and not out.exists()
+
+
+def test_per_class_beyond_a_class_fails_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer.accuracy, "one_seed", lambda *a, **k: pytest.fail("trained before the check"))
+    out = tmp_path / "transfer.json"
+    with pytest.raises(SystemExit, match="--per-class 100000: class"):
+        transfer.main(["--data", str(FIXTURE), "--per-class", "100000", "--out", str(out), "--runs", str(tmp_path)])
+    assert not out.exists()
