@@ -187,6 +187,120 @@ def _annotate_direct(spec: dict) -> dict:
     return {"pool_size": len(table), "label_pool_s": pool_s, "annotate_img_s": len(table) / pool_s}
 
 
+# convolution kernels alone: what of the step's time the convolutions take in each framework
+
+KERNEL_MIN_S = 0.05  # each timed segment repeats one kernel call at least this long
+
+
+def conv_specs(names: list[str]) -> list[dict]:
+    """Every distinct convolution of the Keras models ``names`` (input size, channels, kernel, stride),
+    how often each model uses it, and whether training needs its input gradient (not for a model's
+    first convolution, whose input is the image): read from the models themselves."""
+    import workbench  # noqa: F401  (selects the JAX backend before keras is imported)
+    import keras
+    specs: dict[tuple, dict] = {}
+    for name in names:
+        first = True
+        for layer in _keras_model(name, "fast").layers:
+            if not isinstance(layer, keras.layers.Conv2D):
+                continue
+            _, h, w, cin = layer.input.shape
+            key = (h, w, cin, layer.filters, layer.kernel_size[0], layer.strides[0])
+            spec = specs.setdefault(key, {"h": h, "w": w, "cin": cin, "cout": layer.filters, "k": layer.kernel_size[0],
+                                          "stride": layer.strides[0], "uses": {}, "dx_uses": {}})
+            spec["uses"][name] = spec["uses"].get(name, 0) + 1
+            if not first:
+                spec["dx_uses"][name] = spec["dx_uses"].get(name, 0) + 1
+            first = False
+    return list(specs.values())
+
+
+def _kernel_ms(call) -> float:
+    """Best-of-3 milliseconds of one ``call()`` (which must block until its result exists)."""
+    call()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < KERNEL_MIN_S:
+        call()
+        n += 1
+    return _best_seconds(lambda: [call() for _ in range(n)]) / n * 1000
+
+
+def child_kernels_jax(spec: dict) -> dict:
+    """Forward, input-gradient and weight-gradient time of each convolution on the product's fast path
+    (the ``lax`` convolution that ``keras.ops.conv`` lowers to, on the backend the fast path configures)."""
+    from workbench.layers import configure_backend
+    backend = configure_backend("fast")
+    import jax
+    import numpy as np
+    from jax import lax
+    rng = np.random.default_rng(0)
+    specs = conv_specs(spec["models"])
+    out = []
+    for c in specs:
+        s = c["stride"]
+
+        def conv(x, k, s=s):
+            return lax.conv_general_dilated(x, k, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = jax.numpy.asarray(rng.normal(size=(BATCH, c["h"], c["w"], c["cin"])).astype("float32"))
+        k = jax.numpy.asarray(rng.normal(size=(c["k"], c["k"], c["cin"], c["cout"])).astype("float32"))
+        g = jax.numpy.asarray(rng.normal(size=jax.eval_shape(conv, x, k).shape).astype("float32"))
+        fwd = jax.jit(conv)
+        dx = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
+        dw = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
+        out.append({"fwd_ms": _kernel_ms(lambda: fwd(x, k).block_until_ready()),
+                    "dx_ms": _kernel_ms(lambda: dx(x, k, g).block_until_ready()),
+                    "dw_ms": _kernel_ms(lambda: dw(x, k, g).block_until_ready())})
+    return {"specs": specs, "kernels": out, "backend": backend}
+
+
+def child_kernels_torch(spec: dict) -> dict:
+    """The same convolutions in PyTorch (NCHW, as its models run): forward and ``convolution_backward``
+    for the input and the weight gradient separately."""
+    import torch
+    torch.manual_seed(0)
+    conv_bwd = torch.ops.aten.convolution_backward
+    out = []
+    with torch.no_grad():
+        for c in spec["specs"]:
+            s, p = c["stride"], c["k"] // 2
+            x = torch.randn(BATCH, c["cin"], c["h"], c["w"])
+            w = torch.randn(c["cout"], c["cin"], c["k"], c["k"])
+            y = torch.nn.functional.conv2d(x, w, stride=s, padding=p)
+            g = torch.randn_like(y)
+
+            def bwd(mask, x=x, w=w, g=g, s=s, p=p):
+                return conv_bwd(g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, mask)
+            out.append({"fwd_ms": _kernel_ms(lambda: torch.nn.functional.conv2d(x, w, stride=s, padding=p)),
+                        "dx_ms": _kernel_ms(lambda: bwd([True, False, False])),
+                        "dw_ms": _kernel_ms(lambda: bwd([False, True, False]))})
+    return {"kernels": out, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)}
+
+
+def conv_totals(specs: list[dict], timings: list[dict]) -> dict:
+    """Per model: milliseconds per training step spent in convolutions (forward + weight gradient for
+    every use, input gradient where training needs it)."""
+    totals: dict[str, float] = {}
+    for c, t in zip(specs, timings):
+        for name, n in c["uses"].items():
+            totals[name] = totals.get(name, 0.0) + n * (t["fwd_ms"] + t["dw_ms"]) + c["dx_uses"].get(name, 0) * t["dx_ms"]
+    return totals
+
+
+def measure_kernels(models: list[str], have_torch: bool, log) -> dict:
+    from workbench.layers import ALLOCATOR_ENV, kernel_env
+    log("convolution kernels: Keras-on-JAX (fast path) …")
+    out = {"jax": run_child({"kind": "kernels_jax", "models": models}, kernel_env("fast"))}
+    specs = out["specs"] = out["jax"].pop("specs", [])
+    if have_torch and specs:
+        log("convolution kernels: PyTorch …")
+        out["torch"] = run_child({"kind": "kernels_torch", "specs": specs}, dict(ALLOCATOR_ENV))
+    for fw in ("jax", "torch"):
+        if "kernels" in out.get(fw, {}):
+            out[fw]["step_conv_ms"] = conv_totals(specs, out[fw]["kernels"])
+    return out
+
+
 def run_child(spec: dict, env_extra: dict | None = None, timeout: int = 600) -> dict:
     env = {**os.environ, **(env_extra or {})}
     env.setdefault("KERAS_BACKEND", "jax")
@@ -201,7 +315,8 @@ def run_child(spec: dict, env_extra: dict | None = None, timeout: int = 600) -> 
 
 
 def child_main(spec: dict) -> None:
-    fn = {"keras": child_keras, "torch": child_torch, "stage": child_stage}[spec["kind"]]
+    fn = {"keras": child_keras, "torch": child_torch, "stage": child_stage,
+          "kernels_jax": child_kernels_jax, "kernels_torch": child_kernels_torch}[spec["kind"]]
     out = fn(spec)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out, default=str), flush=True)
@@ -213,9 +328,12 @@ def _fmt(v, nd=1):
     return "—" if v is None else f"{v:,.{nd}f}"
 
 
-def measure_models(models: list[str], log) -> dict:
+def _have_torch() -> bool:
+    return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
+
+
+def measure_models(models: list[str], have_torch: bool, log) -> dict:
     from workbench.layers import ALLOCATOR_ENV, kernel_env
-    have_torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
     rows = {}
     for name in models:
         rows[name] = {}
@@ -314,6 +432,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {name} | {_fmt(r['train_fast_vs_torch'], 2)}× | {_fmt(r['train_stock_vs_torch'], 2)}× | "
                      f"{_fmt(r['train_fast_vs_stock'], 2)}× | {_fmt(r['infer_fast_vs_torch'], 2)}× |")
     lines += ["", "Models: " + "; ".join(f"`{k}` = {v}" for k, v in MODEL_NOTES.items() if k in doc["models"]) + "."]
+    if doc.get("kernels"):
+        lines += kernels_markdown(doc["kernels"], doc["models"])
     st = doc.get("stages")
     if st:
         lines += ["", "| stage (small real subset) | via papermill s | direct call s | overhead s |", "| --- | ---: | ---: | ---: |"]
@@ -339,11 +459,45 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kernels_markdown(kern: dict, models: dict) -> list[str]:
+    """The convolution-kernel tables: each distinct convolution in both frameworks, then per model the
+    convolutions' share of a training step beside the measured step time."""
+    jx, tc = kern.get("jax", {}), kern.get("torch", {})
+    lines = ["", "### Convolutions alone (batch 128, ms per call, best of 3)", ""]
+    for fw, res in (("Keras-on-JAX", jx), ("PyTorch", tc)):
+        if "error" in res:
+            lines.append(f"**{fw} kernels failed**: {' '.join(res['error'])}")
+    if "kernels" not in jx:
+        return lines
+    tk = tc.get("kernels") or [{}] * len(jx["kernels"])
+    lines += ["| input → output (k×k /stride) | used by | XLA fwd | PyTorch fwd | XLA dX | PyTorch dX | XLA dW | PyTorch dW |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c, a, b in zip(kern["specs"], jx["kernels"], tk):
+        uses = ", ".join(f"{m}×{n}" for m, n in c["uses"].items())
+        lines.append(f"| {c['h']}×{c['w']}×{c['cin']} → {c['cout']} ({c['k']}×{c['k']} /{c['stride']}) | {uses} | "
+                     + " | ".join(f"{_fmt(a[f'{p}_ms'], 2)} | {_fmt(b.get(f'{p}_ms'), 2)}" for p in ("fwd", "dx", "dw")) + " |")
+    lines += ["", "| model | conv ms/step XLA | conv ms/step PyTorch | train step ms keras/fast | train step ms PyTorch (best row) |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, ms in jx.get("step_conv_ms", {}).items():
+        r = models.get(name, {})
+        fast = (r.get("keras/fast") or {}).get("train_img_s")
+        torch_best = max((r[k].get("train_img_s") or 0 for k in TORCH_ROWS if k in r), default=0)
+        lines.append(f"| {name} | {_fmt(ms)} | {_fmt(tc.get('step_conv_ms', {}).get(name))} | "
+                     f"{_fmt(BATCH * 1000 / fast if fast else None)} | {_fmt(BATCH * 1000 / torch_best if torch_best else None)} |")
+    lines += ["", "XLA = the `lax` convolution `keras.ops.conv` lowers to, on the fast path's backend settings; "
+              "dX = input gradient, dW = weight gradient. A step's conv time counts forward and dW of every "
+              "convolution and dX of all but a model's first (training needs no gradient of the image). "
+              "Kernels timed alone (each call with fresh output buffers): an upper bound on what they cost "
+              "inside a compiled step."]
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--models", default="cnn,cnn_ref,resnet18", help="comma-separated: cnn, cnn_ref, resnet18")
     ap.add_argument("--no-stages", action="store_true", help="skip the papermill overhead / annotate measurement")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the convolution-kernel comparison")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (perf.json, perf.md)")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite perf.md from the measured perf.json")
     args = ap.parse_args(argv)
@@ -372,8 +526,11 @@ def main(argv=None) -> int:
                        "platform": platform.platform(), "python": platform.python_version()},
            "settings": {"batch": BATCH, "infer_batch": INFER_BATCH, "steps": {m: STEPS[m] for m in models}},
            "gpu": "none on this machine; not measured"}
-    doc["models"] = measure_models(models, log)
+    have_torch = _have_torch()
+    doc["models"] = measure_models(models, have_torch, log)
     doc["ratios"] = ratio(doc["models"])
+    if not args.no_kernels:
+        doc["kernels"] = measure_kernels(models, have_torch, log)
     if not args.no_stages:
         doc["stages"] = measure_stages(log)
     doc["machine"]["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
