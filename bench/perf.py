@@ -12,13 +12,18 @@ Every measurement runs in a fresh child process (its own peak RSS, its own backe
 * torch/1thr  — PyTorch on one thread: on a loaded machine its OpenMP threads spin and lose more than
   half their speed, which would flatter the ratio; the ratio uses the best PyTorch row.
 
+Convolution kernels: every convolution of the benchmarked models (read from the Keras models) timed
+alone, forward, input gradient and weight gradient, on the fast path's backend and in PyTorch, and per
+model the convolutions' milliseconds per training step: where the remaining gap comes from.
+
 Training: batch 128, AdamW, cross-entropy, steady state (after warm-up steps, compile excluded), real
 BloodMNIST images (no augmentation: this isolates the network's step); Keras trains through
 ``model.fit``, as the product does. Inference: batch 512, eval mode. Each timing is the best of 3.
 The ratio is keras/fast ÷ the better of the two PyTorch rows. Results: bench/results/perf.json and
 perf.md (also printed). Nothing here is copied: every number is measured by this run.
 
-    python -m bench.perf                  # everything (≈ 10 min on 2 quiet cores)
+    python -m bench.perf                  # everything (≈ 13 min on 2 quiet cores)
+    python -m bench.perf --no-kernels     # without the convolution-kernel comparison (≈ 2 min less)
     python -m bench.perf --models cnn     # a subset
 """
 
@@ -487,8 +492,9 @@ def kernels_markdown(kern: dict, models: dict) -> list[str]:
     lines += ["", "XLA = the `lax` convolution `keras.ops.conv` lowers to, on the fast path's backend settings; "
               "dX = input gradient, dW = weight gradient. A step's conv time counts forward and dW of every "
               "convolution and dX of all but a model's first (training needs no gradient of the image). "
-              "Kernels timed alone (each call with fresh output buffers): an upper bound on what they cost "
-              "inside a compiled step."]
+              "Kernels are timed alone (each call with fresh output buffers); inside a compiled step XLA may "
+              "overlap them with other work, so the two columns are comparable with each other, not summable "
+              "with the step time."]
     return lines
 
 

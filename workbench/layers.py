@@ -24,6 +24,10 @@ costs that PyTorch does not pay; ``conv_impl="fast"`` (the default) removes all 
    minor page faults per step). ``ALLOCATOR_ENV`` (one glibc arena, no mmap for large blocks, no
    trimming) makes the block reusable; it must be in the environment when the process starts, so
    the stage runner puts it in the kernel's environment (``kernel_env``).
+
+What remains of the gap to PyTorch is the convolution kernels themselves (``make bench`` times each
+convolution of the benchmarked models alone in both frameworks); README "Performance" lists what else
+was tried.
 """
 
 from __future__ import annotations
