@@ -403,11 +403,15 @@ def measure_stages(log) -> dict:
     return out
 
 
+def _torch_best(r: dict, key: str) -> float:
+    """The best PyTorch row's ``key`` (train_img_s or infer_img_s) for one model; 0 if none measured it."""
+    return max((r[k].get(key) or 0 for k in TORCH_ROWS if k in r), default=0)
+
+
 def ratio(rows: dict) -> dict:
     out = {}
     for name, r in rows.items():
-        torch_best = max((r[k].get("train_img_s") or 0 for k in TORCH_ROWS if k in r), default=0)
-        torch_inf = max((r[k].get("infer_img_s") or 0 for k in TORCH_ROWS if k in r), default=0)
+        torch_best, torch_inf = _torch_best(r, "train_img_s"), _torch_best(r, "infer_img_s")
         fast, stock = r["keras/fast"].get("train_img_s"), r["keras/stock"].get("train_img_s")
         out[name] = {
             "train_fast_vs_torch": fast / torch_best if fast and torch_best else None,
@@ -486,7 +490,7 @@ def kernels_markdown(kern: dict, models: dict) -> list[str]:
     for name, ms in jx.get("step_conv_ms", {}).items():
         r = models.get(name, {})
         fast = (r.get("keras/fast") or {}).get("train_img_s")
-        torch_best = max((r[k].get("train_img_s") or 0 for k in TORCH_ROWS if k in r), default=0)
+        torch_best = _torch_best(r, "train_img_s")
         lines.append(f"| {name} | {_fmt(ms)} | {_fmt(tc.get('step_conv_ms', {}).get(name))} | "
                      f"{_fmt(BATCH * 1000 / fast if fast else None)} | {_fmt(BATCH * 1000 / torch_best if torch_best else None)} |")
     lines += ["", "XLA = the `lax` convolution `keras.ops.conv` lowers to, on the fast path's backend settings; "
