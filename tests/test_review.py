@@ -191,3 +191,110 @@ def test_export_csv_coco_and_npz(tmp_path):
     with pytest.raises(WorkbenchError, match="write-once"):
         export(s, table, tmp_path / "export", images=images)
     assert read_log(tmp_path / "d.jsonl").header["pool_id"] == "p"
+
+
+# ---------------------------------------------------------------------- any class count, multi-label
+ML_NAMES = ["effusion", "nodule", "mass", "edema"]
+ML_TASK = "multi-label, binary-class"
+
+
+def ml_session(path, queue=("m0", "m1", "m2"), predicted=None, **kw):
+    predicted = predicted or {"m0": [1], "m1": [], "m2": [0, 3]}
+    return ReviewSession(path, list(queue), predicted, ML_NAMES, "pool-ml", "model-ml", annotator="ana",
+                         task=ML_TASK, **kw)
+
+
+def test_single_label_review_with_100_classes(tmp_path):
+    names = [f"class {i}" for i in range(100)]
+    s = ReviewSession(tmp_path / "d.jsonl", ["x", "y"], {"x": 5, "y": 99}, names, "p", "m", annotator="a")
+    assert s.label(87).label == 87 and s.accept().label == 99
+    with pytest.raises(WorkbenchError, match="set of labels"):
+        ReviewSession(tmp_path / "e.jsonl", ["x"], {"x": 5}, names, "p", "m").label([1, 2])
+    again = ReviewSession(tmp_path / "d.jsonl", ["x", "y"], {"x": 5, "y": 99}, names, "p", "m")
+    assert {k: d.label for k, d in again.decisions.items()} == {"x": 87, "y": 99}
+
+
+def test_multilabel_sets_undo_resume_and_log_format(tmp_path):
+    log = tmp_path / "ml.jsonl"
+    s = ml_session(log)
+    d = s.accept()                                   # m0: the model's set {1}
+    assert d.action == "accept" and d.labels == (1,) and d.label is None
+    assert s.label([3, 0, 3]).labels == (0, 3)       # m1: model said none; reviewer: {0, 3} (deduplicated, sorted)
+    assert s.undo().item == "m1"
+    assert s.label([]).labels == ()                  # m1: explicitly none present
+    assert s.label(np.array([True, False, True, True])).labels == (0, 2, 3)  # m2, as a boolean vector
+    assert s.done
+    assert s.progress() == {"decided": 3, "total": 3, "accept": 1, "label": 2, "skip": 0, "corrected": 1}
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert recs[0]["format"] == "workbench-review/2" and recs[0]["task"] == ML_TASK
+    last = recs[-1]
+    assert last["action"] == "label" and last["labels"] == [0, 2, 3] and last["predicted"] == [0, 3]
+    again = ml_session(log)                          # resume: same sets, undo history kept
+    assert {k: d.labels for k, d in again.decisions.items()} == {"m0": (1,), "m1": (), "m2": (0, 2, 3)}
+    assert again.undo().item == "m2" and again.current == "m2"
+    with pytest.raises(WorkbenchError, match="set of labels, not one index"):
+        again.label(2)
+    with pytest.raises(WorkbenchError, match="not a label index 0..3"):
+        again.label([4])
+
+
+def test_single_and_multilabel_logs_are_not_mixed_and_old_logs_open(tmp_path):
+    ml = tmp_path / "ml.jsonl"
+    ml_session(ml).accept()
+    with pytest.raises(WorkbenchError, match="multi-label review .* this review is single-label"):
+        ReviewSession(ml, ["m0"], {"m0": 1}, ML_NAMES, "pool-ml", "model-ml")
+    # a log written before tasks were recorded: format /1, no "task" in the header
+    old = tmp_path / "old.jsonl"
+    header = {"type": "header", "format": "workbench-review/1", "pool_id": "p", "model_hash": "m",
+              "class_names": NAMES, "queue_size": 2, "created": "2025-01-01T00:00:00.000Z", "workbench": "0.1"}
+    dec = {"type": "decision", "seq": 1, "item": "x0", "action": "label", "label": 2, "predicted": 0,
+           "annotator": "ana", "time": "2025-01-01T00:00:01.000Z"}
+    old.write_text(json.dumps(header) + "\n" + json.dumps(dec) + "\n")
+    s = ReviewSession(old, ["x0", "x1"], {"x0": 0, "x1": 1}, NAMES, "p", "m")
+    assert s.decisions["x0"].label == 2 and s.current == "x1" and s.progress()["corrected"] == 1
+    with pytest.raises(WorkbenchError, match="single-label review .* this review is multi-label"):
+        ReviewSession(old, ["x0"], {"x0": [0]}, NAMES, "p", "m", task=ML_TASK)
+    header["format"] = "workbench-review/9"
+    (tmp_path / "future.jsonl").write_text(json.dumps(header) + "\n")
+    with pytest.raises(WorkbenchError, match="format 'workbench-review/9'"):
+        ReviewSession(tmp_path / "future.jsonl", ["x0"], {"x0": 0}, NAMES, "p", "m")
+
+
+def test_multilabel_export_csv_coco_and_npz(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+    ids = [f"f{i}.png" for i in range(5)]
+    predicted = {"f0.png": [0], "f1.png": [1, 2], "f2.png": [], "f3.png": [3], "f4.png": [0, 1]}
+    table = pd.DataFrame({"index": range(5), "split": "pool", "status": ["auto-accepted", "needs-review",
+                          "needs-review", "needs-review", "needs-review"], "id": ids})
+    s = ReviewSession(tmp_path / "d.jsonl", ids[1:], predicted, ML_NAMES, "p", "m", annotator="ana", task=ML_TASK)
+    s.label([1, 3])     # f1: corrected (model {1, 2})
+    s.accept()          # f2: accepted, nothing present
+    s.skip()            # f3
+    calls = []
+
+    def display(positions):  # a streamed pool: only the labelled images are read
+        calls.append(list(positions))
+        return images[np.asarray(positions, dtype=int)]
+
+    out = export(s, table, tmp_path / "export", images=display, source={"kind": "folder"})
+    assert calls == [[0, 1, 2]] and out["n_labelled"] == 3
+    df = pd.read_csv(out["csv"], dtype={"labels": str}, keep_default_na=False).set_index("id")
+    assert df.loc["f0.png", "labels"] == "effusion" and df.loc["f0.png", "label_source"] == "auto-accepted"
+    assert df.loc["f1.png", "labels"] == "nodule;edema" and df.loc["f1.png", "label_source"] == "corrected"
+    assert df.loc["f2.png", "labels"] == "" and df.loc["f2.png", "label_source"] == "accepted"
+    assert df.loc["f3.png", "label_source"] == "skipped" and df.loc["f4.png", "label_source"] == "unreviewed"
+    assert [df.loc["f1.png", f"label:{n}"] for n in ML_NAMES] == ["0", "1", "0", "1"]
+    assert [df.loc["f2.png", f"label:{n}"] for n in ML_NAMES] == ["0"] * 4
+    assert df.loc["f3.png", "label:nodule"] == ""            # no label set: empty, not 0
+    doc = json.loads(open(out["coco"]).read())
+    assert {c["name"] for c in doc["categories"]} == set(ML_NAMES) and doc["info"]["task"] == ML_TASK
+    by_image = {}
+    for a in doc["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a["category_id"])
+    assert by_image == {0: [0], 1: [1, 3]}                   # f2: labelled, none present → no annotation
+    assert {i["file_name"]: i["label_source"] for i in doc["images"]}["f2.png"] == "accepted"
+    assert (doc["images"][0]["width"], doc["images"][0]["height"]) == (16, 16)
+    with np.load(out["npz"], allow_pickle=False) as z:
+        assert z["labels"].dtype == np.uint8 and z["labels"].tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
+        assert z["ids"].tolist() == ["f0.png", "f1.png", "f2.png"] and str(z["task"]) == ML_TASK
+        np.testing.assert_array_equal(z["images"], images[:3])
