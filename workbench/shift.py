@@ -1,0 +1,397 @@
+"""Is the pool like val? A label-free check to run before auto-accepting anything.
+
+The annotate stage chooses its auto-accept thresholds on val (Learn-then-Test): the promised precision
+holds on new images *exchangeable with val*. New images rarely are. ``check`` compares the pool with val
+using only what is known without the pool's labels (the model's probabilities on val and on the pool,
+and val's labels) and says whether they differ enough to void the guarantee:
+
+- ``confidence``: two-sample Kolmogorov-Smirnov test of the per-item confidence (top-1 probability;
+  multi-label: the mean over labels of max(p, 1 - p)). Effect size: the KS distance D.
+- ``predicted_classes``: chi-square test of homogeneity of the predicted-class counts (val vs pool).
+  Multi-label: one 2x2 test per label of the predicted-positive rate (p > 0.5). Effect size: Cohen's w of
+  the two distributions, sqrt(sum_j (pool_j - val_j)^2 / both_j), bias-corrected (see ``_chi2_effect``);
+  bias-corrected Cramér's V (Bergsma 2013) and the total variation distance are reported beside it.
+- ``accept_share`` (when thresholds are given): the share of pool items at or above their auto-accept
+  threshold minus the share of val items (multi-label: the per-item share of labels accepted). Two-sample
+  z-test with the pooled variance (the normal approximation of the permutation test).
+- ``doc``: "difference of confidences" (Guillory et al. 2021), a label-free estimate of the accuracy
+  gap: mean pool confidence minus mean val confidence; the pool's accuracy is estimated as val accuracy
+  plus this difference. Same z-test. With calibrated probabilities (pass those the thresholds were
+  chosen on) the mean val confidence is close to val accuracy.
+
+Decision: a test *fires* when its Holm-adjusted p-value is at most ``alpha`` AND its effect size reaches
+the floor in ``FLOORS``; ``fired`` is True when any test fires. The p-value alone is not enough: with
+thousands of pool images a harmless difference (BloodMNIST's test split is ~1 % harder than its val
+split) is significant. The floors are measured, not guessed: bench/shift.py (results in
+bench/results/shift.md) applies realistic acquisition changes and class-prior shifts to real BloodMNIST
+images and picks the floors on val halves so that exchangeable splits rarely fire and the shifts that
+push the auto-accepted precision below 0.99 do.
+
+Small pools: a test whose p-value cannot be computed validly is reported with ``computed`` False and its
+reason and never fires. KS is exact for small samples; the z-tests need ``min_items`` items on each side;
+the chi-square test needs expected counts of at least ``MIN_EXPECTED`` (classes predicted rarely are
+merged into one cell, see ``_merge_rare``). A pool below ``min_items`` gets status "too little data".
+
+Pure numpy/scipy: no Keras, JAX or matplotlib.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from .errors import WorkbenchError
+
+MULTI_LABEL = "multi-label, binary-class"
+TASKS = ("binary-class", "multi-class", "ordinal-regression", MULTI_LABEL)
+# effect-size floors: a significant test fires only at or above these (chosen in bench/shift.py)
+FLOORS = {"confidence": 0.10, "predicted_classes": 0.10, "accept_share": 0.05, "doc": 0.02}
+EFFECTS = {"confidence": "KS D", "predicted_classes": "Cohen's w", "accept_share": "share difference",
+           "doc": "difference of confidences"}
+MIN_ITEMS = 30      # z-tests (normal approximation) need this many items on each side
+MIN_EXPECTED = 5.0  # Cochran's rule for the chi-square approximation
+
+
+# ---------------------------------------------------------------------- inputs
+def _array(x, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"shift.check: {name} must be a numeric array") from None
+    return a
+
+
+def _validate(val_probs, val_labels, pool_probs, task: str):
+    if task not in TASKS:
+        raise WorkbenchError(f"shift.check: unknown task {task!r} (parameter task); choose one of {', '.join(TASKS)}")
+    vp, pp = _array(val_probs, "val_probs"), _array(pool_probs, "pool_probs")
+    for name, a in (("val_probs", vp), ("pool_probs", pp)):
+        if a.ndim != 2 or a.shape[1] < 1:
+            raise WorkbenchError(f"shift.check: {name} must be (N, classes or labels), got shape {a.shape}")
+        if a.size and (not np.isfinite(a).all() or a.min() < -1e-6 or a.max() > 1 + 1e-6):
+            raise WorkbenchError(f"shift.check: {name} must hold probabilities in [0, 1] (finite)")
+    if vp.shape[1] != pp.shape[1]:
+        raise WorkbenchError(f"shift.check: val_probs has {vp.shape[1]} columns but pool_probs has {pp.shape[1]}: "
+                             "predict both with the same model")
+    if task != MULTI_LABEL and vp.shape[1] < 2:
+        raise WorkbenchError(f"shift.check: task {task!r} needs one probability column per class (at least 2)")
+    if len(vp) == 0:
+        raise WorkbenchError("shift.check: val_probs is empty: the comparison needs val predictions")
+    y = np.asarray(val_labels)
+    if task == MULTI_LABEL:
+        if y.shape != vp.shape or not np.isin(y, (0, 1)).all():
+            raise WorkbenchError(f"shift.check: multi-label val_labels must be 0/1 of shape {vp.shape}, got {y.shape}")
+    else:
+        y = y.reshape(-1)
+        if len(y) != len(vp):
+            raise WorkbenchError(f"shift.check: {len(y)} val_labels for {len(vp)} val_probs rows")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= vp.shape[1]:
+            raise WorkbenchError(f"shift.check: val_labels must be class indices in 0..{vp.shape[1] - 1}")
+    return np.clip(vp, 0, 1), y.astype(np.int64), np.clip(pp, 0, 1)
+
+
+def _thresholds(thresholds, n_cols: int) -> np.ndarray | None:
+    """None, one number, or one per class (multi-class: per predicted class; multi-label: per label);
+    the dict of ``annotate.per_class_thresholds`` is accepted too."""
+    if thresholds is None:
+        return None
+    if isinstance(thresholds, dict):
+        thresholds = thresholds.get("thresholds")
+    t = _array(thresholds, "thresholds").reshape(-1)
+    if t.size == 1:
+        t = np.full(n_cols, t[0])
+    if t.size != n_cols or np.isnan(t).any():
+        raise WorkbenchError(f"shift.check: thresholds must be one number or {n_cols} (one per column), got {t.size}")
+    return t
+
+
+# ---------------------------------------------------------------------- per-item quantities
+def label_confidence(probs: np.ndarray) -> np.ndarray:
+    """Multi-label: the confidence of each label's decision, max(p, 1 - p), shape (N, L)."""
+    return np.maximum(probs, 1.0 - probs)
+
+
+def item_confidence(probs: np.ndarray, task: str = "multi-class") -> np.ndarray:
+    """One confidence per item: the top-1 probability, or (multi-label) the mean per-label confidence.
+    Multi-label uses one number per image because an image's labels are not independent draws: testing
+    the N x L values as if they were would overstate the sample size."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return label_confidence(probs).mean(1) if task == MULTI_LABEL else probs.max(1)
+
+
+def val_accuracy(probs: np.ndarray, labels: np.ndarray, task: str = "multi-class") -> float:
+    """Arg-max accuracy; multi-label: the mean over labels of the accuracy at p > 0.5 (MedMNIST protocol)."""
+    if task == MULTI_LABEL:
+        return float(((probs > 0.5) == (labels == 1)).mean())
+    return float((probs.argmax(1) == labels).mean())
+
+
+def accepted_share(probs: np.ndarray, thresholds: np.ndarray, task: str = "multi-class") -> np.ndarray:
+    """Per item: 1.0 when auto-accepted (top-1 confidence at or above its predicted class's threshold), else 0;
+    multi-label: the share of the item's labels whose confidence max(p, 1 - p) reaches that label's threshold."""
+    if task == MULTI_LABEL:
+        return (label_confidence(probs) >= thresholds[None, :]).mean(1)
+    return (probs.max(1) >= thresholds[probs.argmax(1)]).astype(np.float64)
+
+
+# ---------------------------------------------------------------------- tests
+def _result(name: str, test: str, **kw) -> dict:
+    out = {"name": name, "test": test, "effect_name": EFFECTS[name.split("[")[0]], "computed": True,
+           "statistic": None, "p_value": None, "effect": None, "note": ""}
+    out.update(kw)
+    return out
+
+
+def _not_computed(name: str, test: str, note: str, **kw) -> dict:
+    return _result(name, test, computed=False, note=note, **kw)
+
+
+def _ks(cv: np.ndarray, cp: np.ndarray) -> dict:
+    name, test = "confidence", "two-sample Kolmogorov-Smirnov"
+    if len(cp) == 0:
+        return _not_computed(name, test, "the pool is empty")
+    r = stats.ks_2samp(cp, cv, alternative="two-sided", method="auto")
+    return _result(name, test, statistic=float(r.statistic), p_value=float(r.pvalue), effect=float(r.statistic),
+                   pool_median=float(np.median(cp)), val_median=float(np.median(cv)),
+                   pool_mean=float(cp.mean()), val_mean=float(cv.mean()))
+
+
+def _z_test(xv: np.ndarray, xp: np.ndarray) -> tuple[float, float]:
+    """z statistic and two-sided p of mean(pool) - mean(val), with the pooled (both samples together)
+    variance: under the null the two samples are exchangeable, so this is the permutation test's normal
+    approximation."""
+    both = np.concatenate([xv, xp])
+    var = both.var(ddof=1)
+    diff = xp.mean() - xv.mean()
+    if var <= 0:
+        return 0.0, 1.0
+    z = diff / np.sqrt(var * (1.0 / len(xv) + 1.0 / len(xp)))
+    return float(z), float(2 * stats.norm.sf(abs(z)))
+
+
+def _doc(cv: np.ndarray, cp: np.ndarray, acc: float, min_items: int) -> dict:
+    name, test = "doc", "difference of confidences (z-test, pooled variance)"
+    base = {"val_accuracy": acc, "val_mean_confidence": float(cv.mean())}
+    if len(cp) < min_items or len(cv) < min_items:
+        return _not_computed(name, test, f"needs at least {min_items} items on each side (pool {len(cp)}, "
+                             f"val {len(cv)})", **base)
+    diff = float(cp.mean() - cv.mean())
+    z, p = _z_test(cv, cp)
+    return _result(name, test, statistic=z, p_value=p, effect=abs(diff), difference=diff,
+                   pool_mean_confidence=float(cp.mean()), estimated_pool_accuracy=float(np.clip(acc + diff, 0, 1)),
+                   **base)
+
+
+def _accept_share(av: np.ndarray, ap: np.ndarray, min_items: int, nothing_accepted: bool) -> dict:
+    name, test = "accept_share", "difference of auto-accepted shares (z-test, pooled variance)"
+    if nothing_accepted:
+        return _not_computed(name, test, "every threshold is +inf (nothing is auto-accepted): nothing to compare")
+    if len(ap) < min_items or len(av) < min_items:
+        return _not_computed(name, test, f"needs at least {min_items} items on each side (pool {len(ap)}, "
+                             f"val {len(av)})")
+    diff = float(ap.mean() - av.mean())
+    z, p = _z_test(av, ap)
+    return _result(name, test, statistic=z, p_value=p, effect=abs(diff), difference=diff,
+                   pool_share=float(ap.mean()), val_share=float(av.mean()))
+
+
+def _merge_rare(table: np.ndarray, min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, list[list[int]]]:
+    """Merge the columns (classes) of a 2 x K count table whose expected count in either row is below
+    ``min_expected`` into one "other" column. The rarest classes go first; if the merged column is
+    still short, the next rarest class joins it. Classes never predicted are dropped. Returns the
+    merged table and the class indices in each column. With up to 100 classes and a few hundred
+    images most classes are rare: the test then compares the frequent classes and "the rest"."""
+    totals = table.sum(0)
+    n, rows = table.sum(), table.sum(1)
+    if n == 0 or rows.min() == 0:
+        return table[:, :0], []
+    scale = rows.min() / n  # the smaller row's expected count is totals * scale
+    cols = [c for c in np.argsort(totals, kind="stable") if totals[c] > 0]
+    rare = [c for c in cols if totals[c] * scale < min_expected]
+    keep = [c for c in cols if totals[c] * scale >= min_expected]
+    if rare:
+        while totals[rare].sum() * scale < min_expected and keep:
+            rare.append(keep.pop(0))
+    groups = [[int(c)] for c in sorted(keep)] + ([sorted(int(c) for c in rare)] if rare else [])
+    merged = np.stack([table[:, g].sum(1) for g in groups], axis=1) if groups else table[:, :0]
+    if rare and totals[rare].sum() * scale < min_expected:  # everything together is still too little
+        return table[:, :0], []
+    return merged, groups
+
+
+def _chi2_effect(chi2: float, df: int, n_val: int, n_pool: int, table: np.ndarray) -> dict:
+    """Effect sizes of a 2 x k homogeneity test. ``w``: Cohen's w of the two distributions,
+    sqrt(sum_j (pool_j - val_j)^2 / both_j), estimated as sqrt(max(0, chi2 - df) * (1/n_val + 1/n_pool)):
+    chi2 - df removes the null's expected chi2 (so 100 sparse classes do not read as a shift), and the
+    factor makes it independent of the sample sizes. Cramér's V (bias-corrected, Bergsma 2013) depends
+    on the ratio of the sizes too (a 20-image pool caps it near 0.1 whatever the shift): reported only."""
+    n = n_val + n_pool
+    w = float(np.sqrt(max(0.0, chi2 - df) * (1.0 / n_val + 1.0 / n_pool)))
+    k, r = table.shape[1], 2
+    phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / (n - 1))
+    kc, rc = k - (k - 1) ** 2 / (n - 1), r - (r - 1) ** 2 / (n - 1)
+    denom = min(kc - 1, rc - 1)
+    v = float(np.sqrt(phi2 / denom)) if denom > 0 else 0.0
+    shares = table / table.sum(1, keepdims=True)
+    return {"w": w, "cramers_v": v, "tvd": float(0.5 * np.abs(shares[1] - shares[0]).sum())}
+
+
+def _predicted_classes(vp: np.ndarray, pp: np.ndarray, names: list[str]) -> dict:
+    name, test = "predicted_classes", "chi-square test of homogeneity (rare classes merged)"
+    k = vp.shape[1]
+    cv = np.bincount(vp.argmax(1), minlength=k)
+    cp = np.bincount(pp.argmax(1), minlength=k) if len(pp) else np.zeros(k, int)
+    table = np.stack([cv, cp])
+    merged, groups = _merge_rare(table)
+    sv, sp = cv / max(cv.sum(), 1), cp / max(cp.sum(), 1)
+    j = int(np.argmax(np.abs(sp - sv)))
+    top = {"class": j, "class_name": names[j], "pool_share": float(sp[j]), "val_share": float(sv[j])}
+    if merged.shape[1] < 2:
+        return _not_computed(name, test, f"too few predictions for a chi-square test (expected counts of at least "
+                             f"{MIN_EXPECTED:g} per cell; pool {int(cp.sum())}, val {int(cv.sum())})", largest=top)
+    chi2, p, df, _ = stats.chi2_contingency(merged, correction=False)
+    eff = _chi2_effect(float(chi2), int(df), int(cv.sum()), int(cp.sum()), merged)
+    n_merged = sum(len(g) for g in groups if len(g) > 1)
+    return _result(name, test, statistic=float(chi2), p_value=float(p), effect=eff["w"], df=int(df),
+                   cramers_v=eff["cramers_v"], tvd=eff["tvd"], cells=len(groups), classes_merged=n_merged,
+                   largest=top)
+
+
+def _predicted_positive(vp: np.ndarray, pp: np.ndarray, label: int, names: list[str]) -> dict:
+    """Multi-label: 2 x 2 test of one label's predicted-positive rate (p > 0.5), val vs pool."""
+    name, test = f"predicted_classes[{names[label]}]", "chi-square test of homogeneity (2 x 2, one label)"
+    pos_v, pos_p = int((vp[:, label] > 0.5).sum()), int((pp[:, label] > 0.5).sum())
+    table = np.array([[pos_v, len(vp) - pos_v], [pos_p, len(pp) - pos_p]])
+    top = {"class": label, "class_name": names[label], "pool_share": pos_p / max(len(pp), 1),
+           "val_share": pos_v / len(vp)}
+    expected = np.outer(table.sum(1), table.sum(0)) / max(table.sum(), 1)
+    if len(pp) == 0 or expected.min() < MIN_EXPECTED:
+        return _not_computed(name, test, f"expected counts below {MIN_EXPECTED:g} (pool {len(pp)} items)", largest=top)
+    chi2, p, df, _ = stats.chi2_contingency(table, correction=False)
+    eff = _chi2_effect(float(chi2), int(df), len(vp), len(pp), table)
+    return _result(name, test, statistic=float(chi2), p_value=float(p), effect=eff["w"], df=int(df),
+                   cramers_v=eff["cramers_v"], tvd=eff["tvd"], label=label, largest=top)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (valid under any dependence between the tests)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out.tolist()
+
+
+# ---------------------------------------------------------------------- reasons
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _p(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _reason(t: dict) -> str:
+    tail = (f"({t['effect_name']} {t['effect']:.3f} ≥ floor {t['floor']:.3f}, adjusted p = {_p(t['p_adjusted'])})")
+    name = t["name"].split("[")[0]
+    if name == "confidence":
+        way = "lower" if t["pool_median"] < t["val_median"] or t["pool_mean"] < t["val_mean"] else "higher"
+        return (f"the model is less sure of the pool: confidence is {way} than on val (median {t['pool_median']:.3f} "
+                f"vs {t['val_median']:.3f}, mean {t['pool_mean']:.3f} vs {t['val_mean']:.3f}) {tail}"
+                if way == "lower" else
+                f"confidence on the pool is distributed differently from val (median {t['pool_median']:.3f} vs "
+                f"{t['val_median']:.3f}, mean {t['pool_mean']:.3f} vs {t['val_mean']:.3f}) {tail}")
+    if name == "predicted_classes":
+        top = t["largest"]
+        what = "predicted-positive rate" if "[" in t["name"] else "share of predictions"
+        return (f"the predicted classes differ: {what} of '{top['class_name']}' {_pct(top['pool_share'])} on the pool "
+                f"vs {_pct(top['val_share'])} on val {tail}")
+    if name == "accept_share":
+        way = "fewer" if t["difference"] < 0 else "more"
+        return (f"{way} pool items clear the auto-accept threshold than val items: {_pct(t['pool_share'])} vs "
+                f"{_pct(t['val_share'])} {tail}")
+    return (f"the estimated accuracy on the pool is {t['estimated_pool_accuracy']:.3f} against {t['val_accuracy']:.3f} "
+            f"on val (mean confidence {t['pool_mean_confidence']:.3f} vs {t['val_mean_confidence']:.3f}) {tail}")
+
+
+# ---------------------------------------------------------------------- the check
+def check(val_probs, val_labels, pool_probs, thresholds=None, task: str = "multi-class", alpha: float = 0.01,
+          floors: dict | None = None, min_items: int = MIN_ITEMS, class_names: list[str] | None = None) -> dict:
+    """Compare the pool with val before auto-accepting (see the module docstring for the tests).
+
+    ``val_probs`` (N_val, K) and ``pool_probs`` (N_pool, K): the same model's probabilities, calibrated the
+    way the thresholds were chosen; ``val_labels`` (N_val,) class indices, or (N_val, L) 0/1 for
+    ``task`` "multi-label, binary-class". ``thresholds``: the auto-accept thresholds (one number, one per
+    class / label, or the dict of ``annotate.per_class_thresholds``), or None to skip that test.
+
+    Returns ``fired`` (True: the pool differs from val enough to void the precision guarantee; auto-accept
+    nothing by default), ``status`` ("shift", "no shift detected" or "too little data"), ``reasons`` (one
+    sentence per test that fired), ``notes`` (tests that could not be computed), ``tests`` (each with
+    statistic, p_value, p_adjusted, effect, floor, significant, large, fired) and ``settings``.
+    """
+    vp, vy, pp = _validate(val_probs, val_labels, pool_probs, task)
+    if not 0 < alpha < 1:
+        raise WorkbenchError(f"shift.check: alpha must be in (0, 1), got {alpha}")
+    fl = dict(FLOORS)
+    if floors:
+        unknown = set(floors) - set(FLOORS)
+        if unknown:
+            raise WorkbenchError(f"shift.check: unknown floor(s) {sorted(unknown)}; choose among {sorted(FLOORS)}")
+        fl.update({k: float(v) for k, v in floors.items()})
+    k = vp.shape[1]
+    names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(k)]
+    if len(names) != k:
+        raise WorkbenchError(f"shift.check: {len(names)} class_names for {k} probability columns")
+    thr = _thresholds(thresholds, k)
+
+    cv, cp = item_confidence(vp, task), item_confidence(pp, task)
+    acc = val_accuracy(vp, vy, task)
+    tests = [_ks(cv, cp)]
+    if task == MULTI_LABEL:
+        tests += [_predicted_positive(vp, pp, j, names) for j in range(k)]
+    else:
+        tests.append(_predicted_classes(vp, pp, names))
+    if thr is not None:
+        tests.append(_accept_share(accepted_share(vp, thr, task), accepted_share(pp, thr, task), min_items,
+                                   not np.isfinite(thr).any()))
+    tests.append(_doc(cv, cp, acc, min_items))
+
+    done = [t for t in tests if t["computed"]]
+    for t, p_adj in zip(done, holm([t["p_value"] for t in done])):
+        t["p_adjusted"] = p_adj
+    for t in tests:
+        t["floor"] = fl[t["name"].split("[")[0]]
+        t.setdefault("p_adjusted", None)
+        t["significant"] = bool(t["computed"] and t["p_adjusted"] <= alpha)
+        t["large"] = bool(t["computed"] and t["effect"] >= t["floor"])
+        t["fired"] = t["significant"] and t["large"]
+    fired = any(t["fired"] for t in tests)
+    reasons = [_reason(t) for t in tests if t["fired"]]
+    notes = [f"{t['name']}: not tested, {t['note']}" for t in tests if not t["computed"]]
+    small = len(pp) < min_items
+    if small:
+        notes.insert(0, f"too little data: the pool has {len(pp)} item(s); the check needs at least {min_items} "
+                        "to compare it with val (only the tests it could compute were run)")
+    status = "shift" if fired else ("too little data" if small else "no shift detected")
+    return {
+        "fired": fired, "status": status, "reasons": reasons, "notes": notes, "tests": tests,
+        "n_val": int(len(vp)), "n_pool": int(len(pp)), "val_accuracy": acc,
+        "settings": {"task": task, "alpha": float(alpha), "correction": "holm", "floors": fl,
+                     "min_items": int(min_items), "min_expected": MIN_EXPECTED,
+                     "thresholds_given": thr is not None,
+                     "rule": "a test fires when its Holm-adjusted p-value ≤ alpha and its effect size ≥ its floor"},
+    }
+
+
+def message(result: dict) -> str:
+    """One line for the report: what was found and what it means for auto-accept."""
+    if result["fired"]:
+        return (f"pool differs from val ({len(result['reasons'])} test(s)): the precision guarantee does not hold "
+                f"here. {result['reasons'][0]}")
+    if result["status"] == "too little data":
+        return f"too little data to compare the pool with val ({result['n_pool']} pool items)"
+    return f"no shift detected between the pool ({result['n_pool']} items) and val ({result['n_val']} items)"
