@@ -171,3 +171,22 @@ def audit(paths, registry: PHIRegistry) -> list[tuple[str, str]]:
                 if found:
                     hits.append((name, keyword))
     return sorted(set(hits))
+
+
+def find_values(text: str, registry: PHIRegistry) -> list[str]:
+    """The attributes (sorted) whose original identifying values appear in ``text``, matched exactly as
+    ``audit`` matches them in a text file (digit values as whole numbers, person-name parts
+    case-insensitively, our own md5 tokens ignored). ``workbench.pools`` uses it to keep names that
+    folder and file names carry out of item ids, reasons and pool names."""
+    blob = _MD5_TOKEN.sub(b"-", str(text).encode("utf-8", "ignore"))
+    lower = blob.lower()
+    found = set()
+    for (value, ci), keyword in registry.values.items():
+        needle = value.encode("utf-8", "ignore")
+        if value.isdigit():
+            hit = re.search(rb"(?<![0-9])" + re.escape(needle) + rb"(?![0-9])", blob) is not None
+        else:
+            hit = needle.lower() in lower if ci else needle in blob
+        if hit:
+            found.add(keyword)
+    return sorted(found)
