@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .errors import WorkbenchError
@@ -27,10 +28,15 @@ HEADINGS = (
     "Citation",
 )
 TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
-SIZES = (28, 64, 128, 224)
+SIZES = (28, 64, 128, 224)            # the sizes MedMNIST publishes (``workbench fetch``)
+MIN_SIZE, MAX_SIZE = 8, 1024          # any square side in this range for image folders, DICOM ingests, npz
 REQUIRED = ("name", "pretty_name", "version", "license", "source", "modality", "task",
             "label_classes", "n_channels", "splits", "files")
 UNKNOWN = "[More Information Needed]"
+# what a card without an ``orientation`` field is taken to say: nothing may be flipped or turned
+ORIENTATION_FIXED = {"flips": False, "quarter_turns": False}
+ORIENTATION_FREE = {"flips": True, "quarter_turns": True}
+ORIENTATION_UNSTATED = f"{UNKNOWN} (not stated; treated as orientation-fixed)"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -60,6 +66,13 @@ class Card:
     def class_names(self) -> list[str]:
         return [self.label_classes[i] for i in range(self.num_classes)]
 
+    @property
+    def orientation(self) -> dict | None:
+        """``{flips, quarter_turns, reason}`` from the front matter, or None when the card does not say
+        (cards written before the field existed); ``orientation_of`` turns None into a safe default."""
+        o = self.extra.get("orientation")
+        return dict(o) if o is not None else None
+
     def md5_for_size(self, size: int) -> str | None:
         entry = self.files.get(int(size))
         return entry["md5"] if entry else None
@@ -73,6 +86,50 @@ class Card:
 
 def _fail(where: str, what: str) -> None:
     raise WorkbenchError(f"data card {where}: {what}")
+
+
+def check_size(size, where: str) -> int:
+    """An image side length in MIN_SIZE..MAX_SIZE (bools and non-integers refused); returns it as int."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= int(size) <= MAX_SIZE:
+        raise WorkbenchError(f"{where}: image size {size!r} must be an integer from {MIN_SIZE} to {MAX_SIZE} "
+                             f"(MedMNIST publishes {', '.join(map(str, SIZES))})")
+    return int(size)
+
+
+def orientation_meta(free: bool, reason: str) -> dict:
+    """The ``orientation`` front-matter mapping for a drafted card."""
+    base = ORIENTATION_FREE if free else ORIENTATION_FIXED
+    return {**base, "reason": reason}
+
+
+def orientation_of(card: "Card | None") -> tuple[dict, str | None]:
+    """The orientation a consumer (augmentation, TTA) may rely on, and a warning note when it is a default:
+    a missing card or a card without the field is orientation-fixed (no flips, no quarter turns)."""
+    if card is None:
+        return dict(ORIENTATION_FIXED), ("no data card: treated as orientation-fixed (no flips or 90° turns); "
+                                         "write a card with an 'orientation' field to allow them")
+    o = card.orientation
+    if o is None:
+        return dict(ORIENTATION_FIXED), (f"data card {card.name} does not state its orientation: treated as "
+                                         "orientation-fixed (no flips or 90° turns); add 'orientation: {flips: "
+                                         "true|false, quarter_turns: true|false, reason: ...}' to its front matter")
+    return {"flips": bool(o["flips"]), "quarter_turns": bool(o["quarter_turns"])}, None
+
+
+def _check_orientation(o, where: str) -> None:
+    form = "orientation: {flips: true|false, quarter_turns: true|false, reason: \"...\"}"
+    if not isinstance(o, dict):
+        _fail(where, f"field 'orientation' must be a mapping ({form})")
+    unknown = sorted(set(map(str, o)) - {"flips", "quarter_turns", "reason"})
+    if unknown:
+        _fail(where, f"field 'orientation' has unknown key(s) {', '.join(unknown)} ({form})")
+    for k in ("flips", "quarter_turns"):
+        if not isinstance(o.get(k), bool):
+            _fail(where, f"orientation.{k} is {o.get(k)!r}; expected true or false ({form})")
+    if not isinstance(o.get("reason"), str) or not o["reason"].strip():
+        _fail(where, f"orientation.reason must be a non-empty one-line string ({form})")
+    if "\n" in o["reason"].strip():
+        _fail(where, "orientation.reason must be one line")
 
 
 def split_front_matter(text: str, where: str) -> tuple[dict, str]:
@@ -125,11 +182,14 @@ def validate(meta: dict, body: str, where: str) -> Card:
         _fail(where, "field 'files' must map image size to {file, md5}")
     parsed_files = {}
     for size, entry in files.items():
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            _fail(where, f"files key {size!r} must be an integer image size (e.g. {', '.join(map(str, SIZES))})")
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+            _fail(where, f"files key {size!r} must be an integer image size from {MIN_SIZE} to {MAX_SIZE} "
+                         f"(e.g. {', '.join(map(str, SIZES))})")
         if not isinstance(entry, dict) or not _MD5.match(str(entry.get("md5", ""))) or "file" not in entry:
             _fail(where, f"files[{size}] needs 'file' and a 32-hex 'md5'")
         parsed_files[int(size)] = dict(entry)
+    if "orientation" in meta:
+        _check_orientation(meta["orientation"], where)
     baselines = meta.get("published_baselines") or {}
     if not isinstance(baselines, dict):
         _fail(where, "field 'published_baselines' must be a mapping {method: {acc, auc}}")

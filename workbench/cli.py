@@ -121,6 +121,31 @@ def cmd_ingest(args) -> None:
     print(summary["dataset"])
 
 
+ORIENTATION_QUESTION = "Do flips and 90° turns preserve the labels?"
+
+
+def card_orientation(choice: str | None, stdin=None, ask=input) -> dict:
+    """The ``orientation`` a drafted card gets: from --orientation; else, on a terminal, the answer to
+    ORIENTATION_QUESTION (y/n); else orientation-fixed with the reason "not stated"."""
+    from .cards import ORIENTATION_UNSTATED, orientation_meta
+    stdin = sys.stdin if stdin is None else stdin
+    if choice:
+        return orientation_meta(choice == "free", f"stated at 'workbench card init' (--orientation {choice}): "
+                                f"flips and 90° turns {'preserve' if choice == 'free' else 'do not preserve'} the labels")
+    if not (hasattr(stdin, "isatty") and stdin.isatty()):
+        return orientation_meta(False, ORIENTATION_UNSTATED)
+    while True:
+        try:
+            answer = ask(f"{ORIENTATION_QUESTION} [y/n] ").strip().lower()
+        except EOFError:
+            return orientation_meta(False, ORIENTATION_UNSTATED)
+        if answer in ("y", "yes", "n", "no"):
+            free = answer.startswith("y")
+            return orientation_meta(free, "answered at 'workbench card init': flips and 90° turns "
+                                    f"{'preserve' if free else 'do not preserve'} the labels")
+        print("please answer y or n")
+
+
 def cmd_card_init(args) -> None:
     from .imagefolder import FolderOptions, draft_card
     opts = FolderOptions(csv=args.csv, file_column=args.file_column, label_column=args.label_column,
@@ -128,7 +153,8 @@ def cmd_card_init(args) -> None:
                          val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
                          on_error=args.on_error)
     path = draft_card(Path(args.folder), args.size or [28], opts, name=args.name or "", modality=args.modality or "",
-                      license=args.license or "", force=args.force)
+                      license=args.license or "", force=args.force,
+                      orientation=card_orientation(getattr(args, "orientation", None)))
     from .data import load_dataset
     ds = load_dataset(str(Path(args.folder).resolve()), size=(args.size or [28])[0])
     for n in ds.notes:
@@ -193,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--window", help="auto (default), header, minmax, custom, lung, mediastinum, abdomen, bone, brain")
     ig.add_argument("--level", type=float, help="custom window level (implies --window custom)")
     ig.add_argument("--width", type=float, help="custom window width")
-    ig.add_argument("--size", type=int, choices=[28, 64, 128, 224], help="image size (default 64)")
+    ig.add_argument("--size", type=int, help="image side in pixels, 8 to 1024 (default 64)")
     ig.add_argument("--resize", choices=["stretch", "pad", "crop", "none"], help="resize policy (default pad)")
     ig.add_argument("--frames", choices=["all", "middle", "first"], help="frames of multi-frame files (default all)")
     ig.add_argument("--channels", type=int, choices=[1, 3], help="convert all images to 1 or 3 channels")
@@ -205,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="include images flagged BurnedInAnnotation = YES (excluded by default)")
     ig.add_argument("--on-error", dest="on_error", choices=["skip", "raise"])
     ig.add_argument("--name", help="dataset name (default: the --out folder's name)")
+    ig.add_argument("--orientation", choices=["free", "fixed"],
+                    help="do mirror flips and 90° turns preserve the labels? (default: not stated, written as fixed)")
 
     cd = sub.add_parser("card", help="data card tools")
     csub = cd.add_subparsers(dest="card_command", required=True)
@@ -214,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--file-column", default="file")
     ci.add_argument("--label-column", default="label")
     ci.add_argument("--split-column", default="split", help="used when the CSV has it; else a seeded split")
-    ci.add_argument("--size", type=int, action="append", choices=[28, 64, 128, 224],
-                    help="image size(s) to register (repeatable; default 28)")
+    ci.add_argument("--size", type=int, action="append",
+                    help="image size(s) to register, 8 to 1024 px (repeatable; default 28)")
     ci.add_argument("--resize", default="none", choices=["none", "stretch", "pad", "crop"])
     ci.add_argument("--channels", type=int, default=0, choices=[0, 1, 3], help="0: as stored (must not be mixed)")
     ci.add_argument("--val-fraction", type=float, default=0.1)
@@ -226,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--modality")
     ci.add_argument("--license")
     ci.add_argument("--force", action="store_true", help="replace an existing card")
+    ci.add_argument("--orientation", choices=["free", "fixed"],
+                    help="do mirror flips and 90° turns preserve the labels? free = yes, fixed = no "
+                         "(asked when omitted on a terminal; otherwise written as fixed, not stated)")
     return parser
 
 

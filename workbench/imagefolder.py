@@ -323,10 +323,13 @@ def load_folder(root: Path, size: int, opts: FolderOptions = FolderOptions(),
 
 
 def draft_card(folder: Path, sizes=(28,), opts: FolderOptions = FolderOptions(), name: str = "",
-               modality: str = "", license: str = "", force: bool = False) -> Path:
+               modality: str = "", license: str = "", force: bool = False,
+               orientation: dict | None = None) -> Path:
     """Write ``<folder>.md``: a data card drafted from the folder itself (classes, splits, a content
     fingerprint per size, the loading options, what was skipped or duplicated); everything the folder
-    cannot tell is "[More Information Needed]". The card is validated before it is written."""
+    cannot tell is "[More Information Needed]". ``orientation`` ({flips, quarter_turns, reason}) is
+    written as given; without it the card says orientation-fixed, reason not stated. The card is
+    validated before it is written."""
     from . import cards as _cards
     from .data import folder_card_path
     folder = Path(folder)
@@ -334,10 +337,9 @@ def draft_card(folder: Path, sizes=(28,), opts: FolderOptions = FolderOptions(),
     if target.exists() and not force:
         raise WorkbenchError(f"data card {target} already exists: edit it, or redraft with --force")
     U = _cards.UNKNOWN
-    sizes = sorted({int(s) for s in sizes})
-    bad = [s for s in sizes if s not in _cards.SIZES]
-    if bad:
-        raise WorkbenchError(f"size(s) {bad} not one of {', '.join(map(str, _cards.SIZES))}")
+    sizes = sorted({_cards.check_size(s, f"drafted card {target}") for s in sizes})
+    if not sizes:
+        raise WorkbenchError(f"drafted card {target}: give at least one image size")
     loaded = {s: load_folder(folder, s, opts) for s in sizes}
     data = loaded[sizes[0]]
     name = name or "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in folder.name)
@@ -351,6 +353,7 @@ def draft_card(folder: Path, sizes=(28,), opts: FolderOptions = FolderOptions(),
         "source": {"url": U, "citation": U}, "modality": modality or U,
         "task": "binary-class" if k == 2 else "multi-class",
         "label_classes": {i: c for i, c in enumerate(data.class_names)}, "n_channels": n_channels,
+        "orientation": dict(orientation) if orientation else _cards.orientation_meta(False, _cards.ORIENTATION_UNSTATED),
         "splits": counts, "files": {s: {"file": f"{folder.name}/", "md5": loaded[s].fingerprint} for s in sizes},
         "image_folder": opts.to_dict(),
     }

@@ -36,6 +36,7 @@ from .errors import WorkbenchError
 
 LABEL_SOURCES = ("folder", "modality", "csv")
 SPLIT_UNITS = ("patient", "image")
+ORIENTATIONS = ("free", "fixed")
 
 
 class BurnedInAnnotationWarning(UserWarning):
@@ -63,6 +64,7 @@ class IngestOptions:
     allow_burned_in: bool = False
     on_error: str = "skip"         # skip (and list) unreadable files, or raise
     name: str = ""                 # dataset name (default: the output folder's name)
+    orientation: str = ""          # free | fixed: do flips and 90° turns preserve the labels? ("": not stated → fixed)
 
     def check(self) -> None:
         if self.label_from not in LABEL_SOURCES:
@@ -73,8 +75,9 @@ class IngestOptions:
             raise WorkbenchError(f"window {self.window!r} is not one of {', '.join(_dicom.WINDOWS)}")
         if self.window == "custom" and (self.level is None or self.width is None):
             raise WorkbenchError("window 'custom' needs a level and a width (--level L --width W)")
-        if self.size not in _cards.SIZES:
-            raise WorkbenchError(f"size {self.size} is not one of {', '.join(map(str, _cards.SIZES))}")
+        _cards.check_size(self.size, "ingest option size")
+        if self.orientation not in ("", *ORIENTATIONS):
+            raise WorkbenchError(f"orientation {self.orientation!r} is not one of {', '.join(ORIENTATIONS)}")
         if self.split_by not in SPLIT_UNITS:
             raise WorkbenchError(f"split_by {self.split_by!r} is not one of {', '.join(SPLIT_UNITS)}")
         _if.FolderOptions(resize=self.resize, channels=self.channels, on_error=self.on_error,
@@ -272,12 +275,19 @@ def _card_text(name, class_names, channels, counts, md5, opts, rows, y, split, s
     if opts.window in _pre.WINDOW_PRESETS:
         lv, wd = _pre.WINDOW_PRESETS[opts.window]
         window += f" (level {lv:g} HU, width {wd:g} HU)"
-    options = {k: v for k, v in asdict(opts).items() if k not in ("labels", "name")}
+    options = {k: v for k, v in asdict(opts).items() if k not in ("labels", "name", "orientation")}
+    if opts.orientation:
+        orientation = _cards.orientation_meta(
+            opts.orientation == "free", f"stated at ingest (--orientation {opts.orientation}): flips and 90° turns "
+            + ("preserve" if opts.orientation == "free" else "do not preserve") + " the labels")
+    else:
+        orientation = _cards.orientation_meta(False, _cards.ORIENTATION_UNSTATED)
     meta = {
         "name": name, "pretty_name": f"{name} (ingested DICOM)", "version": "1", "license": U,
         "source": {"url": U, "citation": U}, "modality": ", ".join(modalities),
         "task": "binary-class" if len(class_names) == 2 else "multi-class",
         "label_classes": {i: c for i, c in enumerate(class_names)}, "n_channels": int(channels),
+        "orientation": orientation,
         "splits": counts, "files": {int(opts.size): {"file": f"{name}.npz", "md5": md5}},
         "ingest": {"options": options, "deidentification": f"{_deid.PROFILE} ({_deid.PROFILE_TABLES})"},
     }
