@@ -386,6 +386,17 @@ class ReviewInputs:
     run_dir: Path
     params: dict             # params/annotate.json
     session: object = None   # review.ReviewSession once opened
+    task: str = "multi-class"
+
+    # compatibility shim (engineer F): what workbench.widgets reads; the lead's streamed pools replace it
+    @property
+    def ids(self) -> list[str]:
+        return self.pool.ids
+
+    def display(self, positions) -> np.ndarray:
+        return self.pool.images[np.asarray(positions, dtype=int)]
+
+    model_input = display
 
 
 def review_inputs(run_dir, pool: Pool | None = None) -> ReviewInputs:
@@ -406,7 +417,7 @@ def review_inputs(run_dir, pool: Pool | None = None) -> ReviewInputs:
     if pool.pool_id != saved_pool_id or pool.ids != ids:
         raise WorkbenchError(f"the pool's images changed since {run_dir} was annotated (pool {pool.pool_id}, "
                              f"annotated {saved_pool_id}): restore the data or annotate again in a new run")
-    return ReviewInputs(pool, table, queue, probs, list(ds.class_names), run_dir, ap)
+    return ReviewInputs(pool, table, queue, probs, list(ds.class_names), run_dir, ap, task=ds.task)
 
 
 def open_review(run_dir, annotator: str = "", log: str | Path = "", pool: Pool | None = None) -> ReviewInputs:
