@@ -506,8 +506,9 @@ class _NpzPool(Pool):
             images_key = image_keys[0]
         elif image_keys:
             prefixes = [k[:-len("_images")] for k in sorted(image_keys)]
+            example = "test" if "test" in prefixes else prefixes[0]
             raise WorkbenchError(f"pool file {path} holds {', '.join(sorted(image_keys))}: name one as "
-                                 f"{path}:{prefixes[-1]} (one of {', '.join(prefixes)})")
+                                 f"{path}:{example} (one of {', '.join(prefixes)})")
         else:
             raise WorkbenchError(f"pool file {path} has no 'images' or '*_images' array; its arrays: "
                                  f"{', '.join(sorted(names)) or 'none'}")
