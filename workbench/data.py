@@ -38,11 +38,14 @@ class CustomDatasetWarning(UserWarning):
     """A valid npz that matches no data card was loaded as a custom dataset."""
 
 
+MULTILABEL = "multi-label, binary-class"
+
+
 @dataclass
 class Dataset:
     name: str
     images: dict[str, np.ndarray]          # split -> (N, H, W, C) uint8
-    labels: dict[str, np.ndarray]          # split -> (N,) int64
+    labels: dict[str, np.ndarray]          # split -> (N,) int64; multi-label: (N, L) int64 in {0, 1}
     class_names: list[str]
     task: str
     path: Path | None = None
@@ -54,7 +57,12 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        """K classes, or L labels for a multi-label dataset."""
         return len(self.class_names)
+
+    @property
+    def is_multilabel(self) -> bool:
+        return self.labels["train"].ndim == 2
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -65,16 +73,23 @@ class Dataset:
         return self.card is None
 
     def counts(self) -> dict[str, list[int]]:
+        """Images per class per split; multi-label: images with each label positive, per split."""
+        if self.is_multilabel:
+            return {s: self.labels[s].sum(axis=0).astype(int).tolist() for s in SPLITS}
         return {s: np.bincount(self.labels[s], minlength=self.num_classes).tolist() for s in SPLITS}
 
     def describe(self) -> dict:
-        return {
+        out = {
             "name": self.name, "path": str(self.path) if self.path else None, "md5": self.md5,
             "card": self.card.name if self.card else None, "task": self.task, "size": self.size,
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+            "class_names": list(self.class_names), "multilabel": self.is_multilabel,
             "split_sizes": {s: int(len(self.labels[s])) for s in SPLITS}, "notes": list(self.notes),
             "preprocess": self.preprocess,
         }
+        if self.is_multilabel:  # label cardinality: mean number of positive labels per image
+            out["labels_per_image"] = {s: round(float(self.labels[s].sum(axis=1).mean()), 4) for s in SPLITS}
+        return out
 
     def preprocessed(self, spec: dict | None) -> "Dataset":
         """Every split through ``preprocess.apply_spec``: the one place where train, evaluate and
@@ -87,7 +102,8 @@ class Dataset:
                        notes=[*self.notes, f"preprocessing: {_pre.describe(spec)}"])
 
     def subsample(self, max_per_split: int, seed: int) -> "Dataset":
-        """A stratified, seeded subset with at most ``max_per_split`` images per split (0 = all)."""
+        """A stratified, seeded subset with at most ``max_per_split`` images per split (0 = all); for
+        multi-label data every label with a positive keeps one where the budget allows (``stratified_indices``)."""
         if max_per_split <= 0:
             return self
         images, labels = {}, {}
@@ -99,10 +115,13 @@ class Dataset:
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded sample of ``n`` items keeping class proportions (every class ≥ 1)."""
+    """Sorted indices of a seeded sample of ``n`` items keeping class proportions (every class ≥ 1).
+    Multi-label ``labels`` (N, L): see ``_multilabel_indices``."""
     labels = np.asarray(labels)
     if n >= len(labels):
         return np.arange(len(labels))
+    if labels.ndim == 2:
+        return _multilabel_indices(labels, n, seed)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     if n < len(classes):
@@ -120,6 +139,29 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     picked = [rng.choice(np.flatnonzero(labels == c), size=min(q, cnt), replace=False)
               for c, q, cnt in zip(classes, quota, counts)]
     return np.sort(np.concatenate(picked))
+
+
+def _multilabel_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``n`` rows of a (N, L) 0/1 matrix that keeps every label with a positive present
+    when ``n`` allows: labels are visited rarest first and, while a label has no positive among the picked
+    rows, one of its positive rows is drawn (preferring rows that also cover other missing labels); the
+    rest of the budget is a uniform draw from the remaining rows, so frequencies stay close to the source."""
+    rng = np.random.default_rng(seed)
+    pos = labels.astype(bool)
+    picked: list[int] = []
+    covered = np.zeros(labels.shape[1], dtype=bool)
+    for j in np.argsort(pos.sum(axis=0), kind="stable"):
+        if len(picked) >= n or covered[j] or not pos[:, j].any():
+            continue
+        rows = np.setdiff1d(np.flatnonzero(pos[:, j]), picked)
+        gain = pos[rows][:, ~covered].sum(axis=1)
+        best = rows[gain == gain.max()]
+        r = int(rng.choice(best))
+        picked.append(r)
+        covered |= pos[r]
+    rest = np.setdiff1d(np.arange(len(labels)), picked)
+    fill = rng.choice(rest, size=n - len(picked), replace=False) if n > len(picked) else np.array([], int)
+    return np.sort(np.concatenate([np.array(picked, dtype=int), fill.astype(int)]))
 
 
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:
@@ -227,20 +269,38 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, dict
             raise WorkbenchError(
                 f"dataset file {path}: {s}_images are {x.shape[1:]} but train_images are {ref_shape}; all splits need one shape"
             )
-        if y.ndim == 2 and y.shape[1] > 1:
+        multi = y.ndim == 2 and y.shape[1] > 1
+        if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] < 1) or len(y) != len(x):
             raise WorkbenchError(
-                f"dataset file {path}: {s}_labels has shape {y.shape} (multi-label); only single-label "
-                "multi-class/binary tasks are supported so far"
+                f"dataset file {path}: {s}_labels has shape {y.shape} for {len(x)} images; expected ({len(x)}, 1) "
+                f"or ({len(x)},) class indices, or ({len(x)}, L) 0/1 multi-label columns"
             )
-        if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1) or len(y) != len(x):
+        if s != "train" and multi != (labels["train"].ndim == 2):
             raise WorkbenchError(
-                f"dataset file {path}: {s}_labels has shape {y.shape} for {len(x)} images; expected ({len(x)}, 1) or ({len(x)},)"
+                f"dataset file {path}: {s}_labels has shape {y.shape} but train_labels has shape "
+                f"{arrays['train_labels'].shape}; all splits need one label layout: (N, 1) class indices or "
+                "(N, L) 0/1 multi-label columns"
             )
-        if not np.issubdtype(y.dtype, np.integer):
-            raise WorkbenchError(f"dataset file {path}: {s}_labels has dtype {y.dtype}; expected integer class indices")
-        y = y.reshape(-1).astype(np.int64)
-        if y.min() < 0:
-            raise WorkbenchError(f"dataset file {path}: {s}_labels contains negative label {int(y.min())}")
+        if multi and s != "train" and y.shape[1] != labels["train"].shape[1]:
+            raise WorkbenchError(
+                f"dataset file {path}: {s}_labels has {y.shape[1]} multi-label columns but train_labels has "
+                f"{labels['train'].shape[1]}; every split needs the same labels"
+            )
+        if not (np.issubdtype(y.dtype, np.integer) or (multi and y.dtype == np.bool_)):
+            raise WorkbenchError(f"dataset file {path}: {s}_labels has dtype {y.dtype}; expected integer "
+                                 + ("0/1 multi-label values" if multi else "class indices"))
+        if multi:
+            y = y.astype(np.int64)
+            bad = np.setdiff1d(np.unique(y), [0, 1])
+            if bad.size:
+                raise WorkbenchError(
+                    f"dataset file {path}: {s}_labels is multi-label (shape {y.shape}) but holds value(s) "
+                    f"{', '.join(map(str, bad[:5].tolist()))}; multi-label columns must be 0 or 1"
+                )
+        else:
+            y = y.reshape(-1).astype(np.int64)
+            if y.min() < 0:
+                raise WorkbenchError(f"dataset file {path}: {s}_labels contains negative label {int(y.min())}")
         images[s], labels[s] = x, y
     return images, labels
 
@@ -281,8 +341,21 @@ def _check_against_card(images: dict, labels: dict, card: _cards.Card, card_size
             f"{where}: images are {images['train'].shape[1:]} but card {card.name} says "
             f"{card_size}x{card_size}x{card.n_channels}"
         )
+    multi = labels["train"].ndim == 2
+    if multi != (card.task == MULTILABEL):
+        layout = f"(N, {labels['train'].shape[1]}) multi-label columns" if multi else "(N,) class indices"
+        raise WorkbenchError(
+            f"{where}: labels are {layout} but card {card.name} has task {card.task!r}; "
+            + ("a multi-label file needs task 'multi-label, binary-class' on its card" if multi else
+               f"a '{MULTILABEL}' card needs (N, {k}) 0/1 label columns")
+        )
     for s in SPLITS:
-        if len(labels[s]) and labels[s].max() >= k:
+        if multi and labels[s].shape[1] != k:
+            raise WorkbenchError(
+                f"{where}: {s}_labels has {labels[s].shape[1]} label columns but card {card.name} has {k} "
+                f"label_classes; they must match"
+            )
+        if not multi and len(labels[s]) and labels[s].max() >= k:
             raise WorkbenchError(
                 f"{where}: {s}_labels contains label {int(labels[s].max())} but card {card.name} "
                 f"has {k} classes (0..{k - 1})"
@@ -384,6 +457,18 @@ def load_dataset(spec: str, size: int = 28, max_per_split: int = 0, seed: int = 
     if card is not None:
         _check_against_card(images, labels, card, card_size, f"dataset file {path}")
         class_names, task, name = card.class_names, card.task, card.name
+    elif labels["train"].ndim == 2:
+        n_labels = int(labels["train"].shape[1])
+        class_names = [str(i) for i in range(n_labels)]
+        task, name = MULTILABEL, path.stem
+        absent = np.flatnonzero(labels["train"].sum(axis=0) == 0).tolist()
+        msg = (f"{path} matches no data card: loaded as custom multi-label dataset '{name}' ({n_labels} 0/1 label "
+               "columns named by their index; task 'multi-label, binary-class'); write a card to name them "
+               "(data_cards/ or <file>.md beside it)")
+        if absent:
+            msg += f"; labels {absent} have no positive training image"
+        warnings.warn(msg, CustomDatasetWarning, stacklevel=2)
+        notes.append("custom multi-label dataset (no data card)")
     else:
         k = int(max(labels[s].max() for s in SPLITS)) + 1
         class_names = [str(i) for i in range(k)]
