@@ -228,6 +228,7 @@ class Pool:
         if first:
             self._reset()
             self.spec = spec
+            self._before_scan()
         else:
             self._check_same_dicom(spec)
         from .progress import tqdm
@@ -319,6 +320,9 @@ class Pool:
         return 0
 
     def _check_same_dicom(self, spec) -> None:
+        pass
+
+    def _before_scan(self) -> None:
         pass
 
     def _scan_stream(self, spec, bar):
@@ -531,8 +535,11 @@ class _NpzPool(Pool):
     def _units(self) -> int:
         return len(self._arr)
 
+    def _chunk(self) -> int:
+        return max(1, (32 << 20) // max(self._arr.row_bytes, 1))   # rows per read: about 32 MiB
+
     def _scan_stream(self, spec, bar):
-        for start, rows in self._arr.chunks(512):
+        for start, rows in self._arr.chunks(self._chunk()):
             for j, im in enumerate(rows):
                 self._ids.append(f"{self._stem}:{start + j}")
                 self._md5.append(_md5(im.tobytes()))
@@ -540,7 +547,7 @@ class _NpzPool(Pool):
             bar.update(len(rows))
 
     def _stream(self, spec, bar, positions):
-        for start, rows in self._arr.chunks(512):
+        for start, rows in self._arr.chunks(self._chunk()):
             for j, im in enumerate(rows):
                 yield start + j, im
             bar.update(len(rows))
@@ -587,10 +594,16 @@ class _FolderPool(Pool):
 
     # listing -------------------------------------------------------------------
     def _list(self) -> list[str]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out, seen = [], {os.path.realpath(self.root)}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
             base = Path(dirpath)
+            keep = []
+            for d in sorted(dirnames):
+                real = os.path.realpath(base / d)
+                if not d.startswith(".") and real not in seen:   # linked folders once (no cycles)
+                    seen.add(real)
+                    keep.append(d)
+            dirnames[:] = keep
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
@@ -694,9 +707,10 @@ class _FolderPool(Pool):
         return frames, n_frames
 
     # the first pass --------------------------------------------------------------
-    def _scan_stream(self, spec, bar):
+    def _before_scan(self) -> None:
         self._files = self._list()
-        bar.reset(total=len(self._files))
+
+    def _scan_stream(self, spec, bar):
         labels = self._read_csv() if self._csv is not None else None
         dicom_seen = False
         for fi, rel in enumerate(self._files):
