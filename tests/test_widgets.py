@@ -1,14 +1,17 @@
-"""The review widget driven through its Python API (button clicks, key box) on a real annotated run."""
+"""The review widget driven through its Python API (button clicks, key box, class box): on a real
+annotated run (slow), and on seeded synthetic inputs for 30 classes and a multi-label task (shape and
+control tests: the images are noise, the probabilities made up)."""
 
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from workbench.errors import WorkbenchError
-
-pytestmark = pytest.mark.slow
+from workbench.review import ReviewSession, export
 
 
 @pytest.fixture()
@@ -17,6 +20,7 @@ def widget(pipeline_run, tmp_path):
     return widgets.review_run(pipeline_run["dir"], log=str(tmp_path / "log.jsonl"), headless=False, overlay=None)
 
 
+@pytest.mark.slow
 def test_review_widget_buttons_keys_undo_resume_export(widget, pipeline_run, tmp_path):
     from workbench import widgets
     w = widget
@@ -60,6 +64,7 @@ def test_review_widget_buttons_keys_undo_resume_export(widget, pipeline_run, tmp
         assert len(z["labels"]) == out["n_labelled"] >= 3
 
 
+@pytest.mark.slow
 def test_widget_with_overlay_and_done_queue(pipeline_run, tmp_path):
     from workbench import annotate, widgets
     inputs = annotate.open_review(pipeline_run["dir"], annotator="t", log=tmp_path / "l.jsonl")
@@ -78,6 +83,7 @@ def test_widget_with_overlay_and_done_queue(pipeline_run, tmp_path):
     assert not inputs.session.done and not w.accept_button.disabled
 
 
+@pytest.mark.slow
 def test_key_box_lost_clear_does_not_repeat_a_decision(pipeline_run, tmp_path):
     """The browser may not see the kernel's clear before the next key: "a" then "aa" is one more accept."""
     from workbench import annotate, widgets
@@ -96,6 +102,7 @@ def test_key_box_lost_clear_does_not_repeat_a_decision(pipeline_run, tmp_path):
     assert len(s.decisions) == 3
 
 
+@pytest.mark.slow
 def test_log_for_another_pool_is_refused(pipeline_run, tmp_path):
     from workbench import widgets
     from workbench.review import ReviewSession
@@ -105,8 +112,201 @@ def test_log_for_another_pool_is_refused(pipeline_run, tmp_path):
         widgets.review_run(pipeline_run["dir"], log=str(log), headless=False, overlay=None)
 
 
+@pytest.mark.slow
 def test_headless_static_summary(pipeline_run):
     from workbench import widgets
     html = widgets.review_run(pipeline_run["dir"], headless=True)._repr_html_()
     n = len(pd.read_csv(pipeline_run["dir"] / "review_queue.csv"))
     assert f"{n} image(s) need review" in html and "data:image/png;base64," in html
+
+
+# ---------------------------------------------------------------------- any class count, multi-label
+@dataclass
+class FakeInputs:
+    """What ReviewWidget reads (the ReviewInputs contract) over seeded synthetic arrays."""
+    session: object
+    ids: list
+    probs: np.ndarray
+    class_names: list
+    task: str
+    table: pd.DataFrame
+    queue: pd.DataFrame
+    run_dir: Path
+    params: dict = field(default_factory=lambda: {"strategy": "margin"})
+    images: np.ndarray = None
+    seen: list = field(default_factory=list)
+
+    def display(self, positions):
+        self.seen.append(("display", list(positions)))
+        return self.images[np.asarray(positions, dtype=int)]
+
+    def model_input(self, positions):
+        self.seen.append(("model_input", list(positions)))
+        return self.images[np.asarray(positions, dtype=int)].astype(np.float32) / 255
+
+
+def fake_inputs(tmp_path, k: int, task: str = "multi-class", n: int = 6, side: int = 20):
+    rng = np.random.default_rng(k)
+    names = [f"finding {c:02d}" for c in range(k)]
+    ids = [f"img/{i}.png" for i in range(n)]
+    if task.startswith("multi-label"):
+        probs = rng.uniform(0, 1, (n, k))
+        predicted = {i: np.flatnonzero(p > 0.5).tolist() for i, p in zip(ids, probs)}
+    else:
+        probs = rng.dirichlet(np.ones(k), n)
+        predicted = {i: int(p.argmax()) for i, p in zip(ids, probs)}
+    table = pd.DataFrame({"index": range(n), "split": "pool", "status": "needs-review", "id": ids,
+                          "predicted_label": [int(p.argmax()) for p in probs],
+                          "confidence": probs.max(1)})
+    queue = pd.DataFrame({"rank": range(1, n + 1), "id": ids})
+    session = ReviewSession(tmp_path / "log.jsonl", ids, predicted, names, "pool", "model", annotator="t", task=task)
+    images = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    return FakeInputs(session, ids, probs, names, task, table, queue, tmp_path, images=images)
+
+
+def logged(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if '"decision"' in line]
+
+
+def test_thirty_classes_pick_by_class_box_and_by_number(tmp_path):
+    from workbench import widgets
+    inputs = fake_inputs(tmp_path, 30)
+    w = widgets.ReviewWidget(inputs, overlay=None)
+    assert w.class_buttons == [] and len(w.class_box.options) == 30      # 30 buttons do not fit: the class box
+    assert w.class_box.options[27] == "28 · finding 27"
+    assert inputs.seen == [("display", [0])] and w.image.value[:4] == b"\x89PNG"
+    assert w.info.value.count("<tr>") == 3                                 # top-3 probabilities
+    # the class box: picking an option from the list labels the item at once
+    w.class_box.value = "28 · finding 27"
+    assert w.class_box.value == "" and logged(tmp_path / "log.jsonl")[-1]["label"] == 27
+    # typed text + Enter: a unique part of a name; an ambiguous part only asks for more
+    w.class_box.value = "ding 1"                                           # finding 10..19: ambiguous
+    w.class_box._handle_custom_msg({"event": "submit"}, [])
+    assert len(inputs.session.decisions) == 1 and "matches 10 classes" in w.message.value
+    w.class_box.value = "finding 03"
+    w.class_box._handle_custom_msg({"event": "submit"}, [])
+    assert logged(tmp_path / "log.jsonl")[-1]["label"] == 3
+    # the keys box: a class number waits for Enter (2 then 8: not class 2, not class 8)
+    w.keys.value = "2"
+    w.keys.value = "8"
+    assert len(inputs.session.decisions) == 2 and "28" in w.pending.value
+    w.keys._handle_custom_msg({"event": "submit"}, [])                     # Enter
+    last = logged(tmp_path / "log.jsonl")[-1]
+    assert last["label"] == 27 and last["item"] == "img/2.png" and w.pending.value == ""
+    # a lost clear: the box still holds "2" when "7" is typed: the stale "2" is not appended twice
+    w.keys.value = "2"
+    w.keys.value = "27"
+    w.keys._handle_custom_msg({"event": "submit"}, [])
+    assert logged(tmp_path / "log.jsonl")[-1]["label"] == 26
+    # out of range, and a letter dropping a half-typed number
+    w.keys.value = "9"
+    w.keys.value = "9"
+    w.keys._handle_custom_msg({"event": "submit"}, [])
+    assert len(inputs.session.decisions) == 4 and "no class 99" in w.message.value
+    w.keys.value = "5"
+    w.keys.value = "s"
+    assert inputs.session.decisions["img/4.png"].action == "skip" and w.pending.value == ""
+    w.keys.value = "u"
+    assert "img/4.png" not in inputs.session.decisions
+    assert {d["item"]: d["label"] for d in logged(tmp_path / "log.jsonl")} == \
+        {"img/0.png": 27, "img/1.png": 3, "img/2.png": 27, "img/3.png": 26, "img/4.png": None}
+
+
+def test_up_to_twelve_classes_have_buttons_and_single_digit_keys(tmp_path):
+    from workbench import widgets
+    w = widgets.ReviewWidget(fake_inputs(tmp_path, 12), overlay=None)
+    assert len(w.class_buttons) == 12 and w.class_buttons[11].description.startswith("12 ")
+    w.class_buttons[11].click()
+    w.keys.value = "1"                       # 12 classes > 9: "1" waits (it may be the start of 10, 11, 12)
+    assert len(w.session.decisions) == 1
+    w.press("\n")
+    assert [d.label for d in w.session.decisions.values()] == [11, 0]
+    small = widgets.ReviewWidget(fake_inputs(tmp_path / "k3", 3), overlay=None)
+    small.keys.value = "3"                   # 3 classes: a digit acts at once, as before
+    assert [d.label for d in small.session.decisions.values()] == [2]
+
+
+def test_overlay_gets_the_model_input_and_a_failing_overlay_is_dropped(tmp_path):
+    from workbench import widgets
+    inputs = fake_inputs(tmp_path, 30, side=20)
+    got = []
+
+    def overlay(image, cls):
+        got.append((image.dtype, image.shape, cls))
+        return np.ones((7, 7))               # a coarse map: stretched over the displayed image
+
+    w = widgets.ReviewWidget(inputs, overlay=overlay)
+    assert got == [(np.float32, (20, 20, 3), int(inputs.probs[0].argmax()))]
+    assert ("model_input", [0]) in inputs.seen
+    wide = w.image.value
+    plain = widgets._png(inputs.images[0])
+    assert len(wide) > len(plain)            # image and overlay side by side
+
+    def broken(image, cls):
+        raise RuntimeError("no conv layer")
+    w2 = widgets.ReviewWidget(fake_inputs(tmp_path / "b", 30), overlay=broken)
+    assert w2.overlay is None and "Grad-CAM unavailable" in w2.message.value and w2.image.value[:4] == b"\x89PNG"
+
+
+def test_multilabel_toggle_two_labels_save_and_export(tmp_path):
+    from workbench import widgets
+    task = "multi-label, binary-class"
+    inputs = fake_inputs(tmp_path, 14, task=task)
+    w = widgets.ReviewWidget(inputs, overlay=None)
+    s = inputs.session
+    assert len(w.label_toggles) == 14 and w.class_buttons == [] and w.save_button is not None
+    pred0 = np.flatnonzero(inputs.probs[0] > 0.5).tolist()
+    assert w.selected_labels() == pred0                                   # pre-set to the model's prediction
+    assert f"{inputs.probs[0][0]:.2f}" in w.label_toggles[0].description  # each toggle shows its probability
+    # item 0: clear the model's set, toggle two labels (a click and the class box), Save
+    for c in pred0:
+        w.label_toggles[c].value = False
+    w.label_toggles[2].value = True
+    w.class_box.value = w.class_box.options[9]                            # "10 · finding 09": toggles label 9
+    assert w.selected_labels() == [2, 9] and not s.decisions              # toggling records nothing yet
+    w.save_button.click()
+    assert logged(tmp_path / "log.jsonl")[-1]["labels"] == [2, 9]
+    # item 1: the toggles start again at the model's prediction; "a" accepts it unchanged
+    pred1 = np.flatnonzero(inputs.probs[1] > 0.5).tolist()
+    assert w.selected_labels() == pred1
+    w.keys.value = "a"
+    assert logged(tmp_path / "log.jsonl")[-1]["labels"] == pred1 and logged(tmp_path / "log.jsonl")[-1]["action"] == "accept"
+    # item 2: number + Enter toggles a label; Enter alone saves
+    before = set(w.selected_labels())
+    w.keys.value = "1"
+    w.keys.value = "4"
+    w.press("\n")
+    assert set(w.selected_labels()) == before ^ {13}
+    w.press("\n")
+    assert logged(tmp_path / "log.jsonl")[-1]["labels"] == sorted(before ^ {13})
+    assert s.progress()["decided"] == 3 and "3/6 decided" in w.progress_label.value
+    # resume and export: the sets are in the CSV, the COCO file and labelled.npz
+    again = ReviewSession(tmp_path / "log.jsonl", inputs.ids, s.predicted, inputs.class_names, "pool", "model", task=task)
+    assert again.decisions["img/0.png"].labels == (2, 9)
+    out = export(again, inputs.table, tmp_path / "export", images=inputs.display)
+    df = pd.read_csv(out["csv"], dtype={"id": str, "labels": str}, keep_default_na=False).set_index("id")
+    assert df.loc["img/0.png", "labels"] == "finding 02;finding 09" and df.loc["img/0.png", "label_source"] == "corrected"
+    with np.load(out["npz"], allow_pickle=False) as z:
+        assert z["labels"].shape == (3, 14) and np.flatnonzero(z["labels"][0]).tolist() == [2, 9]
+    coco = json.loads(open(out["coco"]).read())
+    assert sorted(a["category_id"] for a in coco["annotations"] if a["image_id"] == 0) == [2, 9]
+
+
+def test_task_mismatch_between_session_and_inputs_is_refused(tmp_path):
+    from workbench import widgets
+    inputs = fake_inputs(tmp_path, 5)
+    inputs.task = "multi-label, binary-class"
+    with pytest.raises(WorkbenchError, match="disagree on the task"):
+        widgets.ReviewWidget(inputs, overlay=None)
+
+
+def test_static_review_for_100_classes_and_multilabel(tmp_path):
+    from workbench import widgets
+    for k, task in ((100, "multi-class"), (14, "multi-label, binary-class")):
+        inputs = fake_inputs(tmp_path / str(k), k, task=task, n=5)
+        html = widgets.StaticReview(inputs, n=3, log=tmp_path / "none.jsonl")._repr_html_()
+        assert "5 image(s) need review" in html and "no review yet" in html and "data:image/png;base64," in html
+        assert inputs.seen == [("display", [0, 1, 2])]
+    p = np.array([0.1, 0.7, 0.2])
+    assert widgets.queue_caption(p, ["a", "b", "c"]) == "b\n0.70 / c 0.20"
+    assert widgets.queue_caption(np.array([0.9, 0.2, 0.6]), ["a", "b", "c"], "multi-label, binary-class") == "a;c\nmax 0.90"

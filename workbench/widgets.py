@@ -3,10 +3,33 @@
 All review logic (queue, durable decisions log, undo, resume, export) lives in ``workbench.review``
 and ``workbench.annotate``; this module draws it and turns clicks and keys into session calls.
 
-Keyboard shortcuts: ipywidgets 8 has no key events of its own, so the widget has a small "keys"
-box that keeps the focus: typing ``a`` accepts, ``1``–``9`` picks that class, ``s`` skips, ``u``
-undoes (the buttons' tooltips name their key). Under papermill (``WORKBENCH_HEADLESS=1``)
-``review_run`` returns a static summary instead (queue size, progress, the first items as a gallery).
+Any number of classes. Classes are numbered from 1 on screen (the buttons, the class box's options,
+the probability table), so what the reviewer types is what they see; the log records the 0-based
+class index (typing ``28`` records label 27).
+
+* **Class box** (a searchable ``Combobox``): type any part of a class name (or its number) and pick
+  it from the list, or type it and press Enter; a unique match is taken, an ambiguous one lists the
+  candidates. Picking a class labels the item (multi-label: toggles that label).
+* **Class buttons**, one per class, only up to ``MAX_CLASS_BUTTONS`` (12) classes; beyond that the
+  class box alone (a row of 100 buttons is not a control).
+* **Keys box**: ipywidgets 8 has no key events of its own, so a small text box keeps the focus and
+  each character typed is a shortcut: ``a`` accepts, ``s`` skips, ``u`` undoes. Class numbers: with
+  at most 9 classes one digit picks the class at once (``1``–``9``, as before); with 10 or more, type
+  the number and press Enter (``2`` ``8`` Enter → class 28; the number waits beside the box until
+  then, and any letter drops it).
+* **Multi-label tasks** (``inputs.task`` "multi-label, …"): one toggle button per label showing the
+  model's probability, pre-set to the model's prediction (probability > 0.5); the reviewer toggles
+  (click, class box, or number keys as above) and **Save** (or Enter with no number typed) records the
+  toggled set; ``a`` accepts the model's set unchanged.
+
+The buttons' tooltips name their key. Under papermill (``WORKBENCH_HEADLESS=1``) ``review_run``
+returns a static summary instead (queue size, progress, the first items as a gallery).
+
+What the widget reads from its ``inputs`` (``workbench.annotate.ReviewInputs``): ``session``, ``ids``
+(pool item ids, pool order), ``probs`` (N, K), ``class_names``, ``task``, ``table``, ``queue``,
+``params``, ``run_dir``, ``display(positions)`` (uint8 (n, H, W, C): what the reviewer sees) and
+``model_input(positions)`` (what the model sees, for the Grad-CAM overlay). Nothing else: pools may
+stream from disk.
 """
 
 from __future__ import annotations
@@ -20,22 +43,28 @@ import numpy as np
 
 from . import progress as _progress
 from .errors import WorkbenchError
+from .review import is_multilabel
+
+MAX_CLASS_BUTTONS = 12   # more classes than this: the class box only
+MAX_DIGIT_KEYS = 9       # up to this many classes a single digit picks a class without Enter
+ENTER = "\n"
 
 
 def _png(image: np.ndarray, size: int = 224, overlay: np.ndarray | None = None) -> bytes:
-    """Nearest-neighbour upscaled PNG of one uint8 image; with ``overlay`` (H, W in [0, 1]) a heat map
-    blended beside it."""
+    """Nearest-neighbour upscaled PNG of one uint8 image; with ``overlay`` (h, w in [0, 1], any size: it
+    is stretched to the image) a heat map blended beside it."""
     import matplotlib
     from matplotlib.image import imsave
     img = image[..., 0] if image.shape[-1] == 1 else image
     rgb = np.stack([img] * 3, -1) if img.ndim == 2 else img
-    k = max(1, size // rgb.shape[0])
+    k = max(1, size // max(rgb.shape[0], 1))
     big = np.repeat(np.repeat(rgb, k, 0), k, 1)
     if overlay is not None:
         heat = np.asarray(overlay, dtype=np.float64)
         heat = (heat - heat.min()) / (np.ptp(heat) + 1e-12)
-        kk = max(1, big.shape[0] // heat.shape[0])
-        heat = np.repeat(np.repeat(heat, kk, 0), kk, 1)[:big.shape[0], :big.shape[1]]
+        rows = np.arange(big.shape[0]) * heat.shape[0] // big.shape[0]
+        cols = np.arange(big.shape[1]) * heat.shape[1] // big.shape[1]
+        heat = heat[rows][:, cols]
         cm = (matplotlib.colormaps["jet"](heat)[..., :3] * 255)
         blend = (0.55 * big + 0.45 * cm).clip(0, 255).astype(np.uint8)
         big = np.concatenate([big, np.full((big.shape[0], 4, 3), 255, np.uint8), blend], axis=1)
@@ -44,27 +73,21 @@ def _png(image: np.ndarray, size: int = 224, overlay: np.ndarray | None = None) 
     return buf.getvalue()
 
 
-def gradcam_overlay(run_dir):
-    """A function (image, class) -> heat map from ``workbench.explain`` when that module exists, else None."""
-    try:
-        from . import explain  # noqa: F401  (optional: written by the evaluate-stage work)
-    except ImportError:
-        return None
-    fn = getattr(explain, "gradcam", None) or getattr(explain, "grad_cam", None)
-    if fn is None:
-        return None
-    from .models import load
-    model = load(Path(run_dir) / "model.keras")
+def gradcam_overlay(model, layer: str = ""):
+    """A function (model-input image (H, W, C), class) -> Grad-CAM heat map (H, W) in [0, 1] of ``model``
+    (a loaded Keras model: the caller loads it once), computed by ``workbench.explain.gradcam``."""
+    from . import explain
 
     def overlay(image: np.ndarray, cls: int) -> np.ndarray:
-        heat = np.asarray(fn(model, image[None].astype("float32"), int(cls)))
-        return heat.reshape(heat.shape[-2:]) if heat.ndim > 2 else heat
+        x = np.asarray(image, dtype=np.float32)[None]
+        return explain.gradcam(model, x, class_index=int(cls), layer=layer, batch_size=1)[0]
 
     return overlay
 
 
 class ReviewWidget:
-    """Image (+ Grad-CAM), top-k probabilities, Accept / class / Skip / Undo, keys, progress, annotator."""
+    """Image (+ Grad-CAM), top-k probabilities, Accept / class / Skip / Undo, class box, keys, progress,
+    annotator; for a multi-label task, one toggle per label and Save. See the module docstring."""
 
     def __init__(self, inputs, top_k: int = 3, overlay=None, export_dir=None):
         import ipywidgets as W
@@ -72,22 +95,46 @@ class ReviewWidget:
         if self.session is None:
             raise WorkbenchError("open the review first (workbench.annotate.open_review)")
         self.top_k, self.overlay, self.export_dir = top_k, overlay, export_dir
-        self._pos = {i: k for k, i in enumerate(inputs.pool.ids)}
-        names = inputs.class_names
+        self.names = names = [str(n) for n in inputs.class_names]
+        self.multilabel = is_multilabel(inputs.task)
+        if self.multilabel != bool(getattr(self.session, "multilabel", False)):
+            raise WorkbenchError(f"the review session and its inputs disagree on the task ({inputs.task!r}): "
+                                 "open the review again (workbench.annotate.open_review)")
+        self._pos = {str(i): k for k, i in enumerate(inputs.ids)}
+        self._numbers_need_enter = len(names) > MAX_DIGIT_KEYS
+        what = "label" if self.multilabel else "class"
         self.image = W.Image(format="png", layout=W.Layout(width="auto", height="240px"))
         self.info = W.HTML()
         self.message = W.HTML()
+        self.pending = W.HTML()   # a class number typed in the keys box, waiting for Enter
         self.annotator = W.Text(value=self.session.annotator, description="Annotator", placeholder="your name")
-        self.keys = W.Text(value="", description="Keys", continuous_update=True,
-                           placeholder="a accept · 1-9 class · s skip · u undo")
-        self.accept_button = W.Button(description="Accept", button_style="success", tooltip="accept the model's label (a)")
+        self.keys = W.Text(value="", description="Keys", continuous_update=True, placeholder=self._key_help(short=True))
+        self.accept_button = W.Button(description="Accept", button_style="success",
+                                      tooltip=("accept the model's label set" if self.multilabel else
+                                               "accept the model's label") + " (a)")
         self.skip_button = W.Button(description="Skip", tooltip="leave unlabelled, next item (s)")
         self.undo_button = W.Button(description="Undo", button_style="warning", tooltip="revert the last decision (u)")
         self.export_button = W.Button(description="Export", button_style="info",
                                       tooltip="write annotations.csv, COCO JSON and labelled.npz")
-        self.class_buttons = [W.Button(description=f"{c + 1 if c < 9 else ''} {n[:18]}".strip(),
-                                       tooltip=f"label as {n}" + (f" ({c + 1})" if c < 9 else ""),
-                                       layout=W.Layout(width="auto")) for c, n in enumerate(names)]
+        self._options = [self._option(c) for c in range(len(names))]
+        self._option_index = {o: c for c, o in enumerate(self._options)}
+        self.class_box = W.Combobox(options=self._options, value="", description="Class" if not self.multilabel else "Label",
+                                    placeholder=f"type a {what} name or number", ensure_option=False,
+                                    continuous_update=True, layout=W.Layout(width="320px"))
+        self.class_buttons, self.label_toggles, self.save_button = [], [], None
+        if self.multilabel:
+            self.label_toggles = [W.ToggleButton(value=False, description=self._option(c, 16),
+                                                 tooltip=f"{n} present? ({c + 1})", layout=W.Layout(width="auto"))
+                                  for c, n in enumerate(names)]
+            self.save_button = W.Button(description="Save", button_style="primary",
+                                        tooltip="record the toggled labels as this item's set (Enter)")
+            self.save_button.on_click(lambda _: self.save())
+            for t in self.label_toggles:
+                t.observe(lambda ch, t=t: setattr(t, "icon", "check" if ch["new"] else ""), names="value")
+        elif len(names) <= MAX_CLASS_BUTTONS:
+            self.class_buttons = [W.Button(description=self._option(c, 18), layout=W.Layout(width="auto"),
+                                           tooltip=f"label as {n} ({c + 1}{'' if c < MAX_DIGIT_KEYS else ' Enter'})")
+                                  for c, n in enumerate(names)]
         self.progress = W.IntProgress(min=0, max=max(len(self.session.queue), 1), description="Progress")
         self.progress_label = W.Label()
         self.accept_button.on_click(lambda _: self._act(self.session.accept))
@@ -95,15 +142,23 @@ class ReviewWidget:
         self.undo_button.on_click(lambda _: self._undo())
         self.export_button.on_click(lambda _: self.export())
         for c, b in enumerate(self.class_buttons):
-            b.on_click(lambda _, c=c: self._act(lambda: self.session.label(c)))
+            b.on_click(lambda _, c=c: self.pick(c))
         self._last_keys = ""  # the key box's text as last received from the browser (see _on_keys)
+        self._number = ""     # digits typed in the keys box since the last Enter (classes > 9)
+        self._shown = None    # the item the label toggles were last set for
         self.keys.observe(self._on_keys, names="value")
+        self.keys.on_msg(self._on_keys_msg)
+        self.class_box.observe(self._on_class_box, names="value")
+        self.class_box.on_msg(self._on_class_box_msg)
         self.annotator.observe(self._on_annotator, names="value")
+        actions = [self.accept_button, *([self.save_button] if self.save_button else []), self.skip_button,
+                   self.undo_button, self.export_button]
         self.box = W.VBox([
             W.HBox([self.annotator, self.progress, self.progress_label]),
             W.HBox([self.image, self.info]),
-            W.HBox([self.accept_button, self.skip_button, self.undo_button, self.export_button, self.keys]),
-            W.HBox(self.class_buttons, layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([*actions, self.keys, self.pending]),
+            W.HBox([self.class_box]),
+            W.HBox(self.class_buttons or self.label_toggles, layout=W.Layout(flex_flow="row wrap")),
             self.message,
         ])
         for note in self.session.notes:
@@ -115,8 +170,22 @@ class ReviewWidget:
         from IPython.display import display
         display(self.box)
 
+    def _option(self, c: int, width: int = 60) -> str:
+        name = self.names[c]
+        return f"{c + 1} · {name if len(name) <= width else name[:width - 1] + '…'}"
+
+    def _key_help(self, short: bool = False) -> str:
+        k = len(self.names)
+        number = "1-9" if not self._numbers_need_enter else f"number+Enter (1-{k})"
+        if self.multilabel:
+            return f"a accept model's set · {number} toggle · Enter save · s skip · u undo"
+        return f"a accept · {number} class · s skip · u undo"
+
     def _say(self, text: str, color: str = "black"):
         self.message.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
+
+    def _names_of(self, labels) -> str:
+        return ", ".join(self.names[c] for c in labels) if labels else "none present"
 
     def refresh(self):
         s = self.session
@@ -126,28 +195,41 @@ class ReviewWidget:
                                      f"{p['corrected']} corrected · {p['skip']} skipped")
         item = s.current
         done = item is None
-        for b in (self.accept_button, self.skip_button, *self.class_buttons):
+        for b in (self.accept_button, self.skip_button, self.class_box, *self.class_buttons, *self.label_toggles,
+                  *([self.save_button] if self.save_button else [])):
             b.disabled = done
         self.undo_button.disabled = not s.decisions
         if done:
             self.info.value = "<b>Queue done.</b> Undo to change a decision, Export to write the labels."
+            self._shown = None
             return
         k = self._pos[item]
         probs = np.asarray(self.inputs.probs[k], dtype=np.float64)
-        order = np.argsort(-probs)[: self.top_k]
-        pred = int(s.predicted[item])
+        order = np.argsort(-probs, kind="stable")[: self.top_k]
+        pred = s.predicted[item]
+        if self.multilabel:
+            cam_class = int(np.argmax(probs))
+            if self._shown != item:  # a new item: the toggles start at the model's prediction
+                for c, t in enumerate(self.label_toggles):
+                    t.value = c in pred
+            for c, t in enumerate(self.label_toggles):
+                t.description = f"{self._option(c, 16)} {probs[c]:.2f}"
+            model = f"model: <b>{html.escape(self._names_of(pred))}</b> (probability &gt; 0.5)"
+        else:
+            cam_class = int(pred)
+            model = f"model: <b>{html.escape(self._option(int(pred)))}</b>"
+        self._shown = item
         overlay = None
         if self.overlay is not None:
             try:
-                overlay = self.overlay(self.inputs.pool.images[k], pred)
+                overlay = self.overlay(np.asarray(self.inputs.model_input([k]))[0], cam_class)
             except Exception as e:  # an optional explanation must never block the review
                 self.overlay = None
                 self._say(f"Grad-CAM unavailable ({type(e).__name__}: {e}); reviewing without it", "darkorange")
-        self.image.value = _png(self.inputs.pool.images[k], overlay=overlay)
-        rows = "".join(f"<tr><td>{html.escape(self.inputs.class_names[c])}</td><td>{probs[c]:.3f}</td></tr>"
+        self.image.value = _png(np.asarray(self.inputs.display([k]))[0], overlay=overlay)
+        rows = "".join(f"<tr><td>{html.escape(self._option(int(c)))}</td><td>{probs[c]:.3f}</td></tr>"
                        for c in order)
-        self.info.value = (f"<b>{html.escape(item)}</b> (queue #{s.position + 1})<br>"
-                           f"model: <b>{html.escape(self.inputs.class_names[pred])}</b><br>"
+        self.info.value = (f"<b>{html.escape(item)}</b> (queue #{s.position + 1})<br>{model}<br>"
                            f"<table>{rows}</table>")
 
     # -------------------------------------------------------------- actions
@@ -163,8 +245,11 @@ class ReviewWidget:
         except WorkbenchError as e:
             self._say(str(e), "darkred")
             return None
-        self._say(f"saved: {d.item} → {d.action}" + (f" {self.inputs.class_names[d.label]}" if d.label is not None else ""),
-                  "green")
+        if d.labels is not None:
+            what = f" {self._names_of(d.labels)}"
+        else:
+            what = f" {self.names[d.label]}" if d.label is not None else ""
+        self._say(f"saved: {d.item} → {d.action}{what}", "green")
         self.refresh()
         return d
 
@@ -177,19 +262,71 @@ class ReviewWidget:
         self._say(f"undone: {d.item} ({d.action})" if d else "nothing to undo")
         self.refresh()
 
+    def pick(self, c: int):
+        """Class ``c`` (0-based) chosen: label the item with it, or (multi-label) toggle that label."""
+        if self.session.done:
+            self._say("the queue is done: undo to change a decision")
+            return None
+        if self.multilabel:
+            t = self.label_toggles[c]
+            t.value = not t.value
+            self._say(f"{self.names[c]}: {'present' if t.value else 'absent'} (Save or Enter records the set)")
+            return None
+        return self._act(lambda: self.session.label(c))
+
+    def selected_labels(self) -> list[int]:
+        """Multi-label: the labels toggled on now."""
+        return [c for c, t in enumerate(self.label_toggles) if t.value]
+
+    def save(self):
+        """Multi-label: record the toggled set for the current item."""
+        if not self.multilabel:
+            self._say("Save is for multi-label tasks: pick a class to label the item")
+            return None
+        return self._act(lambda: self.session.label(self.selected_labels()))
+
+    def _set_number(self, digits: str):
+        self._number = digits
+        self.pending.value = (f"<span style='color:#555'>{'label' if self.multilabel else 'class'} "
+                              f"{html.escape(digits)}… Enter</span>" if digits else "")
+
+    def _enter(self):
+        digits = self._number
+        self._set_number("")
+        if not digits:
+            if self.multilabel:
+                return self.save()
+            self._say(f"type a class number (1-{len(self.names)}), then Enter")
+            return None
+        n = int(digits)
+        if not 1 <= n <= len(self.names):
+            self._say(f"no {'label' if self.multilabel else 'class'} {n}: numbers run 1-{len(self.names)}", "darkred")
+            return None
+        return self.pick(n - 1)
+
     def press(self, key: str):
-        """Handle one shortcut key (what typing into the keys box does)."""
+        """Handle one shortcut key (what typing into the keys box does); ``"\\n"`` is Enter."""
+        if key in (ENTER, "\r"):
+            return self._enter()
         key = key.lower()
+        digit = len(key) == 1 and "0" <= key <= "9"
+        if digit and self._numbers_need_enter:
+            self._set_number(self._number + key)
+            return None
+        if self._number:
+            self._say(f"number {self._number} dropped (no Enter before {key!r})", "darkorange")
+            self._set_number("")
         if key == "a":
             self.accept_button.click()
         elif key == "s":
             self.skip_button.click()
         elif key == "u":
             self.undo_button.click()
-        elif key.isdigit() and 1 <= int(key) <= min(9, len(self.class_buttons)):
-            self.class_buttons[int(key) - 1].click()
+        elif digit and 1 <= int(key) <= len(self.names):
+            self.pick(int(key) - 1)
         else:
-            self._say(f"unknown key {key!r}: a accept, 1-9 class, s skip, u undo")
+            self._say(f"unknown key {key!r}: {self._key_help()}")
+        return None
 
     def _on_keys(self, change):
         """Act on the keys typed since the last message, then clear the box.
@@ -201,6 +338,11 @@ class ReviewWidget:
         keystroke, so its text is either what the kernel last received plus new keys (clear lost)
         or only new keys (clear applied): a strictly longer text that starts with the last one
         received is the stale case, and only its tail is new.
+
+        Digits of a class number (10 or more classes) are "acted on" by appending them to the number
+        held in the kernel (``_number``), so a stale digit is not appended twice either; the box is
+        cleared after every key as before. Enter arrives as a separate "submit" message
+        (``_on_keys_msg``), after the value messages of the keys typed before it.
         """
         text = change["new"]
         if not text:  # our own clear, or the reviewer emptied the box
@@ -210,6 +352,52 @@ class ReviewWidget:
         self.keys.value = ""
         for ch in fresh:
             self.press(ch)
+
+    def _on_keys_msg(self, _widget, content, _buffers):
+        if isinstance(content, dict) and content.get("event") == "submit":
+            self.press(ENTER)
+
+    # -------------------------------------------------------------- class box
+    def resolve(self, text: str) -> int | None:
+        """The class (0-based) a class-box text names: an option, a number, a name (any case) or a unique
+        part of one; None (with a message) when there is none or several."""
+        t = text.strip()
+        if t in self._option_index:
+            return self._option_index[t]
+        if t.isascii() and t.isdigit() and 1 <= int(t) <= len(self.names):
+            return int(t) - 1
+        low = t.lower()
+        exact = [c for c, n in enumerate(self.names) if n.lower() == low]
+        if len(exact) == 1:
+            return exact[0]
+        hits = [c for c, n in enumerate(self.names) if low and low in n.lower()]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            shown = ", ".join(self.names[c] for c in hits[:6]) + (" …" if len(hits) > 6 else "")
+            self._say(f"{t!r} matches {len(hits)} classes ({shown}): type more of the name", "darkorange")
+        else:
+            self._say(f"no class matches {t!r}", "darkred")
+        return None
+
+    def _on_class_box(self, change):
+        """An option picked from the list (the text is exactly an option): act at once. Other text is
+        still being typed: wait for Enter (``_on_class_box_msg``)."""
+        c = self._option_index.get(change["new"])
+        if c is not None:
+            self.class_box.value = ""
+            self.pick(c)
+
+    def _on_class_box_msg(self, _widget, content, _buffers):
+        if not (isinstance(content, dict) and content.get("event") == "submit"):
+            return
+        text = self.class_box.value
+        if not text.strip() or text in self._option_index:  # an option was acted on when it arrived
+            return
+        c = self.resolve(text)
+        if c is not None:
+            self.class_box.value = ""
+            self.pick(c)
 
     def export(self):
         from .annotate import export_review
@@ -232,11 +420,13 @@ class StaticReview:
         from .viz import image_grid, to_png
         self.inputs = inputs
         q = inputs.queue.head(n)
-        pos = {i: k for k, i in enumerate(inputs.pool.ids)}
-        idx = np.array([pos[i] for i in q["id"]], dtype=int)
-        caps = [f"{r['rank']}. {str(r['predicted_class'])[:12]}\n{r['confidence']:.2f} / {str(r['second_class'])[:8]} "
-                f"{r['second_prob']:.2f}" for _, r in q.iterrows()]
-        fig = image_grid(inputs.pool.images[idx], caps, ncols=8, cell=1.5,
+        pos = {str(i): k for k, i in enumerate(inputs.ids)}
+        idx = np.array([pos[str(i)] for i in q["id"]], dtype=int)
+        ranks = q["rank"].tolist() if "rank" in q else list(range(1, len(q) + 1))
+        caps = [f"{r}. {queue_caption(np.asarray(inputs.probs[k], dtype=np.float64), inputs.class_names, inputs.task)}"
+                for r, k in zip(ranks, idx)]
+        images = np.asarray(inputs.display(idx)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
+        fig = image_grid(images, caps, ncols=8, cell=1.5,
                          title=f"Review queue: first {len(q)} of {len(inputs.queue)} "
                                f"(strategy {inputs.params.get('strategy')})")
         self.png = to_png(fig)
@@ -259,14 +449,39 @@ class StaticReview:
                 f"to review.</p><img src='data:image/png;base64,{img}'/></div>")
 
 
+def queue_caption(probs: np.ndarray, class_names: list[str], task: str = "") -> str:
+    """Two short caption lines for one queue item: the model's top two classes and their probabilities,
+    or (multi-label) the labels predicted present and the highest probability."""
+    if is_multilabel(task):
+        present = [str(class_names[c])[:10] for c in np.flatnonzero(probs > 0.5)]
+        text = ";".join(present[:2]) + (f" +{len(present) - 2}" if len(present) > 2 else "") if present else "none"
+        return f"{text}\nmax {probs.max():.2f}"
+    order = np.argsort(-probs, kind="stable")
+    first = f"{str(class_names[order[0]])[:12]}\n{probs[order[0]]:.2f}"
+    if len(order) < 2:
+        return first
+    return f"{first} / {str(class_names[order[1]])[:8]} {probs[order[1]]:.2f}"
+
+
 def review_run(run_dir, annotator: str = "", log: str = "", headless: bool | None = None, overlay="auto",
                n_static: int = 16):
-    """The review widget of an annotated run (resumes its log); a static summary when headless."""
+    """The review widget of an annotated run (resumes its log); a static summary when headless.
+
+    ``overlay`` "auto": Grad-CAM of the run's model (loaded once here); None: no overlay; or a function
+    (model-input image, class) -> heat map."""
     from .annotate import open_review, review_inputs
     headless = _progress.headless() if headless is None else headless
     if headless:
         return StaticReview(review_inputs(run_dir), n=n_static, log=Path(log) if log else None)
     inputs = open_review(run_dir, annotator=annotator, log=log)
+    note = None
     if overlay == "auto":
-        overlay = gradcam_overlay(run_dir)
-    return ReviewWidget(inputs, overlay=overlay)
+        from .models import load
+        try:
+            overlay = gradcam_overlay(load(Path(run_dir) / "model.keras", compile=False))
+        except WorkbenchError as e:  # an optional explanation must never block the review
+            overlay, note = None, f"Grad-CAM unavailable ({e}); reviewing without it"
+    w = ReviewWidget(inputs, overlay=overlay)
+    if note:
+        w._say(note, "darkorange")
+    return w
