@@ -2,6 +2,7 @@
 with one line naming the file and the fix; data files are never unpickled."""
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -242,13 +243,13 @@ def test_float_images(tmp_path, rng):
     assert str(p) in msg and "dtype float32" in msg and "expected uint8" in msg
 
 
-def test_multi_label_labels_refused(tmp_path, rng):
+def test_multi_label_train_with_single_label_val_refused(tmp_path, rng):
     p = tmp_path / "multilabel.npz"
     arrays = _arrays(rng)
     arrays["train_labels"] = rng.integers(0, 2, (12, 3)).astype(np.uint8)
     np.savez(p, **arrays)
     msg = _err(p)
-    assert str(p) in msg and "multi-label" in msg and "(12, 3)" in msg
+    assert str(p) in msg and "multi-label" in msg and "(12, 3)" in msg and "one label layout" in msg
 
 
 def test_negative_and_float_labels_refused(tmp_path, rng):
@@ -411,3 +412,233 @@ def test_custom_binary_dataset_and_absent_class_warning(tmp_path, rng):
     with pytest.warns(CustomDatasetWarning, match=r"classes \[2, 3, 4\] have no training images"):
         ds = data.load_dataset(str(q))
     assert ds.num_classes == 5
+
+
+# --- the embedded BreastMNIST and RetinaMNIST files -----------------------------------------------
+
+@pytest.mark.parametrize("name, md5, shape, task, train_counts", [
+    ("breastmnist", "750601b1f35ba3300ea97c75c52ff8f6", (28, 28, 1), "binary-class", [147, 399]),
+    ("retinamnist", "bd4c0672f1bba3e3a89f0e4e876791e4", (28, 28, 3), "ordinal-regression", [486, 128, 206, 194, 66]),
+])
+def test_embedded_files_load_by_card_name(name, md5, shape, task, train_counts):
+    assert (DATA_DIR / f"{name}.npz").is_file()
+    assert data.file_md5(DATA_DIR / f"{name}.npz") == md5
+    ds = data.load_dataset(name)
+    card = cards.load_card(name)
+    assert ds.card == card and ds.md5 == md5 == card.md5_for_size(28)
+    assert ds.input_shape == shape and ds.task == task and ds.describe()["task"] == task
+    assert not ds.is_multilabel and ds.num_classes == len(train_counts)
+    for s in data.SPLITS:
+        assert ds.labels[s].shape == (card.splits[s],) and ds.labels[s].dtype == np.int64
+        assert ds.images[s].shape == (card.splits[s], *shape) and ds.images[s].dtype == np.uint8
+    assert ds.counts()["train"] == train_counts
+
+
+def test_embedded_files_are_committed_not_ignored():
+    import subprocess
+    for name in ("bloodmnist", "breastmnist", "retinamnist"):
+        rel = f"data/{name}.npz"
+        ignored = subprocess.run(["git", "check-ignore", "-q", rel], cwd=ROOT).returncode == 0
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", rel], cwd=ROOT, capture_output=True).returncode == 0
+        assert not ignored and tracked, rel
+
+
+def test_ordinal_loads_as_single_label_ints():
+    ds = data.load_dataset("retinamnist", max_per_split=50, seed=0)
+    assert ds.task == "ordinal-regression" and ds.labels["test"].ndim == 1
+    assert set(np.unique(ds.labels["test"]).tolist()) == {0, 1, 2, 3, 4}  # every grade kept by the subset
+    assert ds.describe()["multilabel"] is False and "labels_per_image" not in ds.describe()
+
+
+# --- multi-label -----------------------------------------------------------------------------------
+
+MOSAIC = ROOT / "tests" / "fixtures" / "bloodmosaic_tiny.npz"
+
+
+@pytest.fixture(scope="module")
+def mosaics():
+    return data.load_dataset(str(MOSAIC))
+
+
+def test_multilabel_fixture_loads_with_its_card(mosaics):
+    ds = mosaics
+    assert ds.card is not None and ds.card.name == "bloodmosaic_tiny" and ds.task == "multi-label, binary-class"
+    assert ds.is_multilabel and ds.num_classes == 8 and ds.class_names == cards.load_card("bloodmnist").class_names
+    assert {s: ds.labels[s].shape for s in data.SPLITS} == {"train": (64, 8), "val": (24, 8), "test": (24, 8)}
+    assert all(ds.labels[s].dtype == np.int64 and set(np.unique(ds.labels[s])) == {0, 1} for s in data.SPLITS)
+    assert ds.input_shape == (56, 56, 3) and ds.size == 56
+    assert ds.counts() == {s: ds.labels[s].sum(axis=0).tolist() for s in data.SPLITS}
+    assert ds.counts()["train"] == [20] * 8
+    d = ds.describe()
+    assert d["multilabel"] is True and d["num_classes"] == 8 and d["labels_per_image"]["train"] == 2.5
+
+
+def test_multilabel_labels_are_exact_recomputed_from_the_tiles(mosaics):
+    """Each 28 px tile is a real cell of the same split of bloodmnist_tiny; its class sets the label."""
+    tiny = data.load_dataset(str(TINY))
+    for s, picks in (("train", (0, 7, 31, 63)), ("test", (0, 11, 23))):
+        index = {im.tobytes(): i for i, im in enumerate(tiny.images[s])}
+        for i in picks:
+            img = mosaics.images[s][i]
+            tiles = [img[r:r + 28, c:c + 28] for r in (0, 28) for c in (0, 28)]
+            classes = {int(tiny.labels[s][index[t.tobytes()]]) for t in tiles}
+            assert np.flatnonzero(mosaics.labels[s][i]).tolist() == sorted(classes)
+
+
+def test_multilabel_subsample_is_seeded_and_keeps_every_label(mosaics):
+    a, b, c = mosaics.subsample(8, seed=1), mosaics.subsample(8, seed=1), mosaics.subsample(8, seed=2)
+    for s in data.SPLITS:
+        assert a.labels[s].shape == (8, 8)
+        assert np.array_equal(a.labels[s], b.labels[s]) and np.array_equal(a.images[s], b.images[s])
+        assert (a.labels[s].sum(axis=0) >= 1).all()  # every label still has a positive
+    assert any(not np.array_equal(a.labels[s], c.labels[s]) for s in data.SPLITS)
+
+
+def test_multilabel_indices_take_a_rare_label_when_the_budget_allows():
+    y = np.zeros((100, 3), dtype=np.int64)
+    y[:, 0] = 1
+    y[::10, 1] = 1
+    y[57, 2] = 1  # one positive in 100
+    for seed in range(5):
+        idx = data.stratified_indices(y, 3, seed)
+        assert len(idx) == 3 and 57 in idx and (y[idx].sum(axis=0) >= 1).all()
+        assert np.all(np.diff(idx) > 0)
+    assert np.array_equal(data.stratified_indices(y, 200, 0), np.arange(100))
+
+
+def _ml_arrays(rng, n=(12, 6, 6), labels=4, shape=(28, 28, 3)):
+    out = {}
+    for s, m in zip(data.SPLITS, n):
+        out[f"{s}_images"] = rng.integers(0, 256, (m, *shape), dtype=np.uint8)
+        y = (rng.random((m, labels)) < 0.4).astype(np.uint8)
+        y[0] = 1  # every label present
+        out[f"{s}_labels"] = y
+    return out
+
+
+def test_custom_multilabel_npz_loads_with_a_warning(tmp_path, rng):
+    p = tmp_path / "findings.npz"
+    arrays = _ml_arrays(rng)
+    np.savez(p, **arrays)
+    with pytest.warns(CustomDatasetWarning, match="custom multi-label dataset 'findings' \\(4 0/1 label columns"):
+        ds = data.load_dataset(str(p))
+    assert ds.is_multilabel and ds.task == "multi-label, binary-class" and ds.class_names == ["0", "1", "2", "3"]
+    assert np.array_equal(ds.labels["val"], arrays["val_labels"].astype(np.int64))
+    arrays["train_labels"][:, 3] = 0
+    np.savez(p, **arrays)
+    with pytest.warns(CustomDatasetWarning, match=r"labels \[3\] have no positive training image"):
+        data.load_dataset(str(p))
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("value_2", ["val_labels is multi-label (shape (6, 4))", "value(s) 2", "must be 0 or 1"]),
+    ("negative", ["test_labels is multi-label", "value(s) -1"]),
+    ("columns_differ", ["val_labels has 3 multi-label columns but train_labels has 4"]),
+    ("mixed_layout", ["test_labels has shape (6, 1) but train_labels has shape (12, 4)", "multi-label"]),
+    ("float", ["train_labels has dtype float32", "0/1 multi-label values"]),
+])
+def test_bad_multilabel_values_are_one_line_errors(tmp_path, rng, case, needles):
+    p = tmp_path / "bad.npz"
+    arrays = _ml_arrays(rng)
+    if case == "value_2":
+        arrays["val_labels"][2, 1] = 2
+    elif case == "negative":
+        arrays["test_labels"] = arrays["test_labels"].astype(np.int8)
+        arrays["test_labels"][1, 0] = -1
+    elif case == "columns_differ":
+        arrays["val_labels"] = arrays["val_labels"][:, :3]
+    elif case == "mixed_layout":
+        arrays["test_labels"] = np.zeros((6, 1), dtype=np.uint8)
+    else:
+        arrays["train_labels"] = arrays["train_labels"].astype(np.float32)
+    np.savez(p, **arrays)
+    msg = _err(p)
+    assert str(p) in msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def _ml_card(name, classes, splits, md5, task="multi-label, binary-class"):
+    return _card_text(name, classes, splits, md5).replace("task: multi-class", f"task: {task}")
+
+
+def test_multilabel_label_count_must_match_the_card(tmp_path, rng):
+    p = tmp_path / "mine.npz"
+    np.savez(p, **_ml_arrays(rng, labels=4))
+    splits = {"train": 12, "val": 6, "test": 6}
+    p.with_suffix(".md").write_text(_ml_card("mine", ["a", "b", "c"], splits, data.file_md5(p)))
+    msg = _err(p)
+    assert "train_labels has 4 label columns but card mine has 3 label_classes" in msg
+    p.with_suffix(".md").write_text(_ml_card("mine", ["a", "b", "c", "d"], splits, data.file_md5(p)))
+    ds = data.load_dataset(str(p))
+    assert ds.is_multilabel and ds.class_names == ["a", "b", "c", "d"]
+
+
+def test_multilabel_file_under_a_single_label_card_and_vice_versa(tmp_path, rng):
+    p = tmp_path / "mine.npz"
+    splits = {"train": 12, "val": 6, "test": 6}
+    np.savez(p, **_ml_arrays(rng, labels=3))
+    p.with_suffix(".md").write_text(_card_text("mine", ["a", "b", "c"], splits, data.file_md5(p)))
+    msg = _err(p)
+    assert "labels are (N, 3) multi-label columns but card mine has task 'multi-class'" in msg
+    np.savez(p, **_arrays(rng, k=3))
+    p.with_suffix(".md").write_text(_ml_card("mine", ["a", "b", "c"], splits, data.file_md5(p)))
+    msg = _err(p)
+    assert "labels are (N,) class indices but card mine has task 'multi-label, binary-class'" in msg
+    assert "needs (N, 3) 0/1 label columns" in msg
+
+
+# --- the tiny real fixtures -------------------------------------------------------------------------
+
+FIX = ROOT / "tests" / "fixtures"
+
+
+@pytest.mark.parametrize("name, task, shape, k", [
+    ("breastmnist_tiny", "binary-class", (28, 28, 1), 2),
+    ("retinamnist_tiny", "ordinal-regression", (28, 28, 3), 5),
+    ("union15_tiny", "multi-class", (28, 28, 3), 15),
+    ("bloodmosaic_tiny", "multi-label, binary-class", (56, 56, 3), 8),
+])
+def test_tiny_fixtures_load_by_path_with_their_cards(name, task, shape, k):
+    p = FIX / f"{name}.npz"
+    assert p.stat().st_size < 1_000_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = data.load_dataset(str(p))
+    assert ds.card is not None and ds.card.name == name and ds.card.path == p.with_suffix(".md")
+    assert ds.task == task and ds.input_shape == shape and ds.num_classes == k
+    assert ds.card.orientation is not None
+    for s in data.SPLITS:
+        c = np.asarray(ds.counts()[s])
+        assert (c >= 1).all() and (c <= 20).all()  # every class in every split, about 10-20 each
+
+
+def test_tiny_subsets_are_real_images_of_their_source():
+    for name, source in (("breastmnist_tiny", "breastmnist"), ("retinamnist_tiny", "retinamnist")):
+        tiny, full = data.load_dataset(str(FIX / f"{name}.npz")), data.load_dataset(source)
+        for s in data.SPLITS:
+            index = {im.tobytes(): i for i, im in enumerate(full.images[s])}
+            for x, y in zip(tiny.images[s], tiny.labels[s]):
+                assert full.labels[s][index[x.tobytes()]] == y  # same split, same label, same pixels
+
+
+def test_union15_is_the_union_of_three_sources():
+    ds = data.load_dataset(str(FIX / "union15_tiny.npz"))
+    assert ds.card.orientation["flips"] is False and "breast" in ds.card.orientation["reason"]
+    names = ds.class_names
+    assert names[:8] == [f"blood: {c}" for c in cards.load_card("bloodmnist").class_names]
+    assert names[8:10] == ["breast: malignant", "breast: normal, benign"]
+    assert names[10:] == [f"retina: DR grade {g}" for g in range(5)]
+    sources = {"blood": (data.load_dataset("bloodmnist"), 0), "breast": (data.load_dataset("breastmnist"), 8),
+               "retina": (data.load_dataset("retinamnist"), 10)}
+    for s in data.SPLITS:
+        assert ds.counts()[s][:10] == [10] * 10
+        for prefix, (src, offset) in sources.items():
+            index = {im.tobytes(): i for i, im in enumerate(src.images[s])}
+            mine = np.flatnonzero((ds.labels[s] >= offset) & (ds.labels[s] < offset + src.num_classes))
+            for i in mine:
+                x = ds.images[s][i]
+                if prefix == "breast":  # grayscale repeated into RGB, nothing else changed
+                    assert (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()
+                    x = x[..., :1]
+                assert src.labels[s][index[x.tobytes()]] == ds.labels[s][i] - offset
