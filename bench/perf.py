@@ -93,7 +93,7 @@ def _keras_model(name: str, conv_impl: str):
 
 
 def child_keras(spec: dict) -> dict:
-    from workbench.layers import configure_backend
+    from workbench.runtime import configure_backend
     backend = configure_backend(spec["conv_impl"])
     import keras
     import numpy as np
@@ -233,7 +233,7 @@ def _kernel_ms(call) -> float:
 def child_kernels_jax(spec: dict) -> dict:
     """Forward, input-gradient and weight-gradient time of each convolution on the product's fast path
     (the ``lax`` convolution that ``keras.ops.conv`` lowers to, on the backend the fast path configures)."""
-    from workbench.layers import configure_backend
+    from workbench.runtime import configure_backend
     backend = configure_backend("fast")
     import jax
     import numpy as np
@@ -293,7 +293,7 @@ def conv_totals(specs: list[dict], timings: list[dict]) -> dict:
 
 
 def measure_kernels(models: list[str], have_torch: bool, log) -> dict:
-    from workbench.layers import ALLOCATOR_ENV, kernel_env
+    from workbench.runtime import ALLOCATOR_ENV, kernel_env
     log("convolution kernels: Keras-on-JAX (fast path) …")
     out = {"jax": run_child({"kind": "kernels_jax", "models": models}, kernel_env("fast"))}
     specs = out["specs"] = out["jax"].pop("specs", [])
@@ -338,7 +338,7 @@ def _have_torch() -> bool:
 
 
 def measure_models(models: list[str], have_torch: bool, log) -> dict:
-    from workbench.layers import ALLOCATOR_ENV, kernel_env
+    from workbench.runtime import ALLOCATOR_ENV, kernel_env
     rows = {}
     for name in models:
         rows[name] = {}
@@ -361,7 +361,7 @@ def measure_models(models: list[str], have_torch: bool, log) -> dict:
 def measure_stages(log) -> dict:
     """Train and annotate on a small real subset: via papermill (the CLI) vs the same call made directly."""
     import tempfile
-    from workbench.layers import kernel_env
+    from workbench.runtime import kernel_env
     train_p = {"dataset": "bloodmnist", "max_per_split": 1500, "epochs": 2, "tta": "no", "seed": 0}
     ann_p = {"gallery_size": 24}
     out = {"params": {"train": train_p, "annotate": ann_p}}

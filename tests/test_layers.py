@@ -17,7 +17,7 @@ import keras
 from jax import lax
 
 from conftest import ROOT
-from workbench import layers, models
+from workbench import layers, models, runtime
 from workbench.errors import WorkbenchError
 
 
@@ -86,7 +86,7 @@ def test_unknown_conv_impl_is_a_clear_error():
     with pytest.raises(WorkbenchError, match="conv_impl"):
         models.build("cnn", (28, 28, 3), 8, conv_impl="turbo")
     with pytest.raises(WorkbenchError, match="conv_impl"):
-        layers.configure_backend("turbo")
+        runtime.configure_backend("turbo")
 
 
 def test_dihedral_mean_is_the_mean_over_the_8_symmetries_and_round_trips(tmp_path):
@@ -107,21 +107,21 @@ def test_dihedral_mean_is_the_mean_over_the_8_symmetries_and_round_trips(tmp_pat
 def test_kernel_env_respects_the_users_settings(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    env = layers.kernel_env("fast")
+    env = runtime.kernel_env("fast")
     assert env["MALLOC_ARENA_MAX"] == "1" and env["MALLOC_MMAP_MAX_"] == "0"
-    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {layers.YNN_FLAG}"
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {runtime.YNN_FLAG}"
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-    env = layers.kernel_env("fast")
+    env = runtime.kernel_env("fast")
     assert "MALLOC_ARENA_MAX" not in env and "XLA_FLAGS" not in env  # the user's own values stay
-    assert layers.kernel_env("stock") == {}
+    assert runtime.kernel_env("stock") == {}
 
 
 _BACKEND_CHILD = r"""
 import json, sys
 import numpy as np
-from workbench import layers
-info = layers.configure_backend(sys.argv[1])
+from workbench import runtime
+info = runtime.configure_backend(sys.argv[1])
 import jax, jax.numpy as jnp
 from jax import lax
 rng = np.random.default_rng(0)
@@ -129,7 +129,7 @@ x = rng.normal(size=(2, 7, 7, 3)).astype("float32"); w = rng.normal(size=(3, 3, 
 conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 y = conv(x, w); gx, gw = jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))(x, w)
 hlo = jax.jit(conv).lower(x, w).compile().as_text()
-late = layers.configure_backend("fast")["backend_settings_applied"]
+late = runtime.configure_backend("fast")["backend_settings_applied"]
 np.savez(sys.argv[2], y=y, gx=gx, gw=gw)
 print(json.dumps({**info, "ynn_conv": "ynn" in hlo, "late_applied": late}))
 """
@@ -151,7 +151,7 @@ def test_fast_backend_settings_keep_convolution_values_and_gradients(tmp_path):
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["fast"]["backend_settings_applied"] and layers.YNN_FLAG in out["fast"]["xla_flags"]
+    assert out["fast"]["backend_settings_applied"] and runtime.YNN_FLAG in out["fast"]["xla_flags"]
     assert not out["fast"]["ynn_conv"]
     assert out["stock"]["xla_flags"] == "" and out["stock"]["late_applied"] is False  # too late once started
     rng = np.random.default_rng(0)

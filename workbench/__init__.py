@@ -5,23 +5,9 @@ Importing the package selects the JAX backend for Keras before Keras is imported
 import fails with a clear message instead of silently running on the wrong backend.
 """
 
-import os as _os
-import sys as _sys
+from .runtime import select_backend as _select_backend
 
-_os.environ.setdefault("KERAS_BACKEND", "jax")
-
-if _os.environ["KERAS_BACKEND"] != "jax":
-    raise ImportError(
-        f"workbench needs Keras on the JAX backend but KERAS_BACKEND={_os.environ['KERAS_BACKEND']!r}; "
-        "unset it or set KERAS_BACKEND=jax and restart the kernel"
-    )
-if "keras" in _sys.modules:
-    _kb = _sys.modules["keras"].backend.backend()
-    if _kb != "jax":
-        raise ImportError(
-            f"keras was imported with the {_kb!r} backend before workbench; "
-            "restart the kernel and import workbench first (or set KERAS_BACKEND=jax)"
-        )
+_select_backend()
 
 __version__ = "0.1.0"
 
@@ -29,7 +15,7 @@ from .errors import WorkbenchError  # noqa: E402
 
 _SUBMODULES = ("active", "annotate", "audit", "augment", "calibration", "cards", "data", "deid", "dicom", "evaluate", "execute", "explain",
                "explore", "fetch", "imagefolder", "ingest", "metrics", "models", "params", "paths", "preprocess",
-               "progress", "report", "review", "runs", "train", "viz", "widgets")
+               "progress", "report", "review", "runs", "train", "viz", "widgets", "inputs", "runtime")
 __all__ = ["WorkbenchError", "__version__", *_SUBMODULES]
 
 

@@ -11,6 +11,9 @@ matrix; MC-dropout and TTA need several stochastic passes of the model:
 * ``tta``: entropy of the mean prediction over N passes of the run's training augmentation
 * ``random``: a seeded random order (the baseline of the active-learning benchmark)
 
+Multi-label probabilities (N, L) of independent labels are scored per label as yes/no distributions
+and the item takes its most uncertain label's score (``task="multi-label, binary-class"``).
+
 ``simulate`` runs the simulated-oracle active-learning loop used by ``make bench-annotate``.
 """
 
@@ -59,108 +62,28 @@ def rank(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
 
 
-# ---------------------------------------------------------------- stochastic passes
-def _dropout_layers(model):
-    from keras import layers
-    return [layer for layer in model.layers if isinstance(layer, layers.Dropout)]
+# ---------------------------------------------------------------- stochastic passes: workbench.predict
+from .predict import mc_dropout_passes, predict, tta_passes  # noqa: E402,F401  (re-exported for callers)
 
 
-def mc_dropout_model(model, seed: int = 0, rate: float | None = None):
-    """A model sharing ``model``'s layers and weights in which only the Dropout layers sample.
-
-    ``model(x, training=True)`` would also switch BatchNormalization to batch statistics (and move
-    its running averages); instead the graph is cloned with each Dropout replaced by a copy whose
-    ``call`` always drops, while every other layer is the original object (shared weights, inference
-    mode). ``rate`` overrides the trained dropout rate (None: keep it; 0 reproduces the deterministic
-    prediction, which the tests use to show that nothing else changed). Raises WorkbenchError when the
-    model has no Dropout layer.
-    """
-    import keras
-    from keras import layers
-
-    class _AlwaysDropout(layers.Dropout):
-        def call(self, inputs, training=False):
-            return super().call(inputs, training=True)
-
-    if not _dropout_layers(model):
-        raise WorkbenchError(
-            f"model {model.name!r} has no Dropout layer, so MC-dropout has nothing to sample: train with "
-            "dropout > 0 or choose another strategy (parameter 'strategy')")
-    counter = iter(range(1, 1_000_000))
-
-    def clone(layer):
-        if isinstance(layer, layers.Dropout):
-            cfg = layer.get_config()
-            cfg["seed"] = (int(seed) * 1000 + next(counter)) % (2**31 - 1)
-            if rate is not None:
-                cfg["rate"] = float(rate)
-            return _AlwaysDropout.from_config(cfg)
-        return layer  # the original object: shared weights, unchanged behaviour
-
-    return keras.models.clone_model(model, clone_function=clone)
-
-
-def _split_at_first_dropout(mc):
-    """(prefix, head): the deterministic part before the first Dropout is computed once and only the
-    head is re-run per pass. None when the graph does not split there (e.g. a skip connection around it)."""
-    import keras
-    first = _dropout_layers(mc)[0]
-    try:
-        prefix = keras.Model(mc.inputs, first.input)
-        head = keras.Model(first.input, mc.outputs)
-    except (ValueError, TypeError, KeyError):
-        return None
-    return prefix, head
-
-
-def _predict(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities in batches; the last batch is padded to a power of two so that a model sees few
-    distinct input shapes (each new shape costs a JAX compilation)."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        b = x[i:i + batch_size]
-        n = len(b)
-        size = min(batch_size, 1 << max(n - 1, 0).bit_length())
-        if size > n:
-            b = np.concatenate([b, np.zeros((size - n, *b.shape[1:]), b.dtype)])
-        out.append(np.asarray(model.predict_on_batch(b))[:n])
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, model.output_shape[-1]))
-
-
-def mc_dropout_passes(model, images: np.ndarray, n_passes: int = 10, seed: int = 0,
-                      batch_size: int = 512, rate: float | None = None, split: bool = True) -> np.ndarray:
-    """(n_passes, N, K) class probabilities with dropout sampling (see ``mc_dropout_model``).
-
-    With ``split`` the layers before the first Dropout run once and only the rest runs per pass."""
-    from .progress import tqdm
-    mc = mc_dropout_model(model, seed, rate)
-    parts = _split_at_first_dropout(mc) if split else None
-    x = np.asarray(images, dtype=np.float32)
-    if parts is not None:
-        prefix, head = parts
-        x = _predict(prefix, x, batch_size).astype(np.float32)
-        mc = head
-    return np.stack([_predict(mc, x, batch_size) for _ in tqdm(range(n_passes), desc="MC-dropout", unit="pass")])
-
-
-def tta_passes(model, images: np.ndarray, transform, n_passes: int = 8, batch_size: int = 512) -> np.ndarray:
-    """(n_passes, N, K) class probabilities of augmented copies (``transform``: a seeded albumentations
-    pipeline, normally the run's training augmentation)."""
-    from . import augment as _augment
-    from .progress import tqdm
-    if _augment.is_identity(transform):
-        raise WorkbenchError("test-time augmentation needs an augmentation: the run was trained with preset 'none'; "
-                             "choose another strategy (parameter 'strategy')")
-    return np.stack([_predict(model, _augment.apply(transform, images).astype(np.float32), batch_size)
-                     for _ in tqdm(range(n_passes), desc="TTA", unit="pass")])
+def _yes_no(p: np.ndarray) -> np.ndarray:
+    """(…, L) independent label probabilities → (…, L, 2) yes/no distributions."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.stack([1.0 - p, p], axis=-1)
 
 
 def score(strategy: str, probs: np.ndarray | None = None, passes: np.ndarray | None = None,
-          seed: int = 0, n: int | None = None) -> np.ndarray:
+          seed: int = 0, n: int | None = None, task: str = "multi-class") -> np.ndarray:
     """Scores for a strategy from probabilities (deterministic) or passes (mc_dropout, tta)."""
+    from .tasks import is_multilabel
     if strategy == "random":
         size = n if n is not None else len(probs if probs is not None else passes[0])
         return np.random.default_rng(seed).random(size)
+    if is_multilabel(task):  # per label as a 2-class problem; the item's most uncertain label counts
+        L = (probs if probs is not None else passes[0]).shape[-1]
+        flat = lambda a: _yes_no(a).reshape(*a.shape[:-1][:-1], -1, 2)  # noqa: E731  (…, N·L, 2)
+        per = score(strategy, None if probs is None else flat(probs), None if passes is None else flat(passes), seed)
+        return per.reshape(-1, L).max(1)
     if strategy in SCORES:
         return SCORES[strategy](probs)
     if strategy == "mc_dropout":
@@ -171,14 +94,15 @@ def score(strategy: str, probs: np.ndarray | None = None, passes: np.ndarray | N
 
 
 def uncertainty(strategy: str, model, images: np.ndarray, probs: np.ndarray | None = None, *, transform=None,
-                n_passes: int = 10, seed: int = 0, batch_size: int = 512, temperature: float | None = None) -> dict:
+                n_passes: int = 10, seed: int = 0, batch_size: int = 512, temperature=None,
+                task: str = "multi-class") -> dict:
     """Score ``images`` by ``strategy``; returns {"score", "probs" (mean prediction), "passes" or None}.
 
     ``probs`` (the deterministic prediction) is reused when given; passes are temperature-scaled
     like the deterministic probabilities when a temperature is given.
     """
-    from .calibration import apply_temperature
-    cal = (lambda p: apply_temperature(p, temperature)) if temperature else (lambda p: p)
+    from .predict import calibrated
+    cal = (lambda p: calibrated(p, temperature, task)) if temperature is not None else (lambda p: p)
     passes = None
     if strategy == "mc_dropout":
         passes = np.stack([cal(p) for p in mc_dropout_passes(model, images, n_passes, seed, batch_size)])
@@ -187,8 +111,9 @@ def uncertainty(strategy: str, model, images: np.ndarray, probs: np.ndarray | No
             raise WorkbenchError("strategy 'tta' needs the run's augmentation pipeline")
         passes = np.stack([cal(p) for p in tta_passes(model, images, transform, n_passes, batch_size)])
     if probs is None:
-        probs = passes.mean(0) if passes is not None else cal(_predict(model, np.asarray(images, np.float32), batch_size))
-    return {"score": score(strategy, probs, passes, seed=seed, n=len(images)), "probs": probs, "passes": passes}
+        probs = passes.mean(0) if passes is not None else cal(predict(model, images, batch_size, progress=False))
+    return {"score": score(strategy, probs, passes, seed=seed, n=len(images), task=task), "probs": probs,
+            "passes": passes}
 
 
 # ---------------------------------------------------------------- simulated-oracle active learning
@@ -277,7 +202,7 @@ def train_model(model, images, labels, epochs: int, cfg: ALConfig, seed: int, tr
 
 
 def accuracy(model, images, labels, batch_size: int = 512) -> float:
-    return float((_predict(model, np.asarray(images, np.float32), batch_size).argmax(1) == labels).mean())
+    return float((predict(model, images, batch_size, progress=False).argmax(1) == labels).mean())
 
 
 def select(strategy: str, model, pool_images: np.ndarray, k: int, cfg: ALConfig, rng: np.random.Generator,

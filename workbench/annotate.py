@@ -1,126 +1,157 @@
-"""Annotate stage: a trained model labels an unlabelled pool.
+"""Annotate stage: a trained model labels a pool of new, unlabelled images.
 
-1. **Pool**: any unlabelled image set, as a ``Pool`` (images + stable item ids; ground truth only when
-   known, never shown to the model). ``split_pool`` makes one from a dataset split; other loaders
-   (image folders, DICOM) only need to build a ``Pool``.
-2. **Auto-accept**: confidence thresholds (global or per predicted class) chosen on val for a target
-   precision, with a Learn-then-Test guarantee by default (calibrated probabilities when the run has
-   a temperature); where the pool's labels are known, the precision and
-   coverage achieved with bootstrap intervals.
-3. **Ranking**: the needs-review items ordered by an uncertainty strategy (``workbench.active``) into
+1. **Pool** (``pool``): a split of the training dataset, a folder of images (searched recursively; PNG,
+   JPEG, TIFF, DICOM; no labels needed) or a MedMNIST-style ``.npz`` (workbench.pools). Items keep
+   stable ids (the path relative to the pool root; a DICOM frame adds ``#<frame>``); files are streamed
+   in batches through the run's own input path (workbench.inputs: channels, size and resize policy,
+   DICOM window, preprocessing); unreadable files are listed in ``rejected.csv``, duplicates in
+   ``duplicates.csv``; DICOM headers are de-identified before anything is read from them. An optional
+   labels CSV (``labels_csv``) is used only to report precision and coverage, never shown to the model.
+2. **Auto-accept**: confidence thresholds (global or per predicted class; per label for multi-label
+   tasks) chosen on val for a target precision, with a Learn-then-Test guarantee by default, on
+   calibrated probabilities when the run has a temperature.
+3. **Shift check** (workbench.shift): the promise holds only for pools like val. The pool is compared
+   with val without its labels; where they differ enough to void the guarantee the report says so at the
+   top, ``annotation_summary.json`` records it under ``shift`` and nothing is auto-accepted
+   (``on_shift accept`` overrides).
+4. **Ranking**: the needs-review items ordered by an uncertainty strategy (workbench.active) into
    ``review_queue.csv``.
-4. **Label audit**: confident learning over the train split (``workbench.audit``) → ``label_issues.csv``.
-5. **Review**: ``open_review`` gives a resumable ``review.ReviewSession`` over the queue; the widget
-   (``workbench.widgets``) is its UI; ``export_review`` writes the labels for ``10_train -p extra_labels``.
+5. **Label audit**: confident learning over the train split (workbench.audit) → ``label_issues.csv``.
+6. **Review**: ``open_review`` gives a resumable ``review.ReviewSession`` over the queue; the widget
+   (workbench.widgets) is its UI; ``export_review`` writes the labels (with their images) for
+   ``10_train -p extra_labels``.
 
-Artifacts: ``annotations.csv``, ``annotation_summary.json``, ``pool_predictions.npz``,
+Each annotated pool gets its own write-once directory inside the trained run,
+``RUN/annotate/<pool>/`` (a second pool, or the same pool again, never overwrites an earlier one):
+``30_annotate.ipynb/.html``, ``params/annotate.json``, ``provenance.json``, ``annotations.csv``,
+``annotation_summary.json``, ``pool_predictions.npz``, ``rejected.csv``, ``duplicates.csv``,
 ``review_queue.csv``, ``label_issues.csv``, ``review/decisions.jsonl`` (append-only), ``review/export-*/``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import cells as _cells
 from . import metrics as _metrics
+from . import predict as _predict
+from . import runload as _runload
 from . import runs as _runs
-from . import train as _train
+from . import tasks as _tasks
 from .errors import WorkbenchError
-from .evaluate import predict
 from .params import AnnotateParams
 
 AUTO, REVIEW = "auto-accepted", "needs-review"
-ANNOTATION_COLUMNS = ["index", "split", "predicted_label", "predicted_class", "confidence", "status", "id", "threshold"]
+ANNOTATION_COLUMNS = ["index", "id", "predicted_label", "predicted_class", "confidence", "status", "threshold"]
+POOLS_DIR = "annotate"
+SEP = ";"   # joins the labels of a multi-label prediction (as workbench.review's exports do)
 
 
-# ---------------------------------------------------------------------- pools
-@dataclass
-class Pool:
-    """Images to annotate. ``ids`` are stable, unique item names (e.g. ``test:17`` or a file path);
-    ``labels`` is the ground truth when it exists (only for reporting); ``source`` says where the
-    images come from (recorded in exports, checked by ``10_train -p extra_labels``)."""
-    name: str
-    images: np.ndarray
-    ids: list[str]
-    labels: np.ndarray | None = None
-    source: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.ids = [str(i) for i in self.ids]
-        if len(self.ids) != len(self.images):
-            raise WorkbenchError(f"pool {self.name}: {len(self.ids)} ids for {len(self.images)} images")
-        if len(set(self.ids)) != len(self.ids):
-            raise WorkbenchError(f"pool {self.name}: item ids are not unique")
-        if self.labels is not None and len(self.labels) != len(self.images):
-            raise WorkbenchError(f"pool {self.name}: {len(self.labels)} labels for {len(self.images)} images")
-        self._id = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def pool_id(self) -> str:
-        """Fingerprint of the images and ids (not of the hidden labels): a review log belongs to one pool."""
-        if self._id is None:
-            h = hashlib.sha256()
-            h.update(json.dumps(self.ids).encode())
-            h.update(str(self.images.shape).encode() + str(self.images.dtype).encode())
-            h.update(np.ascontiguousarray(self.images).tobytes())
-            self._id = h.hexdigest()[:16]
-        return self._id
+# ---------------------------------------------------------------------- where a pool's results go
+def _trained_dir(params: AnnotateParams) -> Path:
+    return Path(params.run_dir).expanduser().resolve() if params.run_dir else _runs.latest_run()
 
 
-def split_pool(ds, split: str) -> Pool:
-    """A dataset split as a pool; its labels are kept aside as ground truth for reporting only."""
-    if split not in ds.images:
-        raise WorkbenchError(f"dataset {ds.name} has no split {split!r} (parameter pool_split)")
-    return Pool(name=f"{ds.name}:{split}", images=ds.images[split], ids=[f"{split}:{i}" for i in range(len(ds.images[split]))],
-                labels=ds.labels.get(split), source={"kind": "dataset-split", "dataset": ds.name,
-                                                      "dataset_md5": ds.md5, "split": split, "notes": list(ds.notes)})
+def new_pool_dir(run_dir, slug: str) -> Path:
+    """A new, empty ``RUN/annotate/<slug>[-k]/`` (write-once: never an existing one)."""
+    root = Path(run_dir) / POOLS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10000):
+        path = root / (slug if k == 1 else f"{slug}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise WorkbenchError(f"cannot create a new pool directory under {root}")
 
 
-def model_hash(run_dir) -> str:
-    from .data import file_md5
-    return file_md5(Path(run_dir) / "model.keras")
+def pool_dirs(run_dir) -> list[Path]:
+    """The annotated pools of a trained run, oldest first."""
+    root = Path(run_dir) / POOLS_DIR
+    found = [p for p in root.glob("*/") if (p / "params" / "annotate.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: (p / "params" / "annotate.json").stat().st_mtime)
 
 
-# ---------------------------------------------------------------------- stage
+def _open_pool(params: AnnotateParams, trained):
+    from .pools import open_pool
+    ds = trained.dataset() if params.pool in ("train", "val", "test") else None
+    return open_pool(params.pool, dataset=ds, labels_csv=params.labels_csv, on_error=params.on_error,
+                     allow_burned_in=params.allow_burned_in, class_names=trained.class_names)
+
+
+def prepare_output(params: AnnotateParams) -> Path:
+    """Create the pool's new directory before anything runs (the CLI calls this to know where the
+    executed notebook goes); checks the run and the pool first."""
+    trained = _runload.load(_trained_dir(params))
+    pool = _open_pool(params, trained)
+    return new_pool_dir(trained.path, pool.slug)
+
+
 def open_stage(params: AnnotateParams):
-    run = _runs.open_stage("annotate", params, upstream=_runs.TRAIN_ARTIFACTS)
-    model, ds, tp = _train.reload(run)
-    _runs.add_provenance(run, data=ds.describe())
-    if params.pool_split == "val":
+    """Load the trained run, open the pool, open the pool's new directory (params + provenance).
+    Returns (run: the pool directory, trained run, pool)."""
+    trained = _runload.load(_trained_dir(params))
+    spec = trained.input.with_resize(params.resize)
+    pool = _open_pool(params, trained)
+    out = Path(params.out_dir).expanduser().resolve() if params.out_dir else new_pool_dir(trained.path, pool.slug)
+    if out.parent.parent != trained.path or out.parent.name != POOLS_DIR:
+        raise WorkbenchError(f"parameter 'out_dir' = {out} is not a pool directory of {trained.path} "
+                             f"({trained.path / POOLS_DIR}/<pool>): leave it empty")
+    if any(p.name != ".ipynb_checkpoints" for p in out.glob("*")) if out.is_dir() else False:
+        if (out / "params" / "annotate.json").exists():
+            raise WorkbenchError(f"pool directory {out} already holds results: pool directories are write-once")
+    out.mkdir(parents=True, exist_ok=True)
+    run = _runs.open_stage("annotate", params, path=out)
+    _runs.add_provenance(run, trained_run=str(trained.path), model_hash=trained.model_hash,
+                         input=spec.to_dict(), pool={"name": pool.name, "kind": pool.kind, "source": pool.source})
+    if params.pool == "val":
         print("warning: the pool is the val split, on which the thresholds are also chosen: "
               "the achieved precision below is optimistic")
-    return run, model, ds, tp
+    run.spec = spec
+    return run, trained, pool
 
 
-def load_pool(ds, params: AnnotateParams) -> Pool:
-    return split_pool(ds, params.pool_split)
+def scan_pool(run: _runs.Run, pool, params: AnnotateParams):
+    """Read every item once (streamed): ids, content hashes, rejected files and duplicates are final
+    after it; rejected.csv and duplicates.csv are written. Returns a one-row summary table."""
+    pool.scan(run.spec)
+    pool.write_rejected(run.file("rejected.csv"))
+    pool.write_duplicates(run.file("duplicates.csv"))
+    n_dup = sum(len(g) - 1 for g in pool.duplicates)
+    info = {"pool": pool.name, "kind": pool.kind, "items": len(pool), "rejected": len(pool.rejected),
+            "duplicate items": n_dup, "pool id": pool.pool_id,
+            "labels known (reporting only)": pool.labels is not None}
+    if getattr(pool, "pseudonymised", 0):
+        info["ids pseudonymised (paths held identifying values)"] = int(pool.pseudonymised)
+    if pool.rejected:
+        print(f"{len(pool.rejected)} file(s) rejected (listed with reasons in rejected.csv)")
+    return pd.DataFrame({"value": info})
 
 
-def temperature(run: _runs.Run, params: AnnotateParams) -> float | None:
-    """The run's fitted temperature (evaluate stage) when ``calibrate`` is on, else None."""
-    from .calibration import load_temperature
+def rejected_table(pool, n: int = 20) -> pd.DataFrame:
+    return pd.DataFrame(pool.rejected[:n], columns=["id", "reason"])
+
+
+# ---------------------------------------------------------------------- thresholds on val
+def temperature(trained, params: AnnotateParams):
+    """The run's fitted temperature(s) (evaluate stage) when ``calibrate`` is on, else None."""
     if not params.calibrate:
         print("uncalibrated probabilities (parameter calibrate is off)")
         return None
-    t = load_temperature(run.path)
-    print(f"calibrated probabilities: temperature {t:.4f} (calibration.json)" if t else
-          "uncalibrated probabilities: the run has no calibration.json (the evaluate stage writes it)")
+    t = trained.temperature()
+    if t is None:
+        print("uncalibrated probabilities: the run has no calibration.json (the evaluate stage writes it)")
+    else:
+        shown = f"{t:.4f}" if not isinstance(t, list) else f"{len(t)} per-label temperatures"
+        print(f"calibrated probabilities: temperature {shown} (calibration.json)")
     return t
-
-
-def probabilities(model, images: np.ndarray, params: AnnotateParams, temp: float | None, desc: str) -> np.ndarray:
-    from .calibration import apply_temperature
-    p = predict(model, images, params.batch_size, desc=desc)
-    return apply_temperature(p, temp) if temp else p
 
 
 def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, target: float, mode: str = "per-class",
@@ -135,13 +166,9 @@ def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, target: float, m
     A class whose predictions never reach the target gets +inf, so none of it is auto-accepted.
 
     ``guarantee`` > 0 makes each threshold a Learn-then-Test choice: precision ≥ target on new
-    images like val with that probability. Per class, that holds for each tested class. On 28 px
-    BloodMNIST with 10 % of the labels, the two rules compare as follows (1,712 val images; 40
-    exchangeable val/pool splits; bench/annotate.py):
-    - per-class point estimates missed 0.99 in 38 % of the splits;
-    - global with guarantee 0.9 missed it in 5 %, at coverage 0.78;
-    - per-class with the guarantee reached only 0.66 coverage, since each class has fewer val images to test on.
-    So "global" is the default.
+    images like val with that probability. Per class, that holds for each tested class, which has fewer
+    val images to test on, so it covers less; "global" is the default (bench/results/annotate.md
+    compares the rules).
     """
     conf, pred = probs.max(1), probs.argmax(1)
     correct = pred == np.asarray(labels).reshape(-1)
@@ -160,17 +187,37 @@ def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, target: float, m
                      "n_val": int(m.sum()), "val_precision": ch["val_precision"], "val_coverage": ch["val_coverage"]})
     thr = np.array([r["threshold"] for r in rows])
     acc = conf >= thr[pred]
-    achieved = _metrics.precision_coverage(acc, correct)
+    achieved_val = _metrics.precision_coverage(acc, correct)
     return {"mode": mode, "target_precision": float(target), "guarantee": float(guarantee), "global": glob,
             "per_class": rows,
-            "thresholds": thr.tolist(), "val_precision": achieved["precision"], "val_coverage": achieved["coverage"]}
+            "thresholds": thr.tolist(), "val_precision": achieved_val["precision"],
+            "val_coverage": achieved_val["coverage"]}
 
 
-def choose_thresholds(model, ds, params: AnnotateParams, temp: float | None = None) -> tuple[dict, np.ndarray]:
-    """Per-class (or global) thresholds on val; returns (choice, val probabilities)."""
-    probs = probabilities(model, ds.images["val"], params, temp, "predict val")
-    choice = per_class_thresholds(probs, ds.labels["val"], params.target_precision, params.thresholds,
-                                  params.min_class_val, params.guarantee)
+def _multilabel_choice(probs, labels, params: AnnotateParams) -> dict:
+    ml = _metrics.multilabel_thresholds(probs, labels, params.target_precision, params.guarantee)
+    rows = [{"class": r["label"], "threshold": r["threshold"], "reached": r["reached"], "source": "label",
+             "n_val": r["n_val"], "val_precision": r.get("val_precision"), "val_coverage": r.get("val_coverage")}
+            for r in ml["per_label"]]
+    pc = _metrics.multilabel_precision_coverage(labels, probs, ml["thresholds"])
+    return {"mode": "per-label", "target_precision": float(params.target_precision),
+            "guarantee": float(params.guarantee), "global": {"threshold": float(np.nanmin(ml["thresholds"])),
+                                                            "target_precision": float(params.target_precision)},
+            "per_class": rows, "thresholds": list(ml["thresholds"]), "val_precision": pc["precision"],
+            "val_coverage": pc["coverage"], "val_all_labels_accepted": pc["all_accepted"]}
+
+
+def choose_thresholds(trained, params: AnnotateParams, temp=None) -> tuple[dict, np.ndarray]:
+    """Per-class (or global; per label for multi-label tasks) thresholds on val; returns (choice, val
+    probabilities)."""
+    ds = trained.dataset()
+    probs = _predict.calibrated(_predict.predict(trained.model, ds.images["val"], params.batch_size, desc="predict val"),
+                                temp, trained.task)
+    if _tasks.is_multilabel(trained.task):
+        choice = _multilabel_choice(probs, ds.labels["val"], params)
+    else:
+        choice = per_class_thresholds(probs, ds.labels["val"], params.target_precision, params.thresholds,
+                                      params.min_class_val, params.guarantee)
     choice["temperature"] = temp
     if not np.isfinite(choice["thresholds"]).any():
         how = (f" with probability {params.guarantee} (parameter 'guarantee'; a lower one, or more val images, "
@@ -186,23 +233,78 @@ def thresholds_table(choice: dict, class_names: list[str]) -> pd.DataFrame:
     return df.set_index("class")
 
 
-def label_pool(run: _runs.Run, model, pool: Pool, ds, params: AnnotateParams, choice: dict,
-               temp: float | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Predict the pool (images only): annotations.csv and pool_predictions.npz; returns (table, probs)."""
-    probs = probabilities(model, pool.images, params, temp, f"predict pool ({pool.name})")
-    pred, conf = probs.argmax(1), probs.max(1)
-    thr = np.asarray(choice["thresholds"])[pred]
-    status = np.where(conf >= thr, AUTO, REVIEW)
-    split = pool.source.get("split", pool.name)
-    table = pd.DataFrame({
-        "index": np.arange(len(pool)), "split": split, "predicted_label": pred,
-        "predicted_class": [ds.class_names[i] for i in pred], "confidence": np.round(conf, 6), "status": status,
-        "id": pool.ids, "threshold": np.round(thr, 6),
-    })
-    table.to_csv(run.file("annotations.csv"), index=False)
+# ---------------------------------------------------------------------- the pool's predictions
+def predict_pool(run: _runs.Run, trained, pool, params: AnnotateParams, temp=None) -> np.ndarray:
+    """Probabilities of every pool item (streamed in batches, never all images in memory), calibrated like
+    val; saved as pool_predictions.npz with the ids and the pool's fingerprint."""
+    probs = _predict.predict_stream(trained.model, pool.batches(run.spec, params.batch_size), len(pool),
+                                    params.batch_size, desc=f"predict pool ({pool.name})")
+    probs = _predict.calibrated(probs, temp, trained.task)
     np.savez_compressed(run.file("pool_predictions.npz"), probs=probs.astype(np.float32),
                         ids=np.array(pool.ids, dtype="U"), pool_id=np.array(pool.pool_id, dtype="U"))
-    return table, probs
+    return probs
+
+
+def check_shift(run: _runs.Run, trained, val_probs: np.ndarray, pool_probs: np.ndarray, choice: dict,
+                params: AnnotateParams) -> dict:
+    """Compare the pool with val (workbench.shift) before trusting the thresholds; the verdict and what is
+    done about it (``on_shift``)."""
+    from . import shift as _shift
+    ds = trained.dataset()
+    res = _shift.check(val_probs, ds.labels["val"], pool_probs, thresholds=np.asarray(choice["thresholds"]),
+                       task=trained.task, class_names=trained.class_names)
+    res["action"] = ("nothing auto-accepted (on_shift review)" if res["fired"] and params.on_shift == "review"
+                     else "thresholds applied as chosen on val" + (" (on_shift accept)" if res["fired"] else ""))
+    res["message"] = _shift.message(res)
+    print(f"shift check: {res['message']}; {res['action']}")
+    return res
+
+
+def shift_banner(shift: dict):
+    """The shift verdict for the top of the report."""
+    from .report import Markdown
+    if shift["fired"]:
+        return Markdown("> ## ⚠ The pool differs from val: the precision guarantee does not hold\n>\n"
+                        + "".join(f"> - {r}\n" for r in shift["reasons"])
+                        + f">\n> **{shift['action']}.** Review the pool, or pass `-p on_shift accept` to apply the "
+                          "thresholds anyway.")
+    notes = "".join(f"\n- {n}" for n in shift.get("notes", []))
+    return Markdown(f"**Shift check:** {shift['message']}; {shift['action']}.{notes}")
+
+
+def decide(run: _runs.Run, trained, pool, probs: np.ndarray, choice: dict, shift: dict | None,
+           params: AnnotateParams) -> pd.DataFrame:
+    """Auto-accepted or needs-review for every item → annotations.csv (ids, predicted label and class name,
+    confidence, status, threshold). Multi-label: a label decision is accepted when its confidence reaches
+    its label's threshold; an item is auto-accepted when all its label decisions are."""
+    thr_all = np.asarray(choice["thresholds"], dtype=np.float64)
+    hold = bool(shift and shift["fired"] and params.on_shift == "review")
+    names = trained.class_names
+    if _tasks.is_multilabel(trained.task):
+        pred = _tasks.decide(probs, trained.task)
+        conf = _tasks.confidence(probs, trained.task)
+        accepted = conf >= thr_all[None, :]
+        weakest = np.argmin(conf - np.where(np.isfinite(thr_all), thr_all, 2.0)[None, :], axis=1)
+        item_ok = accepted.all(1) & ~hold
+        table = pd.DataFrame({
+            "index": np.arange(len(pool)), "id": pool.ids,
+            "predicted_label": [SEP.join(str(j) for j in np.flatnonzero(r)) for r in pred],
+            "predicted_class": [SEP.join(names[j] for j in np.flatnonzero(r)) for r in pred],
+            "confidence": np.round(conf.min(1), 6), "status": np.where(item_ok, AUTO, REVIEW),
+            "threshold": np.round(thr_all[weakest], 6), "labels_accepted": accepted.sum(1),
+            "labels_to_review": [SEP.join(names[j] for j in np.flatnonzero(~r)) for r in accepted],
+        })
+        table["predicted_labels"] = table["predicted_class"]
+    else:
+        pred, conf = probs.argmax(1), probs.max(1)
+        thr = thr_all[pred]
+        table = pd.DataFrame({
+            "index": np.arange(len(pool)), "id": pool.ids, "predicted_label": pred,
+            "predicted_class": [names[i] for i in pred], "confidence": np.round(conf, 6),
+            "status": np.where((conf >= thr) & ~hold, AUTO, REVIEW), "threshold": np.round(thr, 6),
+        })
+    table.to_csv(run.file("annotations.csv"), index=False)
+    return table
 
 
 def _precision(y, pred, accepted):
@@ -229,20 +331,34 @@ def achieved(labels: np.ndarray, pred: np.ndarray, accepted: np.ndarray, n_resam
     return out
 
 
-def summarise(run: _runs.Run, pool: Pool, params: AnnotateParams, choice: dict, table: pd.DataFrame) -> dict:
+def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, choice: dict, table: pd.DataFrame,
+              probs: np.ndarray, shift: dict | None) -> dict:
     accepted = (table["status"] == AUTO).to_numpy()
-    summary = {"pool": pool.name, "pool_split": pool.source.get("split"), "pool_id": pool.pool_id,
-               "pool_size": int(len(table)), "model_hash": model_hash(run.path),
+    summary = {"pool": pool.name, "pool_kind": pool.kind, "pool_source": pool.source, "pool_id": pool.pool_id,
+               "pool_size": int(len(table)), "rejected": len(pool.rejected),
+               "duplicates": sum(len(g) - 1 for g in pool.duplicates), "model_hash": trained.model_hash,
+               "trained_run": str(trained.path), "task": trained.task,
                "threshold": {**choice["global"], "mode": choice["mode"]},
                "thresholds": {"mode": choice["mode"], "per_class": choice["per_class"],
                               "val_precision": choice["val_precision"], "val_coverage": choice["val_coverage"]},
                "temperature": choice.get("temperature"), "target_precision": params.target_precision,
                "guarantee": params.guarantee,
+               "shift": shift,
                "n_auto_accepted": int(accepted.sum()), "n_needs_review": int((~accepted).sum()),
-               "coverage": float(accepted.mean()), "pool_labels_known": pool.labels is not None}
+               "coverage": float(accepted.mean()) if len(accepted) else 0.0,
+               "pool_labels_known": pool.labels is not None}
     if pool.labels is not None:
-        summary["achieved"] = achieved(pool.labels, table["predicted_label"].to_numpy(), accepted,
-                                       params.bootstrap, params.seed)
+        y = np.asarray(pool.labels)
+        known = (y >= 0).all(1) if y.ndim == 2 else y >= 0     # a labels CSV may cover some files only
+        if _tasks.is_multilabel(trained.task):
+            thr = np.asarray(choice["thresholds"], dtype=np.float64)
+            if shift and shift["fired"] and params.on_shift == "review":
+                thr = np.full_like(thr, np.inf)
+            summary["achieved"] = _metrics.multilabel_precision_coverage(y[known], probs[known], thr)
+        else:
+            summary["achieved"] = achieved(y[known], table["predicted_label"].to_numpy()[known], accepted[known],
+                                           params.bootstrap, params.seed)
+        summary["achieved"]["n_labelled"] = int(known.sum())
     run.write_json("annotation_summary.json", summary)
     return summary
 
@@ -253,49 +369,59 @@ def achieved_table(summary: dict) -> pd.DataFrame:
         return pd.DataFrame({"note": ["the pool's labels are unknown: nothing to compare with"]})
     return pd.DataFrame({
         "estimate": [a["precision"], a["coverage"]],
-        "95% CI low": [a["precision_ci95"][0], a["coverage_ci95"][0]],
-        "95% CI high": [a["precision_ci95"][1], a["coverage_ci95"][1]],
+        "95% CI low": [(a.get("precision_ci95") or [None])[0], (a.get("coverage_ci95") or [None])[0]],
+        "95% CI high": [(a.get("precision_ci95") or [None, None])[1], (a.get("coverage_ci95") or [None, None])[1]],
         "target / val": [summary["target_precision"], summary["thresholds"]["val_coverage"]],
-    }, index=["precision of auto-accepted", "coverage (auto-accepted / pool)"])
+    }, index=["precision of auto-accepted" + (" label decisions" if summary["task"] == _tasks.MULTILABEL else ""),
+              "coverage (auto-accepted / pool)"])
 
 
 # ---------------------------------------------------------------------- ranking
-def rank_for_review(run: _runs.Run, model, pool: Pool, table: pd.DataFrame, probs: np.ndarray, ds,
-                    params: AnnotateParams, train_params, temp: float | None = None) -> pd.DataFrame:
-    """Rank the needs-review items by ``params.strategy`` (most useful first) into review_queue.csv."""
+def rank_for_review(run: _runs.Run, trained, pool, table: pd.DataFrame, probs: np.ndarray,
+                    params: AnnotateParams, temp=None, chunk: int = 4096) -> pd.DataFrame:
+    """Rank the needs-review items by ``params.strategy`` (most useful first) into review_queue.csv.
+    Stochastic strategies read the needed images back in chunks (a large pool never sits in memory)."""
     from . import active
     from . import augment as _augment
     need = np.flatnonzero((table["status"] == REVIEW).to_numpy())
-    transform = None
-    if params.strategy == "tta":
-        transform = _augment.build(train_params.augment, params.seed, n_channels=pool.images.shape[-1])
+    task = trained.task
     if len(need):
-        res = active.uncertainty(params.strategy, model, pool.images[need],
-                                 probs=None if params.strategy in active.STOCHASTIC else probs[need],
-                                 transform=transform, n_passes=params.n_passes, seed=params.seed,
-                                 batch_size=params.batch_size, temperature=temp)
-        order = active.rank(res["score"])
-        scores = res["score"][order]
-        need = need[order]
+        if params.strategy in active.STOCHASTIC:
+            transform = None
+            if params.strategy == "tta":
+                transform = _augment.build(trained.params.augment, params.seed, n_channels=trained.input.channels)
+            scores = np.concatenate([
+                active.uncertainty(params.strategy, trained.model, pool.images(need[i:i + chunk], run.spec),
+                                   transform=transform, n_passes=params.n_passes, seed=params.seed + i,
+                                   batch_size=params.batch_size, temperature=temp, task=task)["score"]
+                for i in range(0, len(need), chunk)])
+        else:
+            scores = active.score(params.strategy, probs[need], task=task)
+        order = active.rank(scores)
+        scores, need = scores[order], need[order]
     else:
         scores = np.zeros(0)
-    p = probs[need]
-    second = np.argsort(-p, axis=1)[:, 1] if p.shape[1] > 1 and len(p) else np.zeros(len(p), int)
     queue = pd.DataFrame({
         "rank": np.arange(1, len(need) + 1), "id": [pool.ids[i] for i in need], "index": need,
         "predicted_label": table["predicted_label"].to_numpy()[need],
         "predicted_class": table["predicted_class"].to_numpy()[need],
         "confidence": table["confidence"].to_numpy()[need], "strategy": params.strategy,
-        "score": np.round(scores, 6), "second_label": second,
-        "second_class": [ds.class_names[c] for c in second],
-        "second_prob": np.round(p[np.arange(len(p)), second], 6) if len(p) else np.zeros(0),
+        "score": np.round(scores, 6),
     })
+    p = probs[need]
+    if not _tasks.is_multilabel(task):
+        second = np.argsort(-p, axis=1)[:, 1] if p.shape[1] > 1 and len(p) else np.zeros(len(p), int)
+        queue["second_label"] = second
+        queue["second_class"] = [trained.class_names[c] for c in second]
+        queue["second_prob"] = np.round(p[np.arange(len(p)), second], 6) if len(p) else np.zeros(0)
+    else:
+        queue["labels_to_review"] = table["labels_to_review"].to_numpy()[need]
     queue.to_csv(run.file("review_queue.csv"), index=False)
     return queue
 
 
 # ---------------------------------------------------------------------- label audit
-def audit_labels(run: _runs.Run, ds, train_params, params: AnnotateParams) -> pd.DataFrame | None:
+def audit_labels(run: _runs.Run, trained, params: AnnotateParams) -> pd.DataFrame | None:
     """Confident learning over the train split with cross-validated probabilities → label_issues.csv."""
     from . import audit
     from . import augment as _augment
@@ -303,7 +429,12 @@ def audit_labels(run: _runs.Run, ds, train_params, params: AnnotateParams) -> pd
     if params.audit_folds == 0:
         print("label audit skipped (audit_folds 0)")
         return None
-    tp = train_params
+    if _tasks.is_multilabel(trained.task):
+        reason = "the label audit (confident learning) covers single-label tasks; this task is multi-label"
+        print(f"label audit skipped: {reason}")
+        run.write_json("label_audit.json", {"skipped": True, "reason": reason, "split": "train"})
+        return None
+    tp, ds = trained.params, trained.dataset()
     images, labels = ds.images["train"], ds.labels["train"]
     counts = np.bincount(labels, minlength=ds.num_classes)
     if counts[counts > 0].min() < params.audit_folds:
@@ -337,17 +468,18 @@ def audit_labels(run: _runs.Run, ds, train_params, params: AnnotateParams) -> pd
     return issues
 
 
-def audit_gallery(issues: pd.DataFrame | None, ds, params: AnnotateParams):
+def audit_gallery(issues: pd.DataFrame | None, trained, params: AnnotateParams):
     from . import audit
     if issues is None:
         return None
-    return audit.gallery(issues, ds.images["train"], n=params.gallery_size)
+    return audit.gallery(issues, trained.dataset().images["train"], n=params.gallery_size)
 
 
 # ---------------------------------------------------------------------- galleries
-def gallery(table: pd.DataFrame, pool: Pool, ds, params: AnnotateParams, status: str):
+def gallery(table: pd.DataFrame, pool, trained, params: AnnotateParams, status: str):
     """Auto-accepted: a seeded random sample; needs-review: the least confident first. Where the pool's
     labels are known, captions are green (right) or red (wrong, with the true class)."""
+    from .inputs import conform
     from .viz import image_grid
     sub = table[table["status"] == status]
     n = params.gallery_size
@@ -357,18 +489,55 @@ def gallery(table: pd.DataFrame, pool: Pool, ds, params: AnnotateParams, status:
         rng = np.random.default_rng(params.seed)
         idx = np.sort(rng.choice(sub.index.to_numpy(), size=min(n, len(sub)), replace=False))
     truth = pool.labels
+    multilabel = _tasks.is_multilabel(trained.task)
     caps, colors = [], []
     for i in idx:
         row = table.loc[i]
-        cap, color = f"#{i} {str(row['predicted_class'])[:12]}\n{row['confidence']:.3f}", "black"
+        cap, color = f"{str(row['id'])[-14:]}\n{str(row['predicted_class'])[:14]} {row['confidence']:.3f}", "black"
         if truth is not None:
-            ok = truth[i] == row["predicted_label"]
-            color = "green" if ok else "red"
-            cap += "" if ok else f" (true: {ds.class_names[truth[i]][:10]})"
+            t = np.asarray(truth[i])
+            if (t >= 0).all():
+                if multilabel:
+                    ok = SEP.join(str(j) for j in np.flatnonzero(t)) == str(row["predicted_label"])
+                    true = _tasks.label_names(t, trained.class_names, trained.task)
+                else:
+                    ok = int(t) == int(row["predicted_label"])
+                    true = trained.class_names[int(t)]
+                color = "green" if ok else "red"
+                cap += "" if ok else f"\n(true: {true[:12]})"
         caps.append(cap)
         colors.append(color)
+    images = conform(pool.raw(idx), run_spec_for_display(trained)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
     title = f"{status}: {len(sub)} of {len(table)} (showing {len(idx)})"
-    return image_grid(pool.images[idx], caps, ncols=8, title=title, caption_colors=colors, cell=1.5)
+    return image_grid(images, caps, ncols=8, title=title, caption_colors=colors, cell=1.5)
+
+
+def run_spec_for_display(trained):
+    """The images a person looks at: the model's size and channels, before preprocessing (the resize
+    policy of the run, else stretched: a gallery must show every item)."""
+    from dataclasses import replace
+    spec = trained.input
+    return replace(spec, preprocess=None, resize=spec.resize if spec.resize != "none" else "stretch")
+
+
+# ---------------------------------------------------------------------- privacy
+def phi_check(out_dir, params: dict | AnnotateParams) -> int:
+    """Search every file of a pool directory (annotations, exports, review log, the executed notebook and
+    its HTML report) for the original identifying values of the pool's DICOM headers (re-read from the
+    source, kept in memory only). Raises with the files and attributes (never the values) on a hit;
+    returns how many values were searched."""
+    from .pools import phi_registry
+    p = params if isinstance(params, dict) else {"pool": params.pool}
+    registry = phi_registry(p.get("pool", ""))
+    if registry is None or not len(registry):
+        return 0
+    from . import deid
+    hits = deid.audit([Path(out_dir)], registry)
+    if hits:
+        raise WorkbenchError("PHI guard: original identifying DICOM values were found in "
+                             + "; ".join(f"{Path(f).name} ({kw})" for f, kw in hits[:5])
+                             + f": do not share {out_dir}; remove it and report this as a bug")
+    return len(registry)
 
 
 # ---------------------------------------------------------------------- review
@@ -378,64 +547,96 @@ def default_log(run_dir) -> Path:
 
 @dataclass
 class ReviewInputs:
-    pool: Pool
+    """What the review widget (workbench.widgets) and the exports need of an annotated pool."""
+    pool: object             # workbench.pools.Pool (scanned)
     table: pd.DataFrame      # annotations.csv
     queue: pd.DataFrame      # review_queue.csv
     probs: np.ndarray        # pool probabilities (pool order)
     class_names: list[str]
-    run_dir: Path
+    run_dir: Path            # the pool directory
     params: dict             # params/annotate.json
-    session: object = None   # review.ReviewSession once opened
     task: str = "multi-class"
+    trained: object = None   # workbench.runload.TrainedRun
+    session: object = None   # review.ReviewSession once opened
 
-    # compatibility shim (engineer F): what workbench.widgets reads; the lead's streamed pools replace it
     @property
     def ids(self) -> list[str]:
-        return self.pool.ids
+        return list(self.pool.ids)
 
     def display(self, positions) -> np.ndarray:
-        return self.pool.images[np.asarray(positions, dtype=int)]
+        """What the reviewer sees: the items at the model's size and channels, before preprocessing."""
+        from .inputs import conform
+        return conform(self.pool.raw(np.asarray(positions, dtype=int)), run_spec_for_display(self.trained))
 
-    model_input = display
+    def model_input(self, positions) -> np.ndarray:
+        """What the model saw: through the run's input path."""
+        return self.pool.images(np.asarray(positions, dtype=int), self.trained.input.with_resize(self.params.get("resize", "")))
+
+    def export_images(self, positions) -> np.ndarray:
+        """Images for labelled.npz: conformed to the model's size and channels, not preprocessed, like a
+        dataset's own raw images (``10_train -p extra_labels`` runs them through the input path)."""
+        from .inputs import conform
+        return conform(self.pool.raw(np.asarray(positions, dtype=int)),
+                       self.trained.input.with_resize(self.params.get("resize", "")))
 
 
-def review_inputs(run_dir, pool: Pool | None = None) -> ReviewInputs:
-    """What a review of an annotated run needs, read back from its run directory (nothing is written)."""
-    run_dir = Path(run_dir)
-    _runs.require(run_dir, ("annotations.csv", "review_queue.csv", "pool_predictions.npz", "params/annotate.json"),
+def review_inputs(pool_dir) -> ReviewInputs:
+    """What a review of an annotated pool needs, read back from its directory (nothing is written). The
+    pool is re-opened from its source; items whose content changed since are refused."""
+    pool_dir = Path(pool_dir)
+    if not (pool_dir / "annotations.csv").is_file():
+        pools_found = pool_dirs(pool_dir)
+        if len(pools_found) == 1:
+            pool_dir = pools_found[0]
+        elif pools_found:
+            raise WorkbenchError(f"{pool_dir} has {len(pools_found)} annotated pools: open one of "
+                                 + ", ".join(str(p) for p in pools_found[-3:]))
+    _runs.require(pool_dir, ("annotations.csv", "review_queue.csv", "pool_predictions.npz", "params/annotate.json"),
                   "annotate")
-    ap = json.loads((run_dir / "params" / "annotate.json").read_text())
-    table = pd.read_csv(run_dir / "annotations.csv", dtype={"id": str})
-    queue = pd.read_csv(run_dir / "review_queue.csv", dtype={"id": str})
-    with np.load(run_dir / "pool_predictions.npz", allow_pickle=False) as z:
+    ap = json.loads((pool_dir / "params" / "annotate.json").read_text())
+    table = pd.read_csv(pool_dir / "annotations.csv", dtype={"id": str, "predicted_label": str},
+                        keep_default_na=False, na_values=[""])
+    queue = pd.read_csv(pool_dir / "review_queue.csv", dtype={"id": str}, keep_default_na=False, na_values=[""])
+    with np.load(pool_dir / "pool_predictions.npz", allow_pickle=False) as z:
         probs, ids, saved_pool_id = z["probs"], z["ids"].tolist(), str(z["pool_id"])
-    tp = _train._params_from_run(_runs.Run(run_dir, "annotate"))
-    from .data import load_dataset
-    ds = load_dataset(tp.dataset, size=tp.size, max_per_split=tp.max_per_split, seed=tp.seed)
-    if pool is None:
-        pool = split_pool(ds, ap["pool_split"])
-    if pool.pool_id != saved_pool_id or pool.ids != ids:
-        raise WorkbenchError(f"the pool's images changed since {run_dir} was annotated (pool {pool.pool_id}, "
-                             f"annotated {saved_pool_id}): restore the data or annotate again in a new run")
-    return ReviewInputs(pool, table, queue, probs, list(ds.class_names), run_dir, ap, task=ds.task)
+    trained = _runload.load(pool_dir.parent.parent)
+    if not _tasks.is_multilabel(trained.task):
+        table["predicted_label"] = table["predicted_label"].astype(int)
+    params = AnnotateParams(**{k: v for k, v in ap.items() if k in AnnotateParams.__dataclass_fields__})
+    pool = _open_pool(params, trained)
+    pool.scan(trained.input.with_resize(params.resize))
+    if pool.pool_id != saved_pool_id or list(pool.ids) != ids:
+        raise WorkbenchError(f"the pool's images changed since {pool_dir} was annotated (pool {pool.pool_id}, "
+                             f"annotated {saved_pool_id}): restore the data or annotate it again")
+    return ReviewInputs(pool, table, queue, probs, list(trained.class_names), pool_dir, ap, task=trained.task,
+                        trained=trained)
 
 
-def open_review(run_dir, annotator: str = "", log: str | Path = "", pool: Pool | None = None) -> ReviewInputs:
-    """A resumable review session over an annotated run's review_queue.csv (see workbench.review)."""
-    from .review import ReviewSession
-    inputs = review_inputs(run_dir, pool)
+def _predicted(inputs: ReviewInputs) -> dict:
     t = inputs.table
-    predicted = dict(zip(t["id"].astype(str), t["predicted_label"].astype(int)))
+    if _tasks.is_multilabel(inputs.task):
+        return {str(i): [int(j) for j in str(v).split(SEP) if str(j).strip() != ""] if isinstance(v, str) else []
+                for i, v in zip(t["id"], t["predicted_label"])}
+    return dict(zip(t["id"].astype(str), t["predicted_label"].astype(int)))
+
+
+def open_review(pool_dir, annotator: str = "", log: str | Path = "") -> ReviewInputs:
+    """A resumable review session over an annotated pool's review_queue.csv (see workbench.review)."""
+    from .review import ReviewSession
+    inputs = review_inputs(pool_dir)
     inputs.session = ReviewSession(
         log_path=Path(log) if log else default_log(inputs.run_dir), queue=inputs.queue["id"].astype(str).tolist(),
-        predicted=predicted, class_names=inputs.class_names, pool_id=inputs.pool.pool_id,
-        model_hash=model_hash(inputs.run_dir), annotator=annotator,
-        meta={"run_dir": str(inputs.run_dir), "strategy": inputs.params.get("strategy")})
+        predicted=_predicted(inputs), class_names=inputs.class_names, pool_id=inputs.pool.pool_id,
+        model_hash=inputs.trained.model_hash, annotator=annotator, task=inputs.task,
+        meta={"pool_dir": str(inputs.run_dir), "strategy": inputs.params.get("strategy")})
     return inputs
 
 
 def export_review(inputs: ReviewInputs, out_dir: str | Path | None = None, include_auto: bool = True) -> dict:
-    """annotations.csv + annotations_coco.json + labelled.npz in a new ``review/export-<UTC time>/``."""
+    """annotations.csv + annotations_coco.json + labelled.npz in a new ``review/export-<UTC time>/``; for a
+    DICOM pool the export is searched for the headers' identifying values before it is kept."""
+    import shutil
+
     from .review import export
     if out_dir is None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -444,18 +645,83 @@ def export_review(inputs: ReviewInputs, out_dir: str | Path | None = None, inclu
         while Path(out_dir).exists():
             out_dir = inputs.run_dir / "review" / f"export-{stamp}-{k}"
             k += 1
-    return export(inputs.session, inputs.table, Path(out_dir), images=inputs.pool.images,
-                  source={**inputs.pool.source, "run_dir": str(inputs.run_dir)}, include_auto=include_auto)
+    source = {**inputs.pool.source, "pool_dir": str(inputs.run_dir), "trained_run": str(inputs.trained.path)}
+    out = export(inputs.session, inputs.table, Path(out_dir), images=inputs.export_images, source=source,
+                 include_auto=include_auto)
+    try:
+        phi_check(out_dir, inputs.params)
+    except WorkbenchError:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return out
+
+
+NOTEBOOK = _cells.Stage(
+    stage="annotate", title="30 · Annotate",
+    inputs="a run directory holding a trained `model.keras` (and `calibration.json` when evaluated); a pool of "
+           "unlabelled images: a split of the training data, a folder of PNG/JPEG/TIFF/DICOM files or an `.npz` "
+           "(`pool`)",
+    outputs="a new pool directory `RUN/annotate/<pool>/` with `annotations.csv` (id, prediction, confidence, "
+            "threshold, auto-accepted / needs-review), `annotation_summary.json` (thresholds, shift check, precision "
+            "and coverage with bootstrap intervals where labels are known), `pool_predictions.npz`, `rejected.csv`, "
+            "`duplicates.csv`, `review_queue.csv` (needs-review items ranked by the strategy), `label_issues.csv` + "
+            "`label_audit.json` (likely mislabelled train images), `review/decisions.jsonl` (the review's "
+            "append-only log) and `review/export-*/` (annotations.csv, COCO JSON, labelled.npz for "
+            "`10_train -p extra_labels`)",
+    cells=(
+        _cells.code('import workbench as wb\nfrom workbench import annotate, widgets\n\n'
+                    'P = wb.params.collect("annotate", globals())\n'
+                    "run, trained, pool = annotate.open_stage(P)"),
+        _cells.md("## Pool\nEvery file is read once through the run's own input path; unreadable files are listed "
+                  "in `rejected.csv`, identical files in `duplicates.csv`. Labels, where the pool has them, are used "
+                  "only to report what was achieved, never shown to the model."),
+        _cells.code("scan = annotate.scan_pool(run, pool, P)"),
+        _cells.show("scan"),
+        _cells.show("annotate.rejected_table(pool)"),
+        _cells.code("temperature = annotate.temperature(trained, P)\n"
+                    "choice, val_probs = annotate.choose_thresholds(trained, P, temperature)\n"
+                    "pool_probs = annotate.predict_pool(run, trained, pool, P, temperature)\n"
+                    "shift = annotate.check_shift(run, trained, val_probs, pool_probs, choice, P)"),
+        _cells.md("## Is the pool like val?\nThresholds chosen on val promise the target precision only on images "
+                  "like val. The pool's confidences and predicted classes are compared with val's before anything "
+                  "is auto-accepted (workbench.shift)."),
+        _cells.show("annotate.shift_banner(shift)"),
+        _cells.md("## Auto-accept thresholds, chosen on val\nThe lowest confidence (one for all classes, one per "
+                  "predicted class, or one per label for multi-label tasks) at which the accepted val predictions "
+                  "reach the target precision. With a `guarantee` g > 0 the threshold is chosen by Learn-then-Test: "
+                  "an exact binomial test at each cut, from the most confident down, stopping at the first that "
+                  "fails. The precision on new data like val then reaches the target with probability at least g."),
+        _cells.show("annotate.thresholds_table(choice, trained.class_names)"),
+        _cells.show('wb.viz.per_class_thresholds(choice, trained.class_names, val_probs, trained.dataset().labels["val"])'),
+        _cells.md("## Label the pool"),
+        _cells.code("table = annotate.decide(run, trained, pool, pool_probs, choice, shift, P)\n"
+                    "summary = annotate.summarise(run, trained, pool, P, choice, table, pool_probs, shift)"),
+        _cells.show("table.head(10)"),
+        _cells.show("annotate.achieved_table(summary)"),
+        _cells.md("## Auto-accepted"),
+        _cells.show("annotate.gallery(table, pool, trained, P, annotate.AUTO)"),
+        _cells.md("## Needs review, ranked\nThe needs-review items ordered by the chosen uncertainty strategy "
+                  "(most informative first) into `review_queue.csv`."),
+        _cells.code("queue = annotate.rank_for_review(run, trained, pool, table, pool_probs, P, temperature)"),
+        _cells.show("queue.head(10)"),
+        _cells.show("annotate.gallery(table, pool, trained, P, annotate.REVIEW)"),
+        _cells.md("## Label audit (train split)\nConfident learning (cleanlab) on out-of-sample probabilities from "
+                  "cross-validated models: train images whose given label is probably wrong, with a suggested label."),
+        _cells.code("issues = annotate.audit_labels(run, trained, P)"),
+        _cells.show("issues.head(10) if issues is not None else None"),
+        _cells.show("annotate.audit_gallery(issues, trained, P)"),
+        _cells.md("## Review\nAccept the model's label, pick a class (or toggle labels), skip or undo; every decision "
+                  "is saved at once to `review/decisions.jsonl` and the review resumes where it stopped (also later, "
+                  "with `workbench.widgets.review_run(POOL_DIR, annotator=NAME)`). Export writes the labels and their "
+                  "images for `10_train -p extra_labels`. Headless reports show a static summary."),
+        _cells.show("widgets.review_run(run.path, annotator=P.annotator, log=P.review_log)"),
+    ),
+    result=("run", "summary"),
+)
 
 
 def run(params: AnnotateParams) -> dict:
-    """The whole stage without a notebook (the notebook calls the same steps one per cell)."""
-    r, model, ds, tp = open_stage(params)
-    pool = load_pool(ds, params)
-    temp = temperature(r, params)
-    choice, _ = choose_thresholds(model, ds, params, temp)
-    table, probs = label_pool(r, model, pool, ds, params, choice, temp)
-    summary = summarise(r, pool, params, choice, table)
-    rank_for_review(r, model, pool, table, probs, ds, params, tp, temp)
-    audit_labels(r, ds, tp, params)
-    return {"run_dir": str(r.path), **summary}
+    """The whole stage without a notebook: the notebook's code cells, in order (workbench.cells)."""
+    out = _cells.run_cells(NOTEBOOK, params)
+    phi_check(out["run"].path, params)
+    return {"run_dir": str(out["run"].path), **out["summary"]}

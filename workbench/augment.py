@@ -52,7 +52,22 @@ def _dihedral(n_channels: int) -> list:
     return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5), _mild_affine()]
 
 
-PRESETS = {"none": _none, "light": _light, "microscopy": _microscopy, "dihedral": _dihedral}
+def _fixed(n_channels: int) -> list:
+    # orientation-fixed images (radiographs, ultrasound, OCT, CT slices where left and right are different
+    # classes): no flips and no quarter turns; small shifts, scale, a rotation of a few degrees (patient
+    # positioning) and brightness/contrast (exposure, gain)
+    return [A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-5, 5), border_mode=0, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5)]
+
+
+PRESETS = {"none": _none, "light": _light, "microscopy": _microscopy, "dihedral": _dihedral, "fixed": _fixed}
+# what each preset does to a picture's orientation (None: keeps it). A preset that mirrors or turns images
+# is valid only where the data card says flips and quarter turns preserve the labels.
+ORIENTATION_CHANGES = {"none": None, "fixed": None, "light": "horizontal flips",
+                       "microscopy": "flips and quarter turns", "dihedral": "flips and quarter turns"}
+# presets whose flips and quarter turns make up the whole dihedral group: with them the 8-way test-time
+# augmentation (workbench.layers.DihedralMean) matches what the model was trained on
+DIHEDRAL_PRESETS = ("microscopy", "dihedral")
 
 
 def reseed(transform: A.Compose, seed: int) -> A.Compose:

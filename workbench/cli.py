@@ -51,12 +51,20 @@ def _summary(run_dir: Path) -> str:
     if a:
         line = (f"annotate: {a['n_auto_accepted']}/{a['pool_size']} auto-accepted "
                 f"(threshold {a['threshold']['threshold']:.4f} for precision {a['threshold']['target_precision']})")
+        if a.get("rejected"):
+            line += f"; {a['rejected']} file(s) rejected (rejected.csv)"
         if "achieved" in a:
             line += f"; achieved precision {a['achieved']['precision']:.4f}, coverage {a['achieved']['coverage']:.4f}"
         lines.append(line)
-    reports = sorted(p.name for p in run_dir.glob("*.html"))
+        shift = a.get("shift") or {}
+        if shift.get("fired"):
+            lines.append(f"SHIFT: the pool differs from val ({'; '.join(shift.get('reasons', [])[:2])}): "
+                         f"{shift.get('action', '')}")
+    reports = sorted(run_dir.glob("*.html"))
+    if res.get("annotation_dir"):
+        reports += sorted(Path(res["annotation_dir"]).glob("*.html"))
     if reports:
-        lines.append(f"reports: {', '.join(str(run_dir / r) for r in reports)}")
+        lines.append(f"reports: {', '.join(str(r) for r in reports)}")
     return "\n".join(lines)
 
 
@@ -74,20 +82,27 @@ def cmd_run(args) -> Path:
         run_dir = new_run_dir(args.name or args.stage)
     else:
         raise WorkbenchError(f"stage {args.stage} needs --run DIR: the run directory of a trained model")
-    run_stage(args.stage, run_dir, overrides, progress=not args.quiet)
-    return run_dir
+    html = run_stage(args.stage, run_dir, overrides, progress=not args.quiet)
+    return html.parent  # annotate: the pool's own new directory inside the run
 
 
 def cmd_pipeline(args) -> Path:
-    from .execute import PIPELINE, run_stage, split_pipeline_overrides
+    from .cache import run_pipeline, stage_keys
+    from .execute import PIPELINE, split_pipeline_overrides
     from .runs import new_run_dir
     per_stage = split_pipeline_overrides(_overrides(args))
+    keys = stage_keys(per_stage, PIPELINE)  # also checks the dataset before a directory is made
     run_dir = new_run_dir(args.name or "pipeline")
     print(f"run directory: {run_dir}", flush=True)
-    for stage in PIPELINE:
-        print(f"== {stage}", flush=True)
-        run_stage(stage, run_dir, per_stage[stage], progress=not args.quiet)
+    # a stage finished before with the same parameters, data and code is reused (workbench.cache)
+    run_pipeline(run_dir, per_stage, PIPELINE, progress=not args.quiet, keys=keys, use_cache=not args.no_cache,
+                 log=lambda m: print(m, flush=True))
     return run_dir
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import main_sweep
+    return main_sweep(args, out=lambda m: print(m, flush=True))
 
 
 def cmd_cards(args) -> None:
@@ -124,15 +139,18 @@ def cmd_ingest(args) -> None:
 ORIENTATION_QUESTION = "Do flips and 90° turns preserve the labels?"
 
 
-def card_orientation(choice: str | None, stdin=None, ask=input) -> dict:
+def card_orientation(choice: str | None, stdin=None, stdout=None, ask=input) -> dict:
     """The ``orientation`` a drafted card gets: from --orientation; else, on a terminal, the answer to
-    ORIENTATION_QUESTION (y/n); else orientation-fixed with the reason "not stated"."""
+    ORIENTATION_QUESTION (y/n); else orientation-fixed with the reason "not stated". "On a terminal" means
+    stdin and stdout both are: a run whose output is captured (scripts, tests spawning the CLI from a
+    terminal) must never wait for an answer nobody sees asked."""
     from .cards import ORIENTATION_UNSTATED, orientation_meta
     stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
     if choice:
         return orientation_meta(choice == "free", f"stated at 'workbench card init' (--orientation {choice}): "
                                 f"flips and 90° turns {'preserve' if choice == 'free' else 'do not preserve'} the labels")
-    if not (hasattr(stdin, "isatty") and stdin.isatty()):
+    if not all(hasattr(f, "isatty") and f.isatty() for f in (stdin, stdout)):
         return orientation_meta(False, ORIENTATION_UNSTATED)
     while True:
         try:
@@ -189,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     pl = sub.add_parser("pipeline", help="train → evaluate → annotate into a new run directory")
     common(pl)
+    pl.add_argument("--no-cache", action="store_true",
+                    help="run every stage even if one finished before with the same parameters, data and code")
+    sw = sub.add_parser("sweep", help="many pipelines on Dask: every combination of -p NAME V1,V2 (cached, resumable)")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUES"),
+                    help="a parameter and its comma-separated values (repeatable; every combination runs)")
+    sw.add_argument("-f", "--config", help="YAML sweep file: parameter: value or [values], settings: [{...}], "
+                    "name, stages, retries (docs/sweeps.md)")
+    sw.add_argument("--name", help="sweep folder under runs/ (default: sweep-<hash of the spec>; same name resumes)")
+    sw.add_argument("--workers", type=int, help="embedded cluster size (default: one per core, memory permitting)")
+    sw.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    sw.add_argument("--stages", help="stages to run (default train,evaluate,annotate)")
+    sw.add_argument("--retries", type=int, help="new attempts for a failed run (default 1)")
     sub.add_parser("cards", help="list the data cards")
     from .report import SORT_KEYS
     rp = sub.add_parser("report", help="write index.html comparing the runs in RUNS_DIR (default runs/)")
@@ -273,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             print(cmd_report(args))
             return 0
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command in ("fetch", "ingest", "card"):
             {"fetch": cmd_fetch, "ingest": cmd_ingest, "card": cmd_card_init}[args.command](args)
             return 0

@@ -17,21 +17,36 @@ from .errors import WorkbenchError
 from .paths import STAGES, notebook_path
 
 KERNEL_NAME = "workbench"
+# papermill runs the stages on a twin of the kernel that does not copy the process's own stdout/stderr
+# (file descriptors 1 and 2) into the notebook: progress bars (workbench.progress writes them to
+# sys.__stderr__) reach the terminal that runs the stage, never the shared HTML report
+HEADLESS_KERNEL_NAME = "workbench-headless"
 PIPELINE = ("train", "evaluate", "annotate")
 
 
-def ensure_kernel() -> str:
-    """Register this interpreter as the 'workbench' Jupyter kernel (inside sys.prefix) if needed."""
+def _install_kernel(name: str, display: str, extra_argv: tuple[str, ...] = ()) -> str:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
-            return KERNEL_NAME
+        spec = KernelSpecManager().get_kernel_spec(name)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve() and all(a in spec.argv for a in extra_argv):
+            return name
     except NoSuchKernel:
         pass
     from ipykernel.kernelspec import install
-    install(kernel_name=KERNEL_NAME, display_name="Python 3 (workbench)", prefix=sys.prefix)
-    return KERNEL_NAME
+    path = Path(install(kernel_name=name, display_name=display, prefix=sys.prefix))
+    if extra_argv:
+        doc = json.loads((path / "kernel.json").read_text())
+        doc["argv"] = [*doc["argv"], *extra_argv]
+        (path / "kernel.json").write_text(json.dumps(doc, indent=1))
+    return name
+
+
+def ensure_kernel(headless: bool = False) -> str:
+    """Register this interpreter as the 'workbench' Jupyter kernel (inside sys.prefix) if needed, and its
+    headless twin for papermill (``headless=True`` returns that one's name)."""
+    _install_kernel(KERNEL_NAME, "Python 3 (workbench)")
+    _install_kernel(HEADLESS_KERNEL_NAME, "Python 3 (workbench, headless)", ("--IPKernelApp.capture_fd_output=False",))
+    return HEADLESS_KERNEL_NAME if headless else KERNEL_NAME
 
 
 def notebook_parameters(stage: str) -> dict:
@@ -86,39 +101,64 @@ def _error_line(nb_path: Path, exc) -> str:
 
 
 def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress: bool = True) -> Path:
-    """Execute one stage notebook into ``run_dir``; returns the HTML report's path."""
+    """Execute one stage notebook into ``run_dir`` (annotate: into a new pool directory inside it);
+    returns the HTML report's path."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
     if stage not in STAGES:
         raise WorkbenchError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     values = check_overrides(stage, overrides or {})
     run_dir = Path(run_dir).resolve()
-    out = run_dir / f"{STAGES[stage]}.ipynb"
-    if out.exists() or (run_dir / "params" / f"{stage}.json").exists():
-        raise WorkbenchError(f"stage {stage} already ran in {run_dir}: run directories are write-once; start a new run")
+    out_dir = run_dir
+    if stage == "annotate":
+        if "out_dir" in values:
+            raise WorkbenchError("parameter 'out_dir' is chosen by the command line (RUN/annotate/<pool>/), not -p")
+        from . import annotate
+        out_dir = annotate.prepare_output(_params.make("annotate", {**values, "run_dir": str(run_dir)}))
+        values["out_dir"] = str(out_dir)
+    out = out_dir / f"{STAGES[stage]}.ipynb"
+    if out.exists() or (out_dir / "params" / f"{stage}.json").exists():
+        raise WorkbenchError(f"stage {stage} already ran in {out_dir}: run directories are write-once; start a new run")
     os.environ["WORKBENCH_HEADLESS"] = "1"
     os.environ["KERAS_BACKEND"] = "jax"
     if stage == "train":  # the fast CPU path's process settings must be there when the kernel starts
-        from .layers import kernel_env
+        from .runtime import kernel_env
         os.environ.update(kernel_env(values.get("conv_impl", "fast")))
     try:
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out), parameters={**values, "run_dir": str(run_dir)},
-            kernel_name=ensure_kernel(), progress_bar=progress, cwd=os.getcwd(),
+            kernel_name=ensure_kernel(headless=True), progress_bar=progress, cwd=os.getcwd(),
             # the notebook's own printed lines (e.g. one line per training epoch) reach the terminal too
             stdout_file=sys.stdout if progress else None,
         )
     except PapermillExecutionError as e:
         export_html(out)
         raise WorkbenchError(f"stage {stage} failed: {_error_line(out, e)}") from None
-    return export_html(out)
+    html = export_html(out)
+    if stage == "annotate":  # DICOM pools: the executed notebook and its report are searched too
+        from .annotate import phi_check
+        phi_check(out_dir, values)
+    return html
+
+
+def stage_dir(run_dir: Path, html: Path) -> Path:
+    """Where a stage's results are: the directory of its report."""
+    return Path(html).parent
 
 
 def read_results(run_dir: Path) -> dict:
+    """metrics.json, train_summary.json of a trained run and annotation_summary.json of its latest annotated
+    pool (or of the pool directory given)."""
     run_dir = Path(run_dir)
     out = {}
     for name in ("metrics.json", "annotation_summary.json", "train_summary.json"):
         p = run_dir / name
         if p.exists():
             out[name] = json.loads(p.read_text())
+    if "annotation_summary.json" not in out:
+        from .annotate import pool_dirs
+        done = [d for d in pool_dirs(run_dir) if (d / "annotation_summary.json").is_file()]
+        if done:
+            out["annotation_summary.json"] = json.loads((done[-1] / "annotation_summary.json").read_text())
+            out["annotation_dir"] = str(done[-1])
     return out

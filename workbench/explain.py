@@ -2,8 +2,10 @@
 
 Grad-CAM (Selvaraju et al., ICCV 2017) weights the feature maps ``A`` of a convolutional layer by the
 spatial mean of the gradient of the class *logit* with respect to them, keeps the positive part and
-upsamples it to the image. Our models end in ``Dense(softmax)``, so the logit is recomputed from that
-layer's kernel and bias: the gradient of the probability would also depend on every other class.
+upsamples it to the image. Our models end in ``Dense(softmax)`` (or ``Dense(sigmoid)`` for multi-label
+tasks), so the logit is recomputed from that layer's kernel and bias: the gradient of a softmax
+probability would also depend on every other class. This is the only Grad-CAM in the package (the
+evaluate galleries, the explore inspector and the review widget all call ``gradcam``).
 
 The model is split at the chosen layer into two functional sub-models (image → ``A`` and ``A`` →
 penultimate features); ``jax.grad`` differentiates the second one, run in inference mode (dropout
@@ -20,6 +22,7 @@ from keras import ops
 
 from .errors import WorkbenchError
 from .models import backbone
+from .predict import pad_batch, predict
 
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 
@@ -94,12 +97,14 @@ def check_layer(model: keras.Model, layer: str = "") -> str:
 
 
 def _logits_fn(head, last):
-    is_softmax_dense = (isinstance(last, keras.layers.Dense)
-                        and getattr(last.activation, "__name__", "") == "softmax")
+    # softmax (one class) and sigmoid (multi-label) heads: the class's logit is the Dense layer's output
+    # before its activation
+    is_logit_dense = (isinstance(last, keras.layers.Dense)
+                      and getattr(last.activation, "__name__", "") in ("softmax", "sigmoid"))
 
     def logits(a):
         h = head(a, training=False)
-        if is_softmax_dense:
+        if is_logit_dense:
             return ops.matmul(h, last.kernel) + last.bias
         return ops.log(ops.clip(last(h, training=False), 1e-12, 1.0))  # log-probabilities otherwise
     return logits
@@ -156,21 +161,6 @@ def gradcam(model: keras.Model, images: np.ndarray, class_index=None, layer: str
     return out
 
 
-def pad_batch(a: np.ndarray, size: int) -> np.ndarray:
-    """Pad the first axis to ``size`` by repeating the last item (one compiled shape for every batch)."""
-    if len(a) == size:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
-
-
-def _predict_padded(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    if len(images) == 0:
-        return np.zeros((0, model.output_shape[-1]))
-    return np.concatenate([np.asarray(model.predict_on_batch(pad_batch(images[i:i + batch_size].astype("float32"),
-                                                                     batch_size)))[:len(images[i:i + batch_size])]
-                           for i in range(0, len(images), batch_size)])
-
-
 def default_patch(image_side: int) -> int:
     """Occlusion patch side: about a seventh of the image (4 px at 28 px), at least 2."""
     return max(2, int(round(image_side / 7)))
@@ -205,7 +195,7 @@ def occlusion(model: keras.Model, images: np.ndarray, class_index=None, patch: i
         fill = images[j].reshape(-1, c).mean(0)
         for v, (y0, x0) in enumerate(boxes, start=1):
             variants[v, y0:y0 + patch, x0:x0 + patch] = fill
-        probs = _predict_padded(model, variants, chunk)
+        probs = predict(model, variants, chunk, progress=False)
         cj = int(probs[0].argmax()) if class_index is None else int(np.broadcast_to(np.asarray(class_index), (n,))[j])
         drop = probs[0, cj] - probs[1:, cj]
         total = np.zeros((h, w))

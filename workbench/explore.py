@@ -3,6 +3,10 @@ inspector. Pure helpers first (testable without a browser), then thin ipywidgets
 
 Every builder returns a live widget in an interactive kernel and a static figure/HTML summary when
 headless (papermill, ``WORKBENCH_HEADLESS=1``), so the shared report shows what the widget showed.
+
+Any class count and multi-label datasets (labels (N, L) of 0/1): a "class" filter then means "label
+present", class balance becomes label prevalence, and figures that draw one panel per class cap the
+number of panels (``MAX_HIST_PANELS``) and say so.
 """
 
 from __future__ import annotations
@@ -17,9 +21,58 @@ from matplotlib.figure import Figure
 from . import augment as _augment
 from . import viz
 from .data import SPLITS, Dataset
+from .errors import WorkbenchError
 from .progress import headless
 
 ALL = "all classes"
+MAX_HIST_PANELS = 16   # intensity histograms: the classes with the most images beyond this
+TOP_BARS = 10          # inspect_figure: the most probable classes beyond this
+
+
+def _multilabel(ds: Dataset, split: str = "train") -> bool:
+    return viz.is_multilabel(ds.labels[split])
+
+
+def _class_mask(labels: np.ndarray, c: int) -> np.ndarray:
+    """Images of class ``c`` (multi-label: with label ``c`` present)."""
+    labels = np.asarray(labels)
+    return labels[:, c] == 1 if viz.is_multilabel(labels) else labels.reshape(len(labels)) == c
+
+
+def label_text(names: list[str], label, width: int = 12) -> str:
+    """A label as text: the class name, or (multi-label) the present labels joined by ';' ('none')."""
+    a = np.asarray(label)
+    if a.ndim == 1 and a.size > 1:
+        present = [names[c][:width] for c in np.flatnonzero(a == 1)]
+        return ";".join(present) if present else "none"
+    return names[int(a.reshape(-1)[0])][:width]
+
+
+def preview_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` images (or all there are) covering as many classes as possible: one image
+    of each of ``n`` seeded-random classes (multi-label: random images). Needs no more images than ``n``,
+    whatever the class count."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    m = len(labels)
+    if n >= m:
+        return np.arange(m)
+    if viz.is_multilabel(labels):
+        return np.sort(rng.choice(m, size=n, replace=False))
+    flat = labels.reshape(m)
+    classes = rng.permutation(np.unique(flat))
+    picked = [int(rng.choice(np.flatnonzero(flat == c))) for c in classes[:n]]
+    if len(picked) < n:
+        rest = np.setdiff1d(np.arange(m), picked)
+        picked += rng.choice(rest, size=n - len(picked), replace=False).tolist()
+    return np.sort(np.array(picked, dtype=int))
+
+
+def balance_figure(ds: Dataset) -> Figure:
+    """Class balance per split, or for a multi-label dataset label prevalence per split."""
+    if _multilabel(ds):
+        return viz.label_prevalence({s: ds.labels[s] for s in SPLITS if s in ds.labels}, ds.class_names)
+    return viz.class_balance(ds.counts(), ds.class_names)
 
 
 # ----------------------------------------------------------------------------------------- pure helpers
@@ -28,7 +81,7 @@ def filter_indices(ds: Dataset, split: str, class_name: str = ALL) -> np.ndarray
     labels = ds.labels[split]
     if class_name == ALL:
         return np.arange(len(labels))
-    return np.flatnonzero(labels == ds.class_names.index(class_name))
+    return np.flatnonzero(_class_mask(labels, ds.class_names.index(class_name)))
 
 
 def page(indices: np.ndarray, page_no: int, per_page: int) -> np.ndarray:
@@ -64,38 +117,45 @@ def near_duplicates(ds: Dataset, max_distance: int = 2, chunk: int = 2048) -> pd
     return pd.DataFrame(rows, columns=["split_a", "index_a", "split_b", "index_b", "distance", "exact"])
 
 
-def intensity_histograms(ds: Dataset, split: str = "train", bins: int = 32) -> Figure:
-    """Per-class histograms of mean pixel intensity (per channel for RGB)."""
+def intensity_histograms(ds: Dataset, split: str = "train", bins: int = 32,
+                         max_panels: int = MAX_HIST_PANELS) -> Figure:
+    """Per-class histograms of mean pixel intensity (per channel for RGB); multi-label: per label present.
+    At most ``max_panels`` panels: with more classes, those with the most images (the title says so)."""
     x, y = ds.images[split], ds.labels[split]
     k = ds.num_classes
-    ncols = min(4, k)
-    nrows = int(np.ceil(k / ncols))
+    means = x.reshape(len(x), -1, x.shape[-1]).mean(1)       # (N, C): one pass over the pixels
+    counts = np.array([int(_class_mask(y, c).sum()) for c in range(k)])
+    shown = np.arange(k) if k <= max_panels else np.sort(np.argsort(-counts, kind="stable")[:max_panels])
+    ncols = min(4, len(shown))
+    nrows = int(np.ceil(len(shown) / ncols))
     fig = Figure(figsize=(3.0 * ncols, 2.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = ("tab:red", "tab:green", "tab:blue") if x.shape[-1] == 3 else ("black",)
-    for c, ax in enumerate(axes.flat):
-        if c >= k:
+    for j, ax in enumerate(axes.flat):
+        if j >= len(shown):
             ax.axis("off")
             continue
-        sel = x[y == c]
+        c = int(shown[j])
+        sel = means[_class_mask(y, c)]
         for ch, color in enumerate(colors):
-            ax.hist(sel[..., ch].reshape(len(sel), -1).mean(1) if len(sel) else [], bins=bins, range=(0, 255),
-                    histtype="step", color=color)
+            ax.hist(sel[:, ch] if len(sel) else [], bins=bins, range=(0, 255), histtype="step", color=color)
         ax.set_title(f"{ds.class_names[c][:24]} (n={len(sel)})", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"Mean intensity per image, by class ({split})")
+    what = "label present" if viz.is_multilabel(y) else "class"
+    more = f"; the {len(shown)} of {k} {'labels' if viz.is_multilabel(y) else 'classes'} with the most images" \
+        if len(shown) < k else ""
+    fig.suptitle(f"Mean intensity per image, by {what} ({split}{more})")
     return fig
 
 
 def grid_figure(ds: Dataset, split: str, class_name: str, page_no: int, per_page: int = 32) -> Figure:
     idx = page(filter_indices(ds, split, class_name), page_no, per_page)
-    caps = [f"#{i} {ds.class_names[ds.labels[split][i]][:12]}" for i in idx]
+    caps = [f"#{i} {label_text(ds.class_names, ds.labels[split][i])}" for i in idx]
     return viz.image_grid(ds.images[split][idx], caps, ncols=8, title=f"{split} · {class_name} · page {page_no + 1}")
 
 
 def augmentation_figure(ds: Dataset, transform, n_images: int = 6, n_samples: int = 3, seed: int = 0) -> Figure:
-    from .data import stratified_indices
-    idx = stratified_indices(ds.labels["train"], max(n_images, ds.num_classes), seed)[:n_images]
+    idx = preview_indices(ds.labels["train"], n_images, seed)
     originals = ds.images["train"][idx]
     return viz.augmentation_preview(originals, [_augment.apply(transform, originals) for _ in range(n_samples)])
 
@@ -137,7 +197,7 @@ def dataset_browser(ds: Dataset, per_page: int = 32, duplicates: bool = True):
     dups = near_duplicates(ds) if duplicates else pd.DataFrame()
     if headless():
         from IPython.display import HTML
-        return _static(viz.class_balance(ds.counts(), ds.class_names), grid_figure(ds, "train", ALL, 0, per_page),
+        return _static(balance_figure(ds), grid_figure(ds, "train", ALL, 0, per_page),
                        intensity_histograms(ds), HTML(duplicates_html(dups)))
     import ipywidgets as W
     split = W.Dropdown(options=list(SPLITS), value="train", description="split")
@@ -158,11 +218,12 @@ def dataset_browser(ds: Dataset, per_page: int = 32, duplicates: bool = True):
     refresh()
     tabs = W.Tab(children=[
         W.VBox([W.HBox([split, cls, pg, count]), image]),
-        _png_widget(viz.class_balance(ds.counts(), ds.class_names)),
+        _png_widget(balance_figure(ds)),
         _png_widget(intensity_histograms(ds)),
         W.HTML(duplicates_html(dups)),
     ])
-    for i, t in enumerate(("images", "class balance", "intensity", "near-duplicates")):
+    for i, t in enumerate(("images", "label prevalence" if _multilabel(ds) else "class balance", "intensity",
+                           "near-duplicates")):
         tabs.set_title(i, t)
     return tabs
 
@@ -235,22 +296,48 @@ def filter_predictions(table: pd.DataFrame, mode: str) -> pd.DataFrame:
     raise ValueError(f"unknown filter {mode!r}; choose one of {', '.join(INSPECT_FILTERS)}")
 
 
-def inspect_figure(image: np.ndarray, probs: np.ndarray, class_names: list[str], true: int,
-                   heatmap: np.ndarray | None = None, title: str = "") -> Figure:
-    """Image, class-probability bars (true class marked), and a Grad-CAM overlay when given."""
+def inspect_figure(image: np.ndarray, probs: np.ndarray, class_names: list[str], true,
+                   heatmap: np.ndarray | None = None, title: str = "", top: int = TOP_BARS) -> Figure:
+    """Image, class-probability bars (true class marked), and a Grad-CAM overlay when given.
+
+    ``true``: the true class index, or (multi-label) the 0/1 vector (length L) of the labels present; the
+    bars are then each label's own probability (sigmoid) with the 0.5 decision line. With more than
+    ``top`` classes only the ``top`` most probable are drawn, plus the true ones (the title says so)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(class_names)
+    ml = np.ndim(true) == 1
+    if ml:
+        t = np.asarray(true).reshape(-1)
+        if t.size != k:
+            raise WorkbenchError(f"inspect_figure: {t.size} true labels for {k} label names: a multi-label truth "
+                                 "is the 0/1 vector of the labels present")
+        truth = set(np.flatnonzero(t == 1).tolist())
+    else:
+        truth = {int(true)}
+    order = np.argsort(-probs, kind="stable")
+    shown = order[:top].tolist() if k > top else list(range(k))
+    shown += [c for c in sorted(truth) if c not in shown]
+    if k > top:
+        shown.sort(key=lambda c: -probs[c])
     ncols = 3 if heatmap is not None else 2
-    fig = Figure(figsize=(3.4 * ncols, 3.2), layout="constrained")
+    fig = Figure(figsize=(3.4 * ncols, 3.2 if len(shown) <= 12 else 3.2 + 0.12 * (len(shown) - 12)),
+                 layout="constrained")
     axes = fig.subplots(1, ncols)
     show = image[..., 0] if image.shape[-1] == 1 else image
     axes[0].imshow(show, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
     axes[0].axis("off")
     axes[0].set_title(title, fontsize=8)
-    colors = ["tab:green" if i == true else "tab:blue" for i in range(len(class_names))]
-    axes[1].barh(range(len(class_names)), probs, color=colors)
-    axes[1].set_yticks(range(len(class_names)), [n[:16] for n in class_names], fontsize=7)
+    colors = ["tab:green" if c in truth else "tab:blue" for c in shown]
+    axes[1].barh(range(len(shown)), probs[shown], color=colors)
+    axes[1].set_yticks(range(len(shown)), [str(class_names[c])[:16] for c in shown], fontsize=7)
     axes[1].invert_yaxis()
     axes[1].set_xlim(0, 1)
-    axes[1].set_title("class probabilities (green: true)", fontsize=8)
+    what = "label probabilities (green: present)" if ml else "class probabilities (green: true)"
+    if ml:
+        axes[1].axvline(0.5, color="grey", ls="--", lw=0.8)
+    if k > top:
+        what += f"\ntop {top} of {k}" + (" + true" if any(c not in order[:top] for c in truth) else "")
+    axes[1].set_title(what, fontsize=8)
     if heatmap is not None:
         axes[2].imshow(show, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
         axes[2].imshow(heatmap, cmap="jet", alpha=0.45, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
@@ -260,14 +347,14 @@ def inspect_figure(image: np.ndarray, probs: np.ndarray, class_names: list[str],
 
 
 def _grad_cam(model, image: np.ndarray, class_index: int) -> np.ndarray | None:
-    """Grad-CAM heat map (H, W) in [0, 1] from workbench.explain, or None for a model without a
-    suitable convolutional feature map (the inspector then shows image and probabilities only)."""
+    """Grad-CAM heat map (H, W) in [0, 1] by ``workbench.explain.gradcam`` (the one implementation), or None
+    without a model or for one without a suitable convolutional feature map (the inspector then shows
+    image and probabilities only)."""
     if model is None:
         return None
     from . import explain
-    from .errors import WorkbenchError
     try:
-        return explain.gradcam(model, image[None], class_index=int(class_index), batch_size=1)[0]
+        return explain.gradcam(model, np.asarray(image)[None], class_index=int(class_index), batch_size=1)[0]
     except WorkbenchError:
         return None
 
@@ -275,15 +362,14 @@ def _grad_cam(model, image: np.ndarray, class_index: int) -> np.ndarray | None:
 def prediction_inspector(run_dir: str | Path | None = None, split: str = "test"):
     """Browse a run's predictions: image, class probabilities, Grad-CAM; filters for errors.
 
-    ``run_dir`` empty/None: the latest run with predictions (a note if there is none); "none": skip."""
-    import json
-
+    ``run_dir`` empty/None: the latest run with predictions (a note if there is none); "none": skip. The run
+    is read back once (workbench.runload): the model sees the images through the run's input path, the
+    person sees them as they are."""
     from IPython.display import HTML
 
-    from .data import load_dataset
-    from .models import load as load_model
-    from .params import make
+    from . import runload
     from .runs import require
+    from .tasks import is_multilabel, label_names
     if str(run_dir).lower() == "none":
         return HTML("<p>Prediction inspector skipped (predictions_run is 'none').</p>")
     if not run_dir:
@@ -293,18 +379,32 @@ def prediction_inspector(run_dir: str | Path | None = None, split: str = "test")
         run_dir = found[0]
     run_dir = Path(run_dir)
     require(run_dir, ("params/train.json", "predictions.npz"), "evaluate")
-    tp = make("train", json.loads((run_dir / "params" / "train.json").read_text()))
-    ds = load_dataset(tp.dataset, size=tp.size, max_per_split=tp.max_per_split, seed=tp.seed)
+    trained = runload.load(run_dir)
+    shown, seen = trained.dataset(raw=True).images[split], trained.dataset().images[split]
+    names = trained.class_names
     with np.load(run_dir / "predictions.npz", allow_pickle=False) as z:
         probs, labels = z[f"{split}_probs"], z[f"{split}_labels"]
-    table = prediction_table(probs, labels, ds.class_names)
-    model = load_model(run_dir / "model.keras", compile=False) if (run_dir / "model.keras").is_file() else None
+    multilabel = is_multilabel(trained.task)
+    if multilabel:  # one row per image: exact match of the label set; confidence of its least sure label
+        pred = (probs > 0.5).astype(int)
+        table = pd.DataFrame({"index": np.arange(len(labels)), "true": [label_names(r, names, trained.task) for r in labels],
+                              "predicted": [label_names(r, names, trained.task) for r in pred],
+                              "confidence": np.maximum(probs, 1 - probs).min(1),
+                              "correct": (pred == labels).all(1)})
+    else:
+        table = prediction_table(probs, labels, names)
+    model = trained.model
 
     def figure(i: int) -> Figure:
-        pred = int(probs[i].argmax())
-        title = f"#{i} true {ds.class_names[labels[i]][:14]} · pred {ds.class_names[pred][:14]} ({probs[i].max():.3f})"
-        return inspect_figure(ds.images[split][i], probs[i], ds.class_names, int(labels[i]),
-                              _grad_cam(model, ds.images[split][i], pred), title)
+        if multilabel:
+            cls = int(np.abs(probs[i] - labels[i]).argmax())
+            title = f"#{i} true {table['true'][i][:20]} · pred {table['predicted'][i][:20]}"
+            true = [int(j) for j in np.flatnonzero(labels[i])]
+        else:
+            cls = int(probs[i].argmax())
+            title = f"#{i} true {names[labels[i]][:14]} · pred {names[cls][:14]} ({probs[i].max():.3f})"
+            true = int(labels[i])
+        return inspect_figure(shown[i], probs[i], names, true, _grad_cam(model, seen[i], cls), title)
 
     if headless():
         errs = filter_predictions(table, "most confident errors")
@@ -339,8 +439,7 @@ def preprocessing_figure(ds: Dataset, denoise: str = "none", contrast: str = "no
                          n_images: int = 8, seed: int = 0) -> Figure:
     """The same training images before and after a preprocessing spec (as the train stage applies it)."""
     from . import preprocess as _pre
-    from .data import stratified_indices
-    idx = stratified_indices(ds.labels["train"], max(n_images, ds.num_classes), seed)[:n_images]
+    idx = preview_indices(ds.labels["train"], n_images, seed)
     spec = _pre.make_spec(denoise, contrast, normalize, train_images=ds.images["train"] if normalize == "dataset" else None)
     before = ds.images["train"][idx]
     return viz.preprocessing_preview(before, _pre.apply_spec(spec, before), title=f"Preprocessing: {_pre.describe(spec)}")
@@ -420,3 +519,35 @@ def preprocessing_preview(ds: Dataset, dicom_file: str = "", seed: int = 0):
     width.observe(refresh_win, names="value")
     return W.VBox([W.HBox([dn, ct, nm]), pre_img, W.HTML(f"<b>DICOM window</b> · {html.escape(label)}"),
                    W.HBox([preset, level, width]), win_img])
+
+
+def _notebook():
+    from . import cells as C
+    return C.Stage(
+        stage="explore", title="00 · Explore",
+        inputs="a dataset (data card name or `.npz`) and, optionally, a run with predictions",
+        outputs="nothing but this report (the widgets are interactive in JupyterLab; headless runs show static "
+                "figures)",
+        intro="In JupyterLab (`make lab`) every section is an interactive widget.",
+        cells=(
+            C.code('import workbench as wb\nfrom workbench import explore\n\nP = wb.params.collect("explore", globals())\n'
+                   "ds = explore.open_dataset(P)"),
+            C.show("ds.describe()"),
+            C.md("## Dataset browser\nImages by split and class, class balance, per-class intensity histograms and "
+                 "near-duplicate images across splits (perceptual hash)."),
+            C.show("explore.dataset_browser(ds)"),
+            C.md("## Augmentation preview\nA preset, or your own parameters (choose *custom*); originals in the first row."),
+            C.show("explore.augmentation_preview(ds, seed=P.seed)"),
+            C.md("## Preprocessing preview\nDenoise, contrast and normalisation as the train stage applies them "
+                 "(`-p denoise …`), and DICOM window level/width on modality values (HU for CT)."),
+            C.show("explore.preprocessing_preview(ds, P.dicom_file, seed=P.seed)"),
+            C.md("## Prediction inspector\nA run's test predictions: image, class probabilities and Grad-CAM; "
+                 "filter to errors or to the most confident errors. The model sees the images through the run's "
+                 "own input path."),
+            C.show("explore.prediction_inspector(P.predictions_run)"),
+        ),
+        result=("ds",),
+    )
+
+
+NOTEBOOK = _notebook()

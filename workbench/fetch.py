@@ -60,7 +60,7 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         bar = None
-        if progress:  # workbench.progress imports keras: not for a quiet fetch
+        if progress:
             from .progress import tqdm
             bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=part.name.removesuffix(".part"))

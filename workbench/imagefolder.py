@@ -232,7 +232,7 @@ def load_folder(root: Path, size: int, opts: FolderOptions = FolderOptions(),
     images, kept, skipped, hashes = [], [], [], []
     shapes = {}
     it = files
-    if len(files) >= 500:  # workbench.progress imports keras: only when a bar is worth it
+    if len(files) >= 500:  # a bar only where reading takes a while
         from .progress import tqdm
         it = tqdm(files, desc="read images", unit="img")
     for f in it:

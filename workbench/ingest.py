@@ -125,7 +125,7 @@ def ingest(dicom_dir: Path, out: Path, opts: IngestOptions = IngestOptions(), lo
     registry, pseudo = _deid.PHIRegistry(), _deid.Pseudonyms()
     rows, images, skipped, burned, unlabelled = [], [], [], [], []
     it = candidates
-    if len(candidates) >= 200:  # workbench.progress imports keras: only when a bar is worth it
+    if len(candidates) >= 200:  # a bar only where reading takes a while
         from .progress import tqdm
         it = tqdm(candidates, desc="ingest DICOM", unit="file")
     for path in it:

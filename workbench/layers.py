@@ -15,7 +15,7 @@ costs that PyTorch does not pay; ``conv_impl="fast"`` (the default) removes all 
    fast path keeps YNNPACK for dots, element-wise ops and reductions but leaves convolutions to
    XLA's Eigen kernels (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=…`` without
    ``individual_convolution``). This is a process-wide setting that takes effect only if made
-   before JAX's backend starts: ``configure_backend`` does it (or records that it came too late).
+   before JAX's backend starts: ``workbench.runtime.configure_backend`` does it (or records that it came too late).
    A ``jax.custom_vjp`` conv whose weight gradient is ``kh·kw`` GEMMs over shifted input slices
    was tried too: faster than YNNPACK's backward filter on the 7×7/4×4 ResNet layers, slower than
    Eigen's everywhere and slower than stock on the compact CNN, so it is not used.
@@ -23,7 +23,7 @@ costs that PyTorch does not pay; ``conv_impl="fast"`` (the default) removes all 
    one block from a worker thread; glibc serves that with a fresh ``mmap`` every step (≈40 000
    minor page faults per step). ``ALLOCATOR_ENV`` (one glibc arena, no mmap for large blocks, no
    trimming) makes the block reusable; it must be in the environment when the process starts, so
-   the stage runner puts it in the kernel's environment (``kernel_env``).
+   the stage runner puts it in the kernel's environment (``workbench.runtime.kernel_env``).
 
 What remains of the gap to PyTorch is the convolution kernels themselves (``make bench`` times each
 convolution of the benchmarked models alone in both frameworks); README "Performance" lists what else
@@ -32,63 +32,11 @@ was tried.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import keras
 
-# "fast": this module's pooling + Eigen convolutions (+ the allocator env where a kernel is started);
-# "stock": plain Keras layers on the backend's defaults
-CONV_IMPLS = ("fast", "stock")
-
-# every YNNPACK fusion type XLA:CPU offers except individual convolutions
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,dot,eltwise,reduce"
-
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-
-
-def _backend_started() -> bool:
-    from jax._src import xla_bridge
-    return bool(xla_bridge.backends_are_initialized())
-
-
-def configure_backend(conv_impl: str) -> dict:
-    """Apply the backend side of ``conv_impl`` (before JAX starts) and say what is in effect.
-
-    Returns a dict for provenance: the choice, the XLA flags and allocator settings in effect, and
-    ``applied`` (False when the backend had already started with other settings: the layers still
-    follow ``conv_impl``, the backend keeps what it started with)."""
-    if conv_impl not in CONV_IMPLS:
-        from .errors import WorkbenchError
-        raise WorkbenchError(f"parameter 'conv_impl' = {conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
-    flags = os.environ.get("XLA_FLAGS", "")
-    user_set = "xla_cpu_experimental_ynn_fusion_type" in flags
-    applied = True
-    if conv_impl == "fast" and not user_set:
-        if _backend_started():
-            applied = False
-        else:
-            os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
-    elif conv_impl == "stock" and YNN_FLAG in flags:
-        applied = False  # a fast-configured process cannot go back to the stock backend
-    return {
-        "conv_impl": conv_impl, "backend_settings_applied": applied,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "allocator_env": {k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ},
-    }
-
-
-def kernel_env(conv_impl: str = "fast") -> dict[str, str]:
-    """Environment for a process (a notebook kernel) that will train with ``conv_impl``; values the
-    user already set win."""
-    if conv_impl != "fast":
-        return {}
-    env = dict(ALLOCATOR_ENV)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_experimental_ynn_fusion_type" not in flags:
-        env["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
-    return {k: v for k, v in env.items() if k == "XLA_FLAGS" or k not in os.environ}
+from .runtime import CONV_IMPLS  # noqa: F401  (the choice; backend settings live in workbench.runtime)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ class TrainParams:
     run_dir: str = _p("", "run directory to write into (empty: a new one under runs/)")
     seed: int = _p(0, "seed for data order, augmentation and weights", min=0)
     dataset: str = _p("bloodmnist", "data card name, or a path: MedMNIST-format .npz, ingested DICOM folder, image folder")
-    size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
+    size: int = _p(28, "image size: one of the data card's file sizes (MedMNIST: 28, 64, 128, 224), or for image "
+                   "folders and DICOM ingests any size their card lists (8-1024)", min=8, max=1024)
     max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
     recipe: str = _p("demo", "training recipe: sets every parameter marked (recipe) that is left at -1 or empty; "
                      "demo about 5 min on 2 CPU cores, full about 15 min (workbench.train.RECIPES)",
@@ -36,8 +37,9 @@ class TrainParams:
     contrast: str = _p("none", "contrast enhancement: CLAHE or histogram equalisation", choices=_pre.CONTRAST)
     normalize: str = _p("none", "intensity normalisation: minmax or zscore per image, dataset (train mean/std)",
                         choices=_pre.NORMALIZE)
-    augment: str = _p("", "(recipe) augmentation preset (workbench.augment.PRESETS)", choices_from="augment",
-                      recipe=True)
+    augment: str = _p("", "(recipe) augmentation preset (workbench.augment.PRESETS; the recipe picks dihedral where "
+                      "the data card says flips and quarter turns preserve the labels, else fixed)",
+                      choices_from="augment", recipe=True)
     epochs: int = _p(-1, "(recipe) maximum number of epochs", min=1, max=1000, recipe=True)
     batch_size: int = _p(128, "batch size (a multiple of the number of devices when training on several)", min=1,
                          max=4096)
@@ -48,7 +50,8 @@ class TrainParams:
     ema: str = _p("", "(recipe) keep an exponential moving average of the weights for evaluation: yes or no",
                   choices=("yes", "no"), recipe=True)
     tta: str = _p("", "(recipe) test-time augmentation inside the saved model (mean over the 8 flips and "
-                  "quarter turns; only for orientation-free images): yes or no", choices=("yes", "no"), recipe=True)
+                  "quarter turns; the recipe turns it on only for orientation-free data): yes or no",
+                  choices=("yes", "no"), recipe=True)
     class_weights: bool = _p(False, "weight the loss by inverse class frequency (balanced)")
     init_from: str = _p("", "start from the weights of a trained run directory or .keras file (layers matched by "
                         "name and shape; the classifier is new when the class count differs)")
@@ -79,16 +82,25 @@ class EvaluateParams:
 class AnnotateParams:
     run_dir: str = _p("", "run directory with a trained model (empty: the latest run)")
     seed: int = _p(0, "seed for sampling (galleries, MC-dropout, TTA, audit folds, bootstrap)", min=0)
-    pool_split: str = _p("test", "split used as the unlabeled pool (labels hidden from the model)",
-                         choices=("train", "val", "test"))
+    pool: str = _p("test", "the images to annotate: a split of the training data (train, val, test), a folder of "
+                   "images (searched recursively; PNG, JPEG, TIFF, DICOM) or a MedMNIST-style .npz")
+    labels_csv: str = _p("", "optional CSV (file, label) of a folder pool's true labels: used only to report "
+                         "precision and coverage, never shown to the model")
+    resize: str = _p("", "resize policy for pool images of another size than the model's: none, stretch, pad or "
+                     "crop (empty: the run's own)", choices=("", "none", "stretch", "pad", "crop"))
+    on_error: str = _p("skip", "an unreadable pool file: skip it (listed in rejected.csv) or raise (stop at the first)",
+                       choices=("skip", "raise"))
+    allow_burned_in: bool = _p(False, "annotate DICOM images flagged BurnedInAnnotation = YES (excluded by default)")
     target_precision: float = _p(0.99, "auto-accept thresholds are chosen on val to reach this precision",
                                  min=0.5, max=1.0)
-    thresholds: str = _p("global", "one confidence threshold for all classes, or one per predicted class",
-                         choices=("global", "per-class"))
+    thresholds: str = _p("global", "one confidence threshold for all classes, or one per predicted class "
+                         "(multi-label tasks: always one per label)", choices=("global", "per-class"))
     guarantee: float = _p(0.9, "probability that the accepted precision reaches target_precision on new data "
                           "(Learn-then-Test; 0 takes the val estimate)", min=0.0,
                           max=0.999)
     min_class_val: int = _p(20, "a class predicted fewer times on val uses the global threshold", min=1)
+    on_shift: str = _p("review", "when the pool differs from val (workbench.shift): review (auto-accept nothing) "
+                       "or accept (apply the thresholds anyway)", choices=("review", "accept"))
     calibrate: bool = _p(True, "use the run's temperature (calibration.json from evaluate) when present")
     strategy: str = _p("margin", "ranking of the needs-review items into review_queue.csv",
                        choices=("least_confidence", "margin", "entropy", "mc_dropout", "tta"))
@@ -97,9 +109,10 @@ class AnnotateParams:
     audit_folds: int = _p(3, "label audit: cross-validation folds over the train split (0: no audit)", min=0, max=20)
     audit_epochs: int = _p(3, "label audit: training epochs of each fold's model", min=1, max=200)
     annotator: str = _p("", "name recorded with every review decision")
-    review_log: str = _p("", "review decisions log (empty: review/decisions.jsonl in the run directory)")
+    review_log: str = _p("", "review decisions log (empty: review/decisions.jsonl in the pool's directory)")
     gallery_size: int = _p(24, "images per gallery in the report", min=1, max=400)
     batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
+    out_dir: str = _p("", "the pool's new results directory (empty: RUN/annotate/<pool>/; the command line sets it)")
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,7 @@ class ExploreParams:
     run_dir: str = _p("", "run directory for this report (empty: nothing is written)")
     seed: int = _p(0, "seed for sampling and augmentation previews", min=0)
     dataset: str = _p("bloodmnist", "data card name or path to a MedMNIST-format .npz")
-    size: int = _p(28, "image size of the card's file", choices=(28, 64, 128, 224))
+    size: int = _p(28, "image size: one of the data card's file sizes", min=8, max=1024)
     max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
     predictions_run: str = _p("", "run whose predictions to inspect (empty: the latest; none: skip)")
     dicom_file: str = _p("", "DICOM file for the window controls (empty: pydicom's bundled CT slice)")

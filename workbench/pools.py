@@ -913,3 +913,24 @@ class _FolderPool(Pool):
                 cache[fi] = self._load_file(fi, spec)
             out.append(cache[fi][self._item_frame[int(p)]])
         return out
+
+
+def phi_registry(spec: str):
+    """The original identifying values of a folder pool's DICOM headers, re-read (headers only, never
+    pixels) and kept in memory only: what the annotate stage searches its outputs for once the executed
+    notebook and its HTML report exist (the pool object that read them lived in the notebook's kernel).
+    None when ``spec`` is not a folder (split and .npz pools carry no DICOM headers)."""
+    import pydicom
+    root = Path(str(spec)).expanduser()
+    if not str(spec).strip() or not root.is_dir():
+        return None
+    registry = _deid.PHIRegistry()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if not _dicom.is_dicom(path):
+            continue
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            _deid.deidentify(ds, registry)
+        except Exception:  # noqa: BLE001 - an unreadable file was rejected by the pool; nothing of it was used
+            continue
+    return registry

@@ -97,10 +97,24 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def open_stage(stage: str, params, upstream: tuple[str, ...] = ()) -> Run:
-    """Resolve the run directory for a stage, refuse a second run of it, record params + provenance."""
+def trained_run_dir(path) -> Path:
+    """The trained run a directory belongs to: the run itself, or the run an annotated pool's directory
+    (``RUN/annotate/<pool>/``) sits in."""
+    path = Path(path)
+    if (path / "params" / "train.json").is_file():
+        return path
+    if path.parent.name == "annotate" and (path.parent.parent / "params" / "train.json").is_file():
+        return path.parent.parent
+    raise WorkbenchError(f"{path} is neither a trained run directory nor an annotated pool's directory inside one")
+
+
+def open_stage(stage: str, params, upstream: tuple[str, ...] = (), path: Path | None = None) -> Run:
+    """Resolve the run directory for a stage (``path`` when given: e.g. an annotated pool's own directory),
+    refuse a second run of it, record params + provenance."""
     from .params import to_dict
-    if params.run_dir:
+    if path is not None:
+        path = Path(path)
+    elif params.run_dir:
         path = Path(params.run_dir).expanduser().resolve()
         if stage == "train":
             path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +125,7 @@ def open_stage(stage: str, params, upstream: tuple[str, ...] = ()) -> Run:
         path = latest_run()
         print(f"run_dir not given: using the latest run {path}")
     if upstream:
-        require(path, upstream, "train")
+        require(trained_run_dir(path) if path.is_dir() else path, upstream, "train")
     run = Run(path=path, stage=stage)
     if (path / "params" / f"{stage}.json").exists():
         raise WorkbenchError(f"stage {stage} already ran in {path}: run directories are write-once; start a new run")

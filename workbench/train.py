@@ -1,12 +1,16 @@
 """Train stage: seeded fit with on-the-fly augmentation, cosine LR with warm-up, early stopping on
-val_loss, best checkpoint, optional class weights; writes model.keras, history.csv, augment.yaml.
+val_loss, best checkpoint, optional class weights; writes model.keras, history.csv, augment.yaml,
+input.json (the run's input contract, workbench.inputs) and preprocess.json.
 
 Recipes (``recipe`` parameter, ``RECIPES``) fill in every parameter marked "(recipe)" that was left at
-its empty default (-1 or ""); a value passed explicitly always wins, and ``params/train.json``
-records the effective values. Transfer learning: ``init_from`` (a run directory or ``.keras`` file)
-copies weights layer by layer (by name, where shapes match), ``freeze_backbone`` trains only the
-classifier. With more than one local JAX device, training is data-parallel over all of them
-(``keras.distribution.DataParallel``).
+its empty default (-1 or ""), from the recipe and from the data: the augmentation preset and the
+test-time augmentation follow the data card's ``orientation`` (``resolve``), and small training sets get
+more epochs so that every recipe trains for about the same number of optimizer steps. A value passed
+explicitly always wins, and ``params/train.json`` records the effective values. Any task of
+workbench.tasks: softmax + cross-entropy, or sigmoid + binary cross-entropy for multi-label data.
+Transfer learning: ``init_from`` (a run directory or ``.keras`` file) copies weights layer by layer (by
+name, where shapes match), ``freeze_backbone`` trains only the classifier. With more than one local JAX
+device, training is data-parallel over all of them (``keras.distribution.DataParallel``).
 """
 
 from __future__ import annotations
@@ -21,59 +25,122 @@ import numpy as np
 import pandas as pd
 
 from . import augment as _augment
+from . import cells as _cells
 from . import data as _data
+from . import inputs as _inputs
+from . import layers as _layers
 from . import models as _models
 from . import preprocess as _pre
 from . import runs as _runs
-from . import layers as _layers
+from . import runtime as _runtime
+from . import tasks as _tasks
 from .errors import WorkbenchError
 from .params import TrainParams
-from .progress import TqdmTraining
+from .progress import headless, tqdm
 
 # What each recipe sets where the user left a "(recipe)" parameter empty. demo: the foundation's compact
-# CNN (≈ 4 min on 2 CPU cores). full: twice the width and more epochs, without early stopping (patience =
-# epochs: at the high learning rates early in the cosine schedule val_loss jumps about, and patience 8
-# once stopped a run at epoch 18 of 36, 2.6 points down) and without EMA of the weights (Keras' optimizer
-# EMA, written into the model every epoch, cost about 0.7 points; recomputing the batch-norm statistics
-# under the averaged weights did not win them back). Both recipes use test-time augmentation over the 8
-# flips/quarter turns (only where the augmentation preset says the images have no canonical orientation,
-# see ``resolve``). Measured results: bench/results/accuracy.json (make bench-accuracy).
+# CNN (≈ 4 min on 2 CPU cores on BloodMNIST). full: twice the width and more epochs, without early stopping
+# (patience = epochs: at the high learning rates early in the cosine schedule val_loss jumps about, and
+# patience 8 once stopped a run at epoch 18 of 36, 2.6 points down) and without EMA of the weights (Keras'
+# optimizer EMA, written into the model every epoch, cost about 0.7 points; recomputing the batch-norm
+# statistics under the averaged weights did not win them back).
+# "auto" values come from the data (``resolve``): the augmentation preset from the data card's orientation
+# (flips and quarter turns preserve the labels → "dihedral" and the 8-way test-time augmentation inside the
+# saved model; otherwise "fixed" and no TTA). ``min_steps``: a training set smaller than BloodMNIST's gets
+# more epochs, so that the recipe still makes about as many optimizer steps (15 and 36 epochs of
+# BloodMNIST's 94 batches); the patience grows in proportion. Measured results: bench/results/accuracy.json
+# and bench/results/datasets.json (make bench-accuracy, make bench-datasets).
 RECIPES: dict[str, dict] = {
-    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "dihedral", "epochs": 15,
-             "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto"},
-    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "dihedral", "epochs": 36,
-             "learning_rate": 0.003, "patience": "epochs", "ema": "no", "tta": "auto"},
+    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "auto", "epochs": 15,
+             "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto", "min_steps": 1400},
+    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "auto", "epochs": 36,
+             "learning_rate": 0.003, "patience": "epochs", "ema": "no", "tta": "auto", "min_steps": 3400},
 }
-# presets whose flips and quarter turns are label-preserving: there dihedral TTA is valid
-ORIENTATION_FREE_PRESETS = ("microscopy", "dihedral")
+MAX_EPOCHS = 1000   # TrainParams.epochs' own limit
 
 
-def resolve(params: TrainParams) -> TrainParams:
-    """Fill the recipe's values into the parameters left at their empty default; explicit values win."""
-    recipe = RECIPES[params.recipe]
+def orientation(ds: _data.Dataset) -> dict:
+    """Whether flips and quarter turns preserve the labels of this data: the data card says so
+    (``orientation``); a dataset without a card, or a card without the field, is treated as
+    orientation-fixed, with a note saying so."""
+    from .cards import orientation_of
+    o, note = orientation_of(ds.card)
+    free = bool(o.get("flips")) and bool(o.get("quarter_turns"))
+    return {"flips": bool(o.get("flips")), "quarter_turns": bool(o.get("quarter_turns")),
+            "reason": o.get("reason", ""), "free": free, "note": note,
+            "source": f"data card {ds.card.name}" if ds.card is not None else "no data card"}
+
+
+def resolve(params: TrainParams, ds: _data.Dataset) -> TrainParams:
+    """Fill the recipe's values into the parameters left at their empty default, reading what depends on
+    the data from ``ds`` (orientation, training-set size); explicit values win."""
+    recipe = dict(RECIPES[params.recipe])
+    min_steps = recipe.pop("min_steps")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainParams)}
-    values = {}
-    for name, value in recipe.items():
-        if getattr(params, name) == defaults[name]:
-            values[name] = value
-    out = dataclasses.replace(params, **values)
+    left = {name for name in recipe if getattr(params, name) == defaults[name]}
+    out = dataclasses.replace(params, **{name: recipe[name] for name in left})
+    o = orientation(ds)
+    if out.augment == "auto":
+        out = dataclasses.replace(out, augment="dihedral" if o["free"] else "fixed")
+    if "epochs" in left:  # small training sets: about as many optimizer steps as on a large one
+        steps_per_epoch = max(1, math.ceil(len(ds.labels["train"]) / params.batch_size))
+        epochs = min(MAX_EPOCHS, max(out.epochs, math.ceil(min_steps / steps_per_epoch)))
+        if "patience" in left and out.patience != "epochs":
+            out = dataclasses.replace(out, patience=max(out.patience, round(out.patience * epochs / out.epochs)))
+        out = dataclasses.replace(out, epochs=epochs)
     if out.patience == "epochs":  # no early stopping, however many epochs the user asks for
         out = dataclasses.replace(out, patience=out.epochs)
     if out.tta == "auto":
-        out = dataclasses.replace(out, tta="yes" if out.augment in ORIENTATION_FREE_PRESETS else "no")
+        out = dataclasses.replace(out, tta="yes" if o["free"] and out.augment in _augment.DIHEDRAL_PRESETS else "no")
     if out.freeze_backbone and not out.init_from:
         raise WorkbenchError("parameter 'freeze_backbone' needs 'init_from' (a trained run directory or .keras file)")
+    if out.class_weights and _tasks.is_multilabel(ds.task):
+        raise WorkbenchError("parameter 'class_weights' applies to single-label tasks; dataset "
+                             f"{ds.name} is multi-label: leave it false")
     from .params import make, to_dict
     return make("train", to_dict(out))  # the filled-in values pass the usual checks
 
 
+def orientation_statement(params: TrainParams, o: dict) -> str:
+    """One sentence for the train report and the model card: what the data allows and what the preset does."""
+    changes = _augment.ORIENTATION_CHANGES.get(params.augment)
+    allowed = ("flips and quarter turns preserve the labels" if o["free"] else
+               "orientation carries meaning: flips and quarter turns may change the label")
+    text = f"Orientation ({o['source']}): {allowed}" + (f" ({o['reason']})" if o["reason"] else "") + ". "
+    if o["note"]:
+        text += o["note"] + " "
+    if changes and not o["free"]:
+        text += (f"WARNING: augmentation preset '{params.augment}' applies {changes} although the data are "
+                 "orientation-fixed: the model cannot tell an image from its mirror image.")
+    else:
+        text += f"Augmentation preset '{params.augment}'" + (f" ({changes})" if changes else " (no flips or turns)")
+        text += "; test-time augmentation over the 8 flips and quarter turns: " + params.tta + "."
+    return text
+
+
 def open_stage(params: TrainParams):
-    """Resolve the recipe, set up the CPU training path, open the run directory (params + provenance)."""
-    p = resolve(params)
-    backend = _layers.configure_backend(p.conv_impl)
+    """Load the data, resolve the recipe against it, set up the CPU training path, open the run directory
+    (params + provenance). Everything that can fail on bad input fails before the directory is made."""
+    ds, extra = load_data(params)
+    p = resolve(params, ds)
+    backend = _runtime.configure_backend(p.conv_impl)
     run = _runs.open_stage("train", p)
-    _runs.add_provenance(run, training_path=backend, recipe={"name": p.recipe, **RECIPES[p.recipe]})
-    return run, p
+    o = orientation(ds)
+    _runs.add_provenance(run, training_path=backend, recipe={"name": p.recipe, **RECIPES[p.recipe]},
+                         data=ds.describe(), orientation={**o, "statement": orientation_statement(p, o)})
+    if extra is not None:
+        _runs.add_provenance(run, extra_labels=extra)
+    print(orientation_statement(p, o))
+    return run, p, ds
+
+
+def orientation_note(params: TrainParams, ds: _data.Dataset):
+    """The orientation statement as a report cell (a warning box when a flipping preset meets
+    orientation-fixed data)."""
+    from .report import Markdown
+    o = orientation(ds)
+    text = orientation_statement(params, o)
+    return Markdown(f"> **{text}**" if "WARNING" in text else text)
 
 
 class AugmentedBatches(keras.utils.PyDataset):
@@ -82,7 +149,8 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, transform, seed: int,
                  multiple_of: int = 1):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.images, self.labels = images, labels
+        # multi-label targets (N, L) go to binary cross-entropy as floats; class indices stay integers
+        self.images, self.labels = images, (labels.astype("float32") if labels.ndim == 2 else labels)
         # data-parallel training splits every batch evenly over the devices: a last batch that does not
         # divide is cut to the largest multiple (the images left out change every epoch)
         self.multiple_of = multiple_of
@@ -103,48 +171,74 @@ class AugmentedBatches(keras.utils.PyDataset):
         self.order = self.rng.permutation(len(self.images))
 
 
-def load_data(params: TrainParams, run: _runs.Run | None = None) -> _data.Dataset:
+class TqdmTraining(keras.callbacks.Callback):
+    """One bar over all training steps, with the last epoch's metrics as postfix."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        super().__init__()
+        self.total = epochs * steps_per_epoch
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        self.bar = tqdm(total=self.total, desc="train", unit="step")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "acc", "val_loss", "val_acc")},
+                             refresh=False)
+        self.bar.set_description(f"epoch {epoch + 1}")
+        if headless():  # one readable line per epoch in the executed notebook (a log line, not a bar)
+            print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_data(params: TrainParams) -> tuple[_data.Dataset, dict | None]:
+    """The dataset as loaded (raw pixels, before the input path), with any review export appended to
+    train (and what was appended, for the provenance; None without ``extra_labels``)."""
     ds = _data.load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split, seed=params.seed)
-    extra = None
     if params.extra_labels:
-        ds, extra = add_extra_labels(ds, params.extra_labels)
-    if run is not None:
-        _runs.add_provenance(run, data=ds.describe())
-        if extra is not None:
-            _runs.add_provenance(run, extra_labels=extra)
-    return ds
+        return add_extra_labels(ds, params.extra_labels)
+    return ds, None
 
 
-def make_preprocessing(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None) -> dict:
-    """The preprocessing spec from the parameters (dataset statistics from the train split), saved
-    as preprocess.json so evaluate and annotate apply exactly the same recipe."""
-    spec = _pre.make_spec(params.denoise, params.contrast, params.normalize,
-                          train_images=ds.images["train"] if params.normalize == "dataset" else None)
+def make_input_spec(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None) -> _inputs.InputSpec:
+    """The run's input contract: the data's size and channels, the resize policy and DICOM window from its
+    card, and the preprocessing recipe from the parameters (dataset statistics from the train split).
+    Saved as input.json (and preprocess.json): every later stage feeds the model through it."""
+    pre = _pre.make_spec(params.denoise, params.contrast, params.normalize,
+                         train_images=ds.images["train"] if params.normalize == "dataset" else None)
+    spec = _inputs.for_dataset(ds, pre)
     if run is not None:
-        run.write_json("preprocess.json", spec)
-        _runs.add_provenance(run, preprocess=spec)
+        run.write_json("preprocess.json", pre)
+        _inputs.save(spec, run)
+        _runs.add_provenance(run, preprocess=pre, input=spec.to_dict())
     return spec
 
 
-def read_preprocessing(run: _runs.Run, params: TrainParams) -> dict | None:
-    """The spec a run was trained with (None for runs from before preprocessing existed)."""
-    from .errors import WorkbenchError
-    path = run.path / "preprocess.json"
-    if not path.exists():
-        if (params.denoise, params.contrast, params.normalize) != ("none", "none", "none"):
-            raise WorkbenchError(f"{run.path} was trained with preprocessing but has no preprocess.json: "
-                                 "the recipe is lost; train a new run")
-        return None
-    return _pre.check_spec(run.read_json("preprocess.json"))
+def prepare_dataset(ds: _data.Dataset, spec: _inputs.InputSpec) -> _data.Dataset:
+    """Every split through the one input path (workbench.inputs.prepare)."""
+    return _inputs.prepare_dataset(ds, spec)
 
 
-def preview_preprocessing(params: TrainParams, ds: _data.Dataset, spec: dict, n_images: int = 8):
-    """Before/after figure of the same training images."""
+def _preview_indices(n_total: int, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of at most ``n`` images for a preview figure (any class count)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, size=min(n, n_total), replace=False))
+
+
+def preview_preprocessing(params: TrainParams, ds: _data.Dataset, spec: _inputs.InputSpec, n_images: int = 8):
+    """Before/after figure of the same training images (raw → through the input path)."""
     from .viz import preprocessing_preview
-    idx = _data.stratified_indices(ds.labels["train"], n_images, params.seed)[:n_images]
+    idx = _preview_indices(len(ds.images["train"]), n_images, params.seed)
     before = ds.images["train"][idx]
-    return preprocessing_preview(before, _pre.apply_spec(spec, before),
-                                 title=f"Preprocessing: {_pre.describe(spec)}")
+    return preprocessing_preview(before, _inputs.prepare(before, spec),
+                                 title=f"Input path: {spec.describe()}")
 
 
 def _extra_labels_file(spec: str):
@@ -163,14 +257,17 @@ def _extra_labels_file(spec: str):
 def add_extra_labels(ds: _data.Dataset, spec: str) -> tuple[_data.Dataset, dict]:
     """Append the labelled images of an annotate review export to the train split.
 
-    Refused: other classes or image shape than the dataset, and images from the val or test split of
-    the same dataset file (training on them would leak into the evaluation)."""
+    An export carries its images (conformed to the model's size and channels, before preprocessing,
+    exactly like the dataset's own raw images), so pools from outside the dataset (a folder of new PNGs,
+    a DICOM series) can be trained on. Multi-label exports carry (N, L) label sets. Refused: other classes
+    or image shape than the dataset, and images from the val or test split of the same dataset file
+    (training on them would leak into the evaluation)."""
     import json
     from dataclasses import replace
     path = _extra_labels_file(spec)
     try:
         with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"].astype(np.int64).reshape(-1)
+            images, labels = z["images"], z["labels"].astype(np.int64)
             class_names = [str(c) for c in z["class_names"]]
             source = json.loads(str(z["source"])) if "source" in z.files else {}
             n_sources = {str(k): int(v) for k, v in zip(*np.unique(z["label_source"], return_counts=True))} \
@@ -184,8 +281,14 @@ def add_extra_labels(ds: _data.Dataset, spec: str) -> tuple[_data.Dataset, dict]
     if images.dtype != np.uint8 or images.shape[1:] != ds.images["train"].shape[1:] or len(images) != len(labels):
         raise WorkbenchError(f"extra labels {path}: images {images.dtype} {images.shape[1:]} for {len(labels)} labels do not "
                              f"match dataset {ds.name} ({ds.images['train'].shape[1:]} uint8)")
-    if len(labels) and (labels.min() < 0 or labels.max() >= ds.num_classes):
-        raise WorkbenchError(f"extra labels {path}: labels outside 0..{ds.num_classes - 1}")
+    if _tasks.is_multilabel(ds.task):
+        if labels.ndim != 2 or labels.shape[1] != ds.num_classes or (labels.size and not np.isin(labels, (0, 1)).all()):
+            raise WorkbenchError(f"extra labels {path}: labels {labels.shape} are not (N, {ds.num_classes}) 0/1 label "
+                                 f"sets of the multi-label dataset {ds.name}")
+    else:
+        labels = labels.reshape(-1)
+        if len(labels) and (labels.min() < 0 or labels.max() >= ds.num_classes):
+            raise WorkbenchError(f"extra labels {path}: labels outside 0..{ds.num_classes - 1}")
     if source.get("dataset_md5") == ds.md5 and source.get("split") in ("val", "test"):
         raise WorkbenchError(
             f"extra labels {path} are images of the {source['split']} split of {ds.name}, which the evaluate stage "
@@ -216,7 +319,7 @@ def build_model(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = 
     keras.utils.set_random_seed(params.seed)
     distribution = _distribute()
     model = _models.build(params.model, ds.input_shape, ds.num_classes, width=params.width, dropout=params.dropout,
-                          conv_impl=params.conv_impl)
+                          conv_impl=params.conv_impl, activation=_tasks.activation(ds.task))
     if params.init_from:
         report = init_from(model, params.init_from, freeze_backbone=params.freeze_backbone)
         if run is not None:
@@ -314,8 +417,7 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     ema = {"use_ema": True, "ema_momentum": 0.99, "ema_overwrite_frequency": steps} if params.ema == "yes" else {}
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, **ema),
-        loss="sparse_categorical_crossentropy",
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+        loss=_tasks.loss(ds.task), metrics=[_tasks.accuracy_metric(ds.task)],
     )
     tta = params.tta == "yes"
     model_path = run.file("backbone.keras" if tta else "model.keras")
@@ -329,7 +431,8 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     ]
     cw = class_weight(ds.labels["train"], ds.num_classes) if params.class_weights else None
     t0 = time.perf_counter()
-    model.fit(batches, validation_data=(ds.images["val"].astype("float32"), ds.labels["val"]),
+    y_val = ds.labels["val"].astype("float32") if _tasks.is_multilabel(ds.task) else ds.labels["val"]
+    model.fit(batches, validation_data=(ds.images["val"].astype("float32"), y_val),
               epochs=params.epochs, callbacks=callbacks, class_weight=cw, verbose=0)
     seconds = time.perf_counter() - t0
     if tta:
@@ -343,42 +446,11 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         "train_images_per_second": round(len(hist) * len(ds.labels["train"]) / seconds, 1),
         "class_weight": cw, "num_params": int(model.count_params()),
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        "tta": tta, "ema": params.ema == "yes", "conv_impl": params.conv_impl,
+        "tta": tta, "ema": params.ema == "yes", "conv_impl": params.conv_impl, "task": ds.task,
+        "loss": _tasks.loss(ds.task), "output_activation": _tasks.activation(ds.task),
     }
     run.write_json("train_summary.json", summary)
     return hist
-
-
-def run(params: TrainParams) -> dict:
-    """The whole stage without a notebook (the notebook calls the same steps one per cell)."""
-    r, params = open_stage(params)
-    ds = load_data(params, r)
-    ds = ds.preprocessed(make_preprocessing(params, ds, r))
-    t = make_augmentation(params, ds, r)
-    model = build_model(params, ds, r)
-    fit(model, ds, t, params, r)
-    return {"run_dir": str(r.path), **r.read_json("train_summary.json")}
-
-
-def reload(run: _runs.Run):
-    """The trained model and the exact data it was trained on (same file md5, same subset, same
-    preprocessing)."""
-    from .errors import WorkbenchError
-    tp = _params_from_run(run)
-    model = _models.load(run.path / "model.keras")
-    ds = _data.load_dataset(tp.dataset, size=tp.size, max_per_split=tp.max_per_split, seed=tp.seed)
-    trained_md5 = run.read_json("provenance.json").get("train", {}).get("data", {}).get("md5")
-    if trained_md5 and ds.md5 != trained_md5:
-        raise WorkbenchError(
-            f"dataset {ds.path} has md5 {ds.md5} but the model in {run.path} was trained on md5 {trained_md5}: "
-            "restore the original file or train a new run"
-        )
-    return model, ds.preprocessed(read_preprocessing(run, tp)), tp
-
-
-def _params_from_run(run: _runs.Run) -> TrainParams:
-    from .params import make
-    return make("train", run.read_json("params/train.json"))
 
 
 def preview_augmentation(params: TrainParams, ds: _data.Dataset, n_images: int = 8, n_samples: int = 3):
@@ -386,7 +458,56 @@ def preview_augmentation(params: TrainParams, ds: _data.Dataset, n_images: int =
     pipeline's random stream stays untouched."""
     from .viz import augmentation_preview
     t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1])
-    idx = _data.stratified_indices(ds.labels["train"], n_images, params.seed)[:n_images]
+    idx = _preview_indices(len(ds.images["train"]), n_images, params.seed)
     originals = ds.images["train"][idx]
     return augmentation_preview(originals, [_augment.apply(t, originals) for _ in range(n_samples)],
                                 title=f"Augmentation preset '{params.augment}' (seed {params.seed})")
+
+
+NOTEBOOK = _cells.Stage(
+    stage="train", title="10 · Train",
+    inputs="a dataset: a data card name (default the embedded BloodMNIST), a MedMNIST-format `.npz`, a folder "
+           "written by `workbench ingest` or an image folder with its card",
+    outputs="`model.keras` (best epoch by val loss; with `tta` the network wrapped in test-time augmentation, "
+            "the bare network in `backbone.keras`), `input.json` (the input path every later stage uses), "
+            "`preprocess.json`, `augment.yaml`, `history.csv`, `train_summary.json`, `params/train.json`, "
+            "`provenance.json`",
+    cells=(
+        _cells.code('import workbench as wb\nfrom workbench import train\n\nP = wb.params.collect("train", globals())\n'
+                    "run, P, ds = train.open_stage(P)  # loads the data and fills in the recipe from it; "
+                    "params/train.json records the effective values"),
+        _cells.md("## Data"),
+        _cells.show("ds.describe()"),
+        _cells.show("wb.viz.class_balance(ds.counts(), ds.class_names)"),
+        _cells.show('wb.viz.samples_per_class(ds.images["train"], ds.labels["train"], ds.class_names, seed=P.seed)'),
+        _cells.md("## Orientation\nWhether flips and quarter turns preserve the labels is a property of the data "
+                  "(the data card's `orientation`); the recipe's augmentation and test-time augmentation follow it."),
+        _cells.show("train.orientation_note(P, ds)"),
+        _cells.md("## Input path and preprocessing\nSize, channels and resize policy of the data, then denoising, "
+                  "contrast and normalisation from the parameters `denoise`, `contrast` and `normalize`. Saved as "
+                  "`input.json`: evaluate, annotate (any pool), review and explore feed the model through it."),
+        _cells.code("spec = train.make_input_spec(P, ds, run)"),
+        _cells.show("spec.describe()"),
+        _cells.show("train.preview_preprocessing(P, ds, spec)"),
+        _cells.code("ds = train.prepare_dataset(ds, spec)"),
+        _cells.md("## Augmentation\nApplied on the fly to training batches; the pipeline is saved as `augment.yaml`."),
+        _cells.code("aug = train.make_augmentation(P, ds, run)"),
+        _cells.show("train.preview_augmentation(P, ds)"),
+        _cells.md("## Model"),
+        _cells.code("model = train.build_model(P, ds, run)"),
+        _cells.show("model.summary()"),
+        _cells.md("## Training\nAdamW with linear warm-up and cosine decay; early stopping on val loss restores the "
+                  "best epoch, which is also the checkpoint saved as `model.keras`."),
+        _cells.code("history = train.fit(model, ds, aug, P, run)"),
+        _cells.show("history"),
+        _cells.show("wb.viz.training_curves(history)"),
+        _cells.show('run.read_json("train_summary.json")'),
+    ),
+    result=("run",),
+)
+
+
+def run(params: TrainParams) -> dict:
+    """The whole stage without a notebook: the notebook's code cells, in order (workbench.cells)."""
+    r = _cells.run_cells(NOTEBOOK, params)["run"]
+    return {"run_dir": str(r.path), **r.read_json("train_summary.json")}
