@@ -8,20 +8,55 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate bench-transfer clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate bench-transfer clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  pass notebook parameters with P='-p epochs 3 -p model resnet18' and a run with RUN=runs/…"
 
-$(STAMP): pyproject.toml
+# Pinned installs. $(LOCK) pins every package that the runtime dependencies and the dev extra
+# of pyproject.toml need (the whole tree), plus pip and setuptools (the installer and the build
+# backend), each to one version with the sha256 of every file PyPI has for that version. `make`
+# installs exactly it: plain pip --require-hashes (a file whose hash is not in the lock, or a
+# dependency missing from it, is an error), wheels only, then workbench itself with --no-deps.
+# The stamp depends on the lock, so a changed lock reinstalls (pip only changes what differs).
+# The lock is for CPython 3.11 (any 3.11.x: it is resolved for 3.11.0, which is why soupsieve stays
+# at 2.x, whose successors need 3.11.5) on x86_64 Linux with glibc >= 2.28 (manylinux_2_28 wheels);
+# the hashes of all of a version's files are there, other platforms' too, but only that target is
+# resolved and tested. After changing the dependencies in pyproject.toml run `make lock`
+# (tests/test_lock.py fails until the lock agrees): uv pip compile --generate-hashes resolves
+# against PyPI alone (uv does not read pip's config, so this machine's extra indexes and
+# find-links never reach the lock) and keeps the current pins where they still fit;
+# LOCK_ARGS=--upgrade (or '--upgrade-package NAME') moves them on. uv is installed into .venv by
+# `make lock` only; `make install` needs nothing but pip.
+# The bench extra (torch) is deliberately not locked: the torch==2.13.0 measured here is the CPU
+# build from a local wheel (pip's find-links /opt/wheels, capped by its constraint file), a file
+# PyPI does not have; PyPI's torch 2.13.0 is another file that pulls the CUDA stack (GBs). Locking
+# either would pin something this workbench does not run. `make bench` installs it on top, with
+# the lock as a constraint file so that it cannot move a locked package.
+LOCK       := requirements.lock
+UV_VERSION := 0.13.9
+LOCK_ARGS  ?=
+
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -c "from workbench.execute import ensure_kernel; ensure_kernel()"
+	@$(BIN)/python -c 'import sys; v = sys.version_info; sys.exit(None if v[:2] == (3, 11) else f"error: $(LOCK) is for Python 3.11, $(VENV) has {v[0]}.{v[1]}: make clean-venv, then make install PYTHON=python3.11")'
+	@echo "installing $(LOCK) into $(VENV) (pip --require-hashes)"
+	@$(BIN)/python -m pip install -qq --require-hashes --only-binary :all: -r $(LOCK)
+	@$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip check >/dev/null || $(BIN)/python -m pip check
+	@$(BIN)/python -c "from workbench.execute import ensure_kernel; ensure_kernel()"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install workbench with its dependencies (once)
+install: $(STAMP) ## create .venv and install exactly requirements.lock, then workbench (once; again when the lock changes)
+
+lock: ## regenerate requirements.lock from pyproject.toml (uv pip compile --generate-hashes; LOCK_ARGS=--upgrade)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq "uv==$(UV_VERSION)"
+	printf 'pip\nsetuptools>=68\n' | $(BIN)/uv pip compile --quiet pyproject.toml - --extra dev \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--only-binary :all: --custom-compile-command "make lock" -o $(LOCK) $(LOCK_ARGS)
+	@echo "$(LOCK): $$(grep -c '^[A-Za-z0-9].*==' $(LOCK)) packages, $$(grep -c -- '--hash=sha256:' $(LOCK)) hashes"
 
 demo: $(STAMP) ## train → evaluate → annotate on the embedded BloodMNIST; prints test ACC/AUC and the reports
 	$(WB) pipeline --name demo $(P)
@@ -52,7 +87,8 @@ pipeline: $(STAMP) ## train → evaluate → annotate into one new run directory
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	@grep -oE '^[A-Za-z0-9._-]+==[^ ]+' $(LOCK) > $(VENV)/lock-pins.txt  # pip reads hashes in -c as --require-hashes
+	$(BIN)/python -m pip install -qq --no-build-isolation -e ".[bench]" -c $(VENV)/lock-pins.txt
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) ## train/infer img/s: Keras-on-JAX (fast, stock) vs PyTorch, papermill overhead → bench/results/perf.*
