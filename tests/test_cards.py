@@ -329,13 +329,22 @@ def test_card_orientation_asks_on_a_terminal():
         prompts.append(prompt)
         return next(answers)
 
-    o = cli.card_orientation(None, stdin=_Terminal(), ask=ask)
+    tty = {"stdin": _Terminal(), "stdout": _Terminal()}
+    o = cli.card_orientation(None, **tty, ask=ask)
     assert o["flips"] is True and o["quarter_turns"] is True and "answered" in o["reason"]
     assert len(prompts) == 2 and all(cli.ORIENTATION_QUESTION in p and "y/n" in p for p in prompts)
-    o = cli.card_orientation(None, stdin=_Terminal(), ask=lambda p: "no")
+    o = cli.card_orientation(None, **tty, ask=lambda p: "no")
     assert o["flips"] is False and "do not preserve" in o["reason"]
-    o = cli.card_orientation("free", stdin=_Terminal(), ask=lambda p: pytest.fail("asked despite --orientation"))
+    o = cli.card_orientation("free", **tty, ask=lambda p: pytest.fail("asked despite --orientation"))
     assert o["flips"] is True
+    def eof(prompt):
+        raise EOFError
+
+    assert "not stated" in cli.card_orientation(None, **tty, ask=eof)["reason"]  # Ctrl-D: fixed, not stated
+    # output captured (a script, or a test spawning the CLI from a terminal): never wait for an answer
+    import io
+    o = cli.card_orientation(None, stdin=_Terminal(), stdout=io.StringIO(), ask=lambda p: pytest.fail("asked"))
+    assert o["flips"] is False and "not stated" in o["reason"]
 
 
 def _dicom_folder(root):
@@ -379,3 +388,28 @@ def test_cli_ingest_orientation_flag(tmp_path):
     card = cards.read_card(tmp_path / "out" / "out.md")
     assert card.orientation["flips"] is False and "--orientation fixed" in card.orientation["reason"]
     assert sorted(card.files) == [40]
+
+
+def test_card_init_asks_on_a_real_terminal(tmp_path):
+    """End to end through a pseudo-terminal: the question is printed and 'y' writes orientation-free."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+    folder = _image_folder(tmp_path)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "card", "init", str(folder)],
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    os.close(slave)
+    seen, deadline = b"", time.time() + 120
+    while b"[y/n]" not in seen and time.time() < deadline and proc.poll() is None:
+        if select.select([master], [], [], 1)[0]:
+            seen += os.read(master, 1024)
+    assert b"Do flips and 90\xc2\xb0 turns preserve the labels? [y/n]" in seen, seen
+    os.write(master, b"y\n")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    os.close(master)
+    o = cards.read_card(tmp_path / "cells.md").orientation
+    assert o["flips"] is True and o["quarter_turns"] is True and "answered" in o["reason"]

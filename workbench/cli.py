@@ -139,7 +139,17 @@ def cmd_ingest(args) -> None:
 ORIENTATION_QUESTION = "Do flips and 90° turns preserve the labels?"
 
 
-def card_orientation(choice: str | None, stdin=None, stdout=None, ask=input) -> dict:
+def _ask(prompt: str) -> str:
+    """One line from stdin after writing ``prompt`` to stdout (``input`` may put it on stderr)."""
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def card_orientation(choice: str | None, stdin=None, stdout=None, ask=_ask) -> dict:
     """The ``orientation`` a drafted card gets: from --orientation; else, on a terminal, the answer to
     ORIENTATION_QUESTION (y/n); else orientation-fixed with the reason "not stated". "On a terminal" means
     stdin and stdout both are: a run whose output is captured (scripts, tests spawning the CLI from a
