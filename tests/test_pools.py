@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 import workbench  # noqa: F401
-from workbench import annotate, data, inputs, pools, preprocess
+from workbench import data, inputs, pools, preprocess
 from workbench.errors import WorkbenchError
 
 from conftest import TINY
@@ -287,12 +287,38 @@ def test_dicom_pool_frames_burned_in_and_pseudonymous_ids(dicom_folder, tmp_path
         pool.images([0], inputs.InputSpec(size=32, channels=1, resize="stretch", dicom={**DSPEC.dicom, "frames": "first"}))
 
 
+def test_phi_registry_rereads_the_same_values(dicom_folder):
+    """annotate.phi_check re-reads the headers after the kernel is gone: the same values as the pool's."""
+    pool = _open(str(dicom_folder["root"])).scan(DSPEC)
+    again = pools.phi_registry(str(dicom_folder["root"]))
+    assert len(pool.registry) > 20 and set(again.values) == set(pool.registry.values)
+    assert pools.phi_registry("test") is None and pools.phi_registry(f"{TINY}:test") is None
+
+
 def test_dicom_burned_in_allowed_and_frames_selected(dicom_folder):
     pool = _open(str(dicom_folder["root"]), allow_burned_in=True).scan(DSPEC)
     assert len(pool) == 18 and not any(r["reason"] == pools.BURNED_IN_REASON for r in pool.rejected)
     middle = inputs.InputSpec(size=32, channels=1, resize="stretch", dicom={**DSPEC.dicom, "frames": "middle"})
     pool = _open(str(dicom_folder["root"])).scan(middle)
     assert [i for i in pool.ids if i.startswith("mr/dose")] == ["mr/dose_multiframe#7"]
+
+
+def test_dicom_file_that_cannot_be_deidentified_is_left_out_and_searched_for(dicom_folder, tmp_path, monkeypatch):
+    from workbench import deid
+    real = deid.deidentify
+
+    def failing(ds, registry):
+        if str(ds.get("Modality")) == "CT":
+            raise WorkbenchError("de-identification failed (TypeError: planted)")
+        return real(ds, registry)
+    monkeypatch.setattr(deid, "deidentify", failing)
+    pool = _open(str(dicom_folder["root"])).scan(DSPEC)
+    reasons = {r["id"]: r["reason"] for r in pool.rejected}
+    failed = [i for i, r in reasons.items() if r.startswith("de-identification failed")]
+    assert len(failed) == 1 and failed[0].startswith("dicom/P") and len(pool) == 16   # CT left out, id withheld
+    (tmp_path / "leak.txt").write_text("1CT1")                        # the CT's PatientID (and StudyID)
+    hits = pool.audit([tmp_path / "leak.txt"])
+    assert [f for f, _ in hits] == [str(tmp_path / "leak.txt")] and hits[0][1] in ("PatientID", "StudyID")
 
 
 def test_dicom_raw_pixels_are_the_windowed_frames(dicom_folder):
@@ -336,18 +362,20 @@ def test_npz_refuses_non_images(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- splits
-def test_split_pool_matches_the_dataset_and_old_fingerprint():
+def test_split_pool_matches_the_dataset():
     ds = data.load_dataset(str(TINY))
     pool = _open("test", dataset=ds)
     assert pool.kind == "dataset-split" and pool.slug == "test" and pool.ids[17] == "test:17"
     assert np.array_equal(pool.labels, ds.labels["test"]) and pool.source["dataset_md5"] == ds.md5
     streamed = np.concatenate([b for _, b in pool.batches(SPEC28, 32)])
     assert np.array_equal(streamed, ds.images["test"])
-    assert pool.pool_id == annotate.split_pool(ds, "test").pool_id      # review logs keep opening
+    assert pool.md5[3] == hashlib.md5(ds.images["test"][3].tobytes()).hexdigest()
+    assert _open("test", dataset=ds).pool_id == pool.pool_id != _open("val", dataset=ds).pool_id
     x = ds.images["test"].copy()
     x[5] = x[3]                                                         # a byte-identical pair
     dup = _open("test", dataset=replace(ds, images={**ds.images, "test": x}))
     assert pool.duplicates == [] and dup.duplicates == [["test:3", "test:5"]]
+    assert dup.ids == pool.ids and dup.pool_id != pool.pool_id          # same ids, other content
 
 
 def test_split_pool_is_not_preprocessed_twice():

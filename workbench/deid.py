@@ -190,3 +190,9 @@ def find_values(text: str, registry: PHIRegistry) -> list[str]:
         if hit:
             found.add(keyword)
     return sorted(found)
+
+
+def register_all(ds, registry: PHIRegistry) -> None:
+    """Register every searchable value of ``ds`` (a freshly read, unmodified data set) as identifying:
+    for a file whose de-identification failed, so that its values are still searched for in outputs."""
+    registry.add(_snapshot(ds), set())

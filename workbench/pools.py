@@ -180,6 +180,9 @@ class Pool:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __bool__(self) -> bool:   # a pool is never "empty" before its scan; an empty one is an error
+        return True
+
     def _dup_keys(self) -> list:
         return self._md5
 
@@ -396,18 +399,6 @@ class _SplitPool(Pool):
         if not self._ids:
             raise WorkbenchError(f"pool {self.name} holds no image (the split is empty)")
         self._scanned = True
-
-    @property
-    def pool_id(self) -> str:
-        # the fingerprint annotate.Pool gave split pools (ids + image bytes), so review logs written
-        # before workbench.pools still open
-        if self._pool_id is None:
-            h = hashlib.sha256()
-            h.update(json.dumps(self._ids).encode())
-            h.update(str(self._x.shape).encode() + str(self._x.dtype).encode())
-            h.update(np.ascontiguousarray(self._x).tobytes())
-            self._pool_id = h.hexdigest()[:16]
-        return self._pool_id
 
     def scan(self, spec) -> "Pool":
         self._check_spec(spec)
@@ -700,7 +691,14 @@ class _FolderPool(Pool):
                                      self._pseudo.get("S", ds.get("StudyInstanceUID")),
                                      self._pseudo.get("R", ds.get("SeriesInstanceUID")),
                                      self._pseudo.get("I", ds.get("SOPInstanceUID")))
-        _deid.deidentify(ds, self.registry)
+        try:
+            _deid.deidentify(ds, self.registry)
+        except WorkbenchError:
+            # the profile could not be applied: nothing of the file is used, and every value of its
+            # original header counts as identifying (ids, reasons and outputs are checked against it)
+            with _quiet_dicom([0]):
+                _deid.register_all(_dicom.read(path), self.registry)
+            raise WorkbenchError("de-identification failed (PS3.15 Basic profile); the file is left out") from None
         if burned and not self.allow_burned_in:
             return None, n_frames
         frames = _inputs.decode_dicom(ds, spec, path="")
@@ -929,8 +927,12 @@ def phi_registry(spec: str):
         if not _dicom.is_dicom(path):
             continue
         try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-            _deid.deidentify(ds, registry)
+            with _quiet_dicom([0]):
+                ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+                try:
+                    _deid.deidentify(ds, registry)
+                except WorkbenchError:  # as the pool does: all values of a file the profile failed on
+                    _deid.register_all(pydicom.dcmread(str(path), stop_before_pixels=True, force=True), registry)
         except Exception:  # noqa: BLE001 - an unreadable file was rejected by the pool; nothing of it was used
             continue
     return registry
