@@ -138,8 +138,8 @@ def test_multilabel_calibration_json_round_trip_and_old_format(tmp_path):
     # a calibration.json written before multi-label support (no task, one float) still reads as a float
     old = tmp_path / "old"
     old.mkdir()
-    (old / C.CALIBRATION_FILE).write_text(json.dumps({"method": "temperature", "temperature": 1.7, "model": "model.keras",
-                                                      "fitted_on": "val", "n_fit": 10}))
+    (old / C.CALIBRATION_FILE).write_text(json.dumps({"method": "temperature", "temperature": 1.7,
+                                                      "model": "model.keras", "fitted_on": "val", "n_fit": 10}))
     assert C.load_temperature(old) == 1.7
     (old / C.CALIBRATION_FILE).write_text('{"temperature": "warm"}')
     with pytest.raises(WorkbenchError, match="calibration"):

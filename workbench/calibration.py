@@ -27,9 +27,10 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, softmax
 
 from .errors import WorkbenchError
+from .tasks import MULTILABEL as MULTI_LABEL
+from .tasks import is_multilabel
 
 CALIBRATION_FILE = "calibration.json"
-MULTI_LABEL = "multi-label, binary-class"
 _EPS = 1e-12
 
 
@@ -37,8 +38,7 @@ def _multilabel(task: str | None, temperature=None) -> bool:
     """The task's kind; with ``task`` None, a vector of temperatures means multi-label."""
     if task is None:
         return temperature is not None and np.ndim(temperature) > 0
-    from .metrics import check_task
-    return check_task(task) == MULTI_LABEL
+    return is_multilabel(task)
 
 
 def _logit(probs) -> np.ndarray:

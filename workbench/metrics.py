@@ -22,21 +22,9 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from .errors import WorkbenchError
-
-BINARY, MULTI_CLASS, ORDINAL, MULTI_LABEL = ("binary-class", "multi-class", "ordinal-regression",
-                                             "multi-label, binary-class")
-TASKS = (MULTI_CLASS, BINARY, MULTI_LABEL, ORDINAL)
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise WorkbenchError(f"task {task!r} is unknown; expected one of {', '.join(map(repr, TASKS))} "
-                             "(the data card's field 'task')")
-    return task
-
-
-def is_multilabel(task: str) -> bool:
-    return check_task(task) == MULTI_LABEL
+from .tasks import BINARY, MULTILABEL as MULTI_LABEL, ORDINAL, TASKS  # noqa: F401  (the task names live in tasks.py)
+from .tasks import check as check_task
+from .tasks import is_multilabel  # noqa: F401
 
 
 def _as_probs(probs, task: str, name: str = "probs") -> np.ndarray:
