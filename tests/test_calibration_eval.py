@@ -163,3 +163,18 @@ def test_one_hundred_classes_calibrate():
     y_test[y_test == 3] = 4  # a class absent from test
     r = C.evaluate(p_val, y_val, p_test, y_test, n_resamples=20)
     assert r["temperature"] == pytest.approx(3.0, rel=0.2) and r["ece_after_temperature"] < r["ece"]
+
+
+def test_multilabel_ece_intervals_are_those_of_bootstrap_ci():
+    y, p = _multilabel_miscalibrated(400, seed=10)
+    r = C.evaluate(p, y, p, y, n_bins=10, n_resamples=40, seed=2, task=ML)
+    after = C.apply_temperature(p, r["temperature"], ML)
+
+    def vec(a, b, c):
+        e, f = C.ece_per_label(b, a, 10), C.ece_per_label(c, a, 10)
+        return np.array([np.mean(e), np.mean(f), *e, *f])
+    from workbench.metrics import bootstrap_ci
+    ref = bootstrap_ci(vec, y, p, after, n_resamples=40, seed=2)
+    assert r["ece_ci95"] == pytest.approx([ref["low"][0], ref["high"][0]], abs=1e-12)
+    assert r["ece_after_temperature_ci95"] == pytest.approx([ref["low"][1], ref["high"][1]], abs=1e-12)
+    assert r["ece_per_label_ci95"][2] == pytest.approx([ref["low"][4], ref["high"][4]], abs=1e-12)

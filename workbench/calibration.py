@@ -142,14 +142,25 @@ def _binned(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np.ndar
     return count, s_conf, s_corr
 
 
+def _ece_columns(conf: np.ndarray, correct: np.ndarray, n_bins: int):
+    """``ece(w)``: the ECE of every column when image i counts ``w[i]`` times (bootstrap weights; ones for
+    the plain number): sum over bins of |weighted correct - weighted confidence| / total weight."""
+    n, c = conf.shape
+    code = (np.minimum((conf * n_bins).astype(int), n_bins - 1) + np.arange(c)[None, :] * n_bins).ravel()
+    gap = correct.astype(np.float64) - conf
+
+    def ece_w(w: np.ndarray) -> np.ndarray:
+        s = np.bincount(code, weights=(w[:, None] * gap).ravel(), minlength=c * n_bins).reshape(c, n_bins)
+        total = w.sum()
+        return np.abs(s).sum(1) / total if total > 0 else np.full(c, np.nan)
+    return ece_w
+
+
 def ece_per_label(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[float]:
     """multi-label: per label, the binary ECE of its decision (present if p > 0.5) at confidence max(p, 1 - p);
     the same number as ``ece`` of the two-column softmax ``[1 - p, p]`` against that label's 0/1 column."""
     conf, correct = _label_decisions(probs, labels)
-    if not len(conf):
-        return [float("nan")] * conf.shape[1]
-    count, s_conf, s_corr = _binned(conf, correct, n_bins)
-    return (np.abs(s_corr - s_conf).sum(1) / len(conf)).tolist()
+    return _ece_columns(conf, correct, n_bins)(np.ones(len(conf))).tolist()
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, task: str = "multi-class") -> float:
@@ -229,7 +240,6 @@ def load_temperature(run_dir) -> float | list[float] | None:
 
 def _evaluate_multilabel(val_probs, val_labels, test_probs, test_labels, n_bins: int, n_resamples: int,
                          seed: int) -> dict:
-    from .metrics import bootstrap_ci
     fit = fit_temperature_per_label(val_probs, val_labels)
     t = fit["temperature"]
     test_probs, test_labels = _checked(test_probs, test_labels, MULTI_LABEL, "test")
@@ -246,12 +256,16 @@ def _evaluate_multilabel(val_probs, val_labels, test_probs, test_labels, n_bins:
            "reliability": reliability(test_probs, test_labels, n_bins, MULTI_LABEL),
            "reliability_after_temperature": reliability(after, test_labels, n_bins, MULTI_LABEL)}
     if n_resamples:
+        # the resamples of bootstrap_ci (images, unstratified), evaluated on resample weights: no copies
+        from .metrics import _bootstrap_weighted
         n_labels = len(t)
+        before_w = _ece_columns(*_label_decisions(test_probs, test_labels), n_bins)
+        after_w = _ece_columns(*_label_decisions(after, test_labels), n_bins)
 
-        def vec(y, p, q):
-            a, b = ece_per_label(p, y, n_bins), ece_per_label(q, y, n_bins)
-            return np.array([np.mean(a), np.mean(b), *a, *b])
-        boot = bootstrap_ci(vec, test_labels, test_probs, after, n_resamples=n_resamples, seed=seed)
+        def vec(w):
+            a, b = before_w(w), after_w(w)
+            return np.concatenate([[a.mean(), b.mean()], a, b])
+        boot = _bootstrap_weighted(vec, test_labels, len(test_labels), n_resamples, seed)
         lo, hi = boot["low"], boot["high"]
         out["ece_ci95"] = [lo[0], hi[0]]
         out["ece_after_temperature_ci95"] = [lo[1], hi[1]]
