@@ -465,10 +465,10 @@ def queue_caption(probs: np.ndarray, class_names: list[str], task: str = "") -> 
 
 def review_run(run_dir, annotator: str = "", log: str = "", headless: bool | None = None, overlay="auto",
                n_static: int = 16):
-    """The review widget of an annotated run (resumes its log); a static summary when headless.
+    """The review widget of an annotated pool (resumes its log); a static summary when headless.
 
-    ``overlay`` "auto": Grad-CAM of the run's model (loaded once here); None: no overlay; or a function
-    (model-input image, class) -> heat map."""
+    ``overlay`` "auto": Grad-CAM of the trained run's model (``inputs.trained.model``, loaded once); None:
+    no overlay; or a function (model-input image, class) -> heat map."""
     from .annotate import open_review, review_inputs
     headless = _progress.headless() if headless is None else headless
     if headless:
@@ -476,10 +476,9 @@ def review_run(run_dir, annotator: str = "", log: str = "", headless: bool | Non
     inputs = open_review(run_dir, annotator=annotator, log=log)
     note = None
     if overlay == "auto":
-        from .models import load
         try:
-            overlay = gradcam_overlay(load(Path(run_dir) / "model.keras", compile=False))
-        except WorkbenchError as e:  # an optional explanation must never block the review
+            overlay = gradcam_overlay(inputs.trained.model)
+        except (WorkbenchError, AttributeError) as e:  # an optional explanation must never block the review
             overlay, note = None, f"Grad-CAM unavailable ({e}); reviewing without it"
     w = ReviewWidget(inputs, overlay=overlay)
     if note:
