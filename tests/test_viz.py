@@ -158,12 +158,18 @@ def test_inspect_figure_shows_the_top_classes(k):
         assert len(bars) == explore.TOP_BARS + 1 and "top 10 of" in fig.axes[1].get_title()
         assert bars[-1].get_facecolor()[:3] != bars[0].get_facecolor()[:3]   # the true class, in green
     ym, pm = multi(k, 5)
-    fig = render(explore.inspect_figure(images(1, channels=1)[0], pm[0], names(k), ym[0]))
-    assert "present" in fig.axes[1].get_title()
-    assert len(fig.axes[1].patches) == min(k, explore.TOP_BARS) + sum(
-        1 for c in np.flatnonzero(ym[0]) if c not in np.argsort(-pm[0], kind="stable")[:explore.TOP_BARS])
+    row = ym[2]                                          # the labels present: a 0/1 row, or a list of indices
+    n_bars = min(k, explore.TOP_BARS) + sum(
+        1 for c in np.flatnonzero(row) if c not in np.argsort(-pm[2], kind="stable")[:explore.TOP_BARS])
+    for true in (row, np.flatnonzero(row).tolist()):
+        fig = render(explore.inspect_figure(images(1, channels=1)[0], pm[2], names(k), true))
+        assert "present" in fig.axes[1].get_title() and len(fig.axes[1].patches) == n_bars
+        labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+        assert all(names(k)[c][:16] in labels for c in np.flatnonzero(row))
     with pytest.raises(WorkbenchError, match="0/1 vector"):
-        explore.inspect_figure(images(1)[0], pm[0], names(k), [1, 0, 1] if k != 3 else [1, 0])
+        explore.inspect_figure(images(1)[0], pm[0], names(k), np.array([1, 0, 1] if k != 3 else [1, 0]))
+    with pytest.raises(WorkbenchError, match="outside"):
+        explore.inspect_figure(images(1)[0], pm[0], names(k), [k])
 
 
 # ---------------------------------------------------------------------- evaluate / annotate figures
@@ -216,6 +222,20 @@ def test_per_class_thresholds(k):
     fig = render(viz.per_class_thresholds(choice, names(k), p, y))
     assert len(fig.axes[0].texts) == (k if k <= viz.MAX_CELL_TEXT else 0)
     assert len(tick_labels(fig.axes[0])) <= viz.MAX_TICK_LABELS // 2
+
+
+@pytest.mark.parametrize("k", KS)
+def test_per_label_thresholds(k):
+    from workbench.metrics import multilabel_thresholds
+    y, p = multi(k, 600)
+    ml = multilabel_thresholds(p, y, 0.9)
+    choice = {"mode": "per-label", "target_precision": 0.9, "guarantee": 0.0, "thresholds": ml["thresholds"],
+              "per_class": [{"class": r["label"], "threshold": r["threshold"], "source": "label"} for r in ml["per_label"]]}
+    fig = render(viz.per_class_thresholds(choice, names(k), p, y))
+    assert "per label" in fig.axes[0].get_title() and "*" not in "".join(t.get_text() for t in fig.axes[0].texts)
+    cov = [b.get_height() for b in fig.axes[1].patches[:k]]
+    want = [r["val_coverage"] for r in ml["per_label"]]            # the metrics module's own numbers
+    np.testing.assert_allclose(cov, [0.0 if w is None or not np.isfinite(w) else w for w in want], atol=1e-9)
 
 
 @pytest.mark.parametrize("k", KS)

@@ -300,18 +300,22 @@ def inspect_figure(image: np.ndarray, probs: np.ndarray, class_names: list[str],
                    heatmap: np.ndarray | None = None, title: str = "", top: int = TOP_BARS) -> Figure:
     """Image, class-probability bars (true class marked), and a Grad-CAM overlay when given.
 
-    ``true``: the true class index, or (multi-label) the 0/1 vector (length L) of the labels present; the
-    bars are then each label's own probability (sigmoid) with the 0.5 decision line. With more than
+    ``true``: the true class index, or (multi-label) the labels present: a 0/1 array (length L) or a list
+    (set) of label indices; the bars are then each label's own probability (sigmoid) with the 0.5
+    decision line. With more than
     ``top`` classes only the ``top`` most probable are drawn, plus the true ones (the title says so)."""
     probs = np.asarray(probs, dtype=np.float64)
     k = len(class_names)
-    ml = np.ndim(true) == 1
-    if ml:
-        t = np.asarray(true).reshape(-1)
-        if t.size != k:
-            raise WorkbenchError(f"inspect_figure: {t.size} true labels for {k} label names: a multi-label truth "
-                                 "is the 0/1 vector of the labels present")
-        truth = set(np.flatnonzero(t == 1).tolist())
+    ml = isinstance(true, (list, tuple, set, frozenset)) or np.ndim(true) == 1
+    if isinstance(true, np.ndarray) and ml:          # a row of a label matrix: 0/1 per label
+        if true.size != k:
+            raise WorkbenchError(f"inspect_figure: {true.size} true labels for {k} label names: a multi-label truth "
+                                 "is the 0/1 vector of the labels present, or a list of their indices")
+        truth = set(np.flatnonzero(true == 1).tolist())
+    elif ml:                                          # a list (tuple, set) of the indices present
+        truth = {int(c) for c in true}
+        if any(not 0 <= c < k for c in truth):
+            raise WorkbenchError(f"inspect_figure: true label indices {sorted(truth)} outside 0..{k - 1}")
     else:
         truth = {int(true)}
     order = np.argsort(-probs, kind="stable")

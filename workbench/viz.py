@@ -650,31 +650,50 @@ def per_class_thresholds(choice: dict, class_names: list[str], val_probs: np.nda
                          val_labels: np.ndarray | None = None) -> Figure:
     """Auto-accept thresholds per predicted class and, when val is given, the share of each class's val
     predictions they accept and the precision of those (the target as a dashed line). Values are written
-    on the bars up to 25 classes; class names thinned past 40."""
+    on the bars up to 25 classes; class names thinned past 40.
+
+    Multi-label (``choice["mode"]`` "per-label", or (N, L) ``val_labels``): one threshold per label on the
+    confidence max(p, 1 - p) of its present/absent decision at 0.5; the share of val decisions of each
+    label it accepts and their precision."""
     k = len(class_names)
+    ml = choice.get("mode") == "per-label" or (val_labels is not None and is_multilabel(val_labels))
     thr = np.asarray(choice["thresholds"], dtype=np.float64)
     fig = _fig(max(10, 0.24 * k), 3.2 if k <= 30 else 3.8)
     ax1, ax2 = fig.subplots(1, 2)
     shown = np.where(np.isfinite(thr), thr, 1.0)
     bars = ax1.bar(range(k), shown, color=["tab:blue" if np.isfinite(t) else "lightgrey" for t in thr])
+    is_global = [str(r.get("source", "")).startswith("global") for r in choice["per_class"]]
     if k <= MAX_CELL_TEXT:
-        for b, t, row in zip(bars, thr, choice["per_class"]):
-            label = "none" if not np.isfinite(t) else f"{t:.3f}" + ("*" if row["source"] != "class" else "")
+        for b, t, g in zip(bars, thr, is_global):
+            label = "none" if not np.isfinite(t) else f"{t:.3f}" + ("*" if g else "")
             ax1.text(b.get_x() + b.get_width() / 2, 0.02, label, ha="center", va="bottom", rotation=90, fontsize=7)
     step = _category_axis(ax1, class_names, "x", max_labels=MAX_TICK_LABELS // 2)
     ax1.set_ylim(0, 1)
     g = choice.get("guarantee", 0.0)
     how = f"Learn-then-Test, guarantee {g}" if g else "val point estimate"
-    n_global = sum(r["source"] != "class" for r in choice["per_class"])
-    extra = "; * global" if k <= MAX_CELL_TEXT else f"; {n_global} of {k} use the global one; grey: none"
+    if ml:
+        extra = "; grey: none"
+        what = "threshold per label on max(p, 1 - p)"
+    else:
+        extra = "; * global" if k <= MAX_CELL_TEXT else f"; {sum(is_global)} of {k} use the global one; grey: none"
+        what = "threshold per predicted class"
     sep = " " if k <= MAX_CELL_TEXT else "\n"
-    ax1.set_title(f"threshold per predicted class{sep}({choice['mode']}, {how}{extra}){_thinned(step)}", fontsize=9)
+    ax1.set_title(f"{what}{sep}({choice['mode']}, {how}{extra}){_thinned(step)}", fontsize=9)
     if val_probs is not None and val_labels is not None:
-        val_labels = _flat(val_labels)
-        pred, conf = val_probs.argmax(1), val_probs.max(1)
-        acc = conf >= thr[pred]
-        cov = [acc[pred == c].mean() if (pred == c).any() else 0.0 for c in range(k)]
-        prec = [((pred == val_labels) & acc & (pred == c)).sum() / max((acc & (pred == c)).sum(), 1) for c in range(k)]
+        val_probs = np.asarray(val_probs, dtype=np.float64)
+        if ml:
+            y = np.asarray(val_labels).astype(bool)
+            decision = val_probs > 0.5
+            acc = np.maximum(val_probs, 1 - val_probs) >= thr[None, :]
+            cov = acc.mean(0) if len(acc) else np.zeros(k)
+            prec = ((decision == y) & acc).sum(0) / np.maximum(acc.sum(0), 1)
+        else:
+            val_labels = _flat(val_labels)
+            pred, conf = val_probs.argmax(1), val_probs.max(1)
+            acc = conf >= thr[pred]
+            cov = [acc[pred == c].mean() if (pred == c).any() else 0.0 for c in range(k)]
+            prec = [((pred == val_labels) & acc & (pred == c)).sum() / max((acc & (pred == c)).sum(), 1)
+                    for c in range(k)]
         x = np.arange(k)
         ax2.bar(x - 0.2, cov, 0.4, label="coverage")
         ax2.bar(x + 0.2, prec, 0.4, label="precision")
@@ -682,9 +701,8 @@ def per_class_thresholds(choice: dict, class_names: list[str], val_probs: np.nda
         _category_axis(ax2, class_names, "x", max_labels=MAX_TICK_LABELS // 2)
         ax2.set_ylim(0, 1.05)
         ax2.legend(fontsize=7, loc="lower left")
-        ax2.set_title("val: accepted share and precision per predicted class", fontsize=9)
+        ax2.set_title("val: accepted share and precision of each label's decisions" if ml else
+                      "val: accepted share and precision per predicted class", fontsize=9)
     else:
         ax2.axis("off")
     return fig
-
-
