@@ -237,3 +237,54 @@ def test_module_is_pure_numpy_scipy():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"keras", "jax", "matplotlib", "tensorflow", "torch"}
+
+
+# ---------------------------------------------------------------------- bench/shift.py helpers
+def test_bench_shifts_are_deterministic_and_change_real_images():
+    from bench import shift as bench
+    from tests.conftest import TINY
+    with np.load(TINY, allow_pickle=False) as z:
+        images = z["val_images"][:8]
+    for s in bench.IMAGE_SHIFTS:
+        out = bench.apply_shift(images, s, seed=0)
+        assert out.shape == images.shape and out.dtype == np.uint8
+        assert np.array_equal(out, bench.apply_shift(images, s, seed=0)), s
+        assert np.abs(out.astype(int) - images).mean() > 1.0, s  # the change is visible
+    assert not np.array_equal(bench.noise(images, 10, 0), bench.noise(images, 10, 1))
+    # stronger settings move further from the original
+    d = [np.abs(bench.blur(images, s).astype(int) - images).mean() for s in (0.5, 0.8, 1.2)]
+    assert d[0] < d[1] < d[2]
+    # OD gains of 1 are the identity (up to rounding)
+    assert np.abs(bench.stain(images, (1, 1, 1)).astype(int) - images).max() <= 1
+
+
+def test_bench_prior_shift_resampling_follows_the_proportions():
+    from bench import shift as bench
+    labels = np.repeat(np.arange(4), [400, 300, 200, 100])
+    probs = np.eye(4)[labels]
+    probs[labels == 3] = np.eye(4)[0]  # class 3 always wrong on "val": the hardest
+    p = bench.prior_proportions("prior_hard", probs, labels, 4)
+    assert p.sum() == pytest.approx(1) and p[3] == 0.25
+    idx = bench.resample(labels, p, seed=0)
+    assert len(np.unique(idx)) == len(idx)  # without replacement
+    shares = np.bincount(labels[idx], minlength=4) / len(idx)
+    assert shares == pytest.approx(p, abs=0.01)
+    assert np.array_equal(idx, bench.resample(labels, p, seed=0))
+    uniform = bench.resample(labels, bench.prior_proportions("prior_uniform", probs, labels, 4), seed=1)
+    assert np.bincount(labels[uniform]).tolist() == [100, 100, 100, 100]
+
+
+def test_gate_voids_thresholds_only_when_fired():
+    rng = np.random.default_rng(11)
+    vp, vy = softmax_probs(rng, 800, 4, signal=4.0)
+    same, _ = softmax_probs(rng, 800, 4, signal=4.0)
+    harder, _ = softmax_probs(rng, 800, 4, signal=2.0)
+    thr = [0.9, 0.95, 0.9, 0.99]
+    quiet = shift.check(vp, vy, same, thresholds=thr)
+    loud = shift.check(vp, vy, harder, thresholds=thr)
+    assert not quiet["fired"] and loud["fired"]
+    assert shift.gate(thr, quiet) == thr
+    assert shift.gate(thr, loud) == [np.inf] * 4 and shift.gate(0.97, loud) == np.inf
+    assert shift.gate(thr, loud, on_shift="warn") == thr
+    with pytest.raises(WorkbenchError, match="on_shift"):
+        shift.gate(thr, loud, on_shift="ignore")
