@@ -173,6 +173,7 @@ def _ks(cv: np.ndarray, cp: np.ndarray) -> dict:
     r = stats.ks_2samp(cp, cv, alternative="two-sided", method="auto")
     return _result(name, test, statistic=float(r.statistic), p_value=float(r.pvalue), effect=float(r.statistic),
                    pool_median=float(np.median(cp)), val_median=float(np.median(cv)),
+                   pool_q10=float(np.quantile(cp, 0.1)), val_q10=float(np.quantile(cv, 0.1)),
                    pool_mean=float(cp.mean()), val_mean=float(cv.mean()))
 
 
@@ -316,26 +317,26 @@ def _p(p: float) -> str:
 
 
 def _reason(t: dict) -> str:
-    tail = (f"({t['effect_name']} {t['effect']:.3f} ≥ floor {t['floor']:.3f}, adjusted p = {_p(t['p_adjusted'])})")
+    tail = f"[{t['effect_name']} {t['effect']:.3f} ≥ floor {t['floor']:.3f}, adjusted p = {_p(t['p_adjusted'])}]"
     name = t["name"].split("[")[0]
     if name == "confidence":
-        way = "lower" if t["pool_median"] < t["val_median"] or t["pool_mean"] < t["val_mean"] else "higher"
-        return (f"the model is less sure of the pool: confidence is {way} than on val (median {t['pool_median']:.3f} "
-                f"vs {t['val_median']:.3f}, mean {t['pool_mean']:.3f} vs {t['val_mean']:.3f}) {tail}"
-                if way == "lower" else
-                f"confidence on the pool is distributed differently from val (median {t['pool_median']:.3f} vs "
-                f"{t['val_median']:.3f}, mean {t['pool_mean']:.3f} vs {t['val_mean']:.3f}) {tail}")
+        # confidences pile up near 1, so the mean and the 10th percentile say more than the median
+        nums = (f"mean {t['pool_mean']:.3f} vs {t['val_mean']:.3f}, 10th percentile {t['pool_q10']:.3f} vs "
+                f"{t['val_q10']:.3f}")
+        if t["pool_mean"] < t["val_mean"]:
+            return f"the model is less sure of the pool than of val: confidence {nums} {tail}"
+        return f"confidence on the pool is distributed differently from val: {nums} {tail}"
     if name == "predicted_classes":
         top = t["largest"]
         what = "predicted-positive rate" if "[" in t["name"] else "share of predictions"
         return (f"the predicted classes differ: {what} of '{top['class_name']}' {_pct(top['pool_share'])} on the pool "
-                f"vs {_pct(top['val_share'])} on val {tail}")
+                f"vs {_pct(top['val_share'])} on val (the largest difference) {tail}")
     if name == "accept_share":
         way = "fewer" if t["difference"] < 0 else "more"
         return (f"{way} pool items clear the auto-accept threshold than val items: {_pct(t['pool_share'])} vs "
                 f"{_pct(t['val_share'])} {tail}")
     return (f"the estimated accuracy on the pool is {t['estimated_pool_accuracy']:.3f} against {t['val_accuracy']:.3f} "
-            f"on val (mean confidence {t['pool_mean_confidence']:.3f} vs {t['val_mean_confidence']:.3f}) {tail}")
+            f"on val: mean confidence {t['pool_mean_confidence']:.3f} vs {t['val_mean_confidence']:.3f} {tail}")
 
 
 # ---------------------------------------------------------------------- the check
