@@ -47,7 +47,8 @@ MULTI_LABEL = "multi-label, binary-class"
 TASKS = ("binary-class", "multi-class", "ordinal-regression", MULTI_LABEL)
 # Effect-size floors: a significant test fires only at or above these. They matter for large pools, where
 # tiny differences become significant (on exchangeable splits the p-value gate alone fired 2 times in 400,
-# bench/shift.py; the floors are what keeps a 50,000-image pool from firing on a 0.2-point difference). Chosen on BloodMNIST's val split (bench/shift.py, design part:
+# bench/shift.py; the floors are what keeps a 50,000-image pool from firing on a 0.2-point difference).
+# Chosen on BloodMNIST's val split (bench/shift.py, design part:
 # val halves, one half shifted; demo model; bench/results/shift.md):
 # - confidence (KS D) 0.10: between the shifts that kept the auto-accepted precision at 0.99 (sensor noise
 #   σ 10: 0.094, blur σ 0.5: 0.055) and those that broke it (JPEG q50: 0.124, blur σ 0.8: 0.143);
