@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate bench-transfer clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate bench-transfer bench-datasets clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -102,6 +102,9 @@ bench-annotate: $(STAMP) ## auto-label precision/coverage + active learning vs r
 
 bench-transfer: $(STAMP) ## what init_from / freeze_backbone add: BloodMNIST classes split into source and target → bench/results/transfer.*
 	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
+
+bench-datasets: $(STAMP) ## full + demo recipes, untuned, 3 seeds on every embedded MedMNIST file vs the cards' baselines → bench/results/datasets.* (BENCH_ARGS='--datasets breastmnist --add')
+	$(BIN)/python -m bench.datasets $(BENCH_ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)
