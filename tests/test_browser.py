@@ -202,3 +202,97 @@ def test_review_widget_accept_key_writes_decisions(lab, browser, pipeline_run, t
     assert [d["action"] for d in decisions] == ["accept"] * 3
     assert len({d["item"] for d in decisions}) == 3  # three different images
     assert all(d["annotator"] == "browser-test" for d in decisions)
+
+
+# ---------------------------------------------------------------------- review for any class count
+REVIEW_SETUP = '''
+import numpy as np, pandas as pd
+from types import SimpleNamespace
+from workbench import widgets
+from workbench.review import ReviewSession
+rng = np.random.default_rng(0)
+k, task = {k}, {task!r}
+names = [f"finding {{c:02d}}" for c in range(k)]
+ids = [f"img/{{i}}.png" for i in range(4)]
+imgs = rng.integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)   # synthetic: a control test, not data
+if task.startswith("multi-label"):
+    probs = rng.uniform(0, 1, (4, k))
+    predicted = {{i: np.flatnonzero(p > 0.5).tolist() for i, p in zip(ids, probs)}}
+else:
+    probs = rng.dirichlet(np.ones(k), 4)
+    predicted = {{i: int(p.argmax()) for i, p in zip(ids, probs)}}
+session = ReviewSession({log!r}, ids, predicted, names, "pool", "model", annotator="browser-test", task=task)
+pick = lambda pos: imgs[np.asarray(pos, dtype=int)]
+inputs = SimpleNamespace(session=session, ids=ids, probs=probs, class_names=names, task=task,
+                         table=pd.DataFrame({{"id": ids, "status": "needs-review"}}), queue=pd.DataFrame({{"id": ids}}),
+                         params={{}}, run_dir={log!r}, display=pick, model_input=pick)
+widgets.ReviewWidget(inputs)
+'''
+
+
+def _review_notebook(lab, name: str, k: int, task: str, log: Path) -> None:
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "review-0", "metadata": {}, "outputs": [],
+                     "source": REVIEW_SETUP.format(k=k, task=task, log=str(log))}],
+          "metadata": {"kernelspec": {"name": "workbench", "display_name": "Python 3 (workbench)", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (lab["home"] / name).write_text(json.dumps(nb))
+
+
+def _wait_decisions(log: Path, n: int, timeout: float = 30) -> list[dict]:
+    deadline = time.time() + timeout
+    decisions = []
+    while time.time() < deadline:
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+        decisions = [r for r in recs if r.get("type") == "decision"]
+        if len(decisions) >= n:
+            break
+        time.sleep(0.2)
+    return decisions
+
+
+def test_review_widget_30_classes_number_enter_and_class_box(lab, browser, tmp_path):
+    """30 classes: in the keys box 2 waits (and Enter commits nothing), 8 completes class 28 (label 27);
+    part of one class name typed in the class box + Enter labels the next item (label 5)."""
+    log = lab["home"] / "review30" / "decisions.jsonl"
+    _review_notebook(lab, "review30.ipynb", 30, "multi-class", log)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open_and_run_all(page, lab, "review30.ipynb")
+    _assert_no_errors(page)
+    keys = page.locator(".widget-text", has_text="Keys").locator("input")
+    keys.wait_for(timeout=60_000)
+    assert page.locator("button", has_text="finding").count() == 0      # no class buttons past 12 classes
+    keys.click()
+    keys.press("2")
+    keys.press("Enter")
+    page.wait_for_timeout(500)
+    assert _wait_decisions(log, 1, timeout=2) == []                        # 2 may be 20-29: it waits
+    keys.press("8")
+    decisions = _wait_decisions(log, 1)
+    assert [d["label"] for d in decisions] == [27]
+    box = page.locator(".widget-text", has_text="Class").locator("input")
+    box.click()
+    box.type("finding 05", delay=30)
+    box.press("Enter")
+    decisions = _wait_decisions(log, 2)
+    page.screenshot(path=str(tmp_path / "review30.png"), full_page=True)
+    assert [d["label"] for d in decisions] == [27, 5] and len({d["item"] for d in decisions}) == 2
+
+
+def test_review_widget_multilabel_toggles_and_save(lab, browser, tmp_path):
+    """Multi-label: click two label toggles and Save: the log records the toggled set."""
+    log = lab["home"] / "review_ml" / "decisions.jsonl"
+    _review_notebook(lab, "review_ml.ipynb", 5, "multi-label, binary-class", log)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open_and_run_all(page, lab, "review_ml.ipynb")
+    _assert_no_errors(page)
+    toggles = page.locator("button.widget-toggle-button")
+    toggles.first.wait_for(timeout=60_000)
+    assert toggles.count() == 5
+    pressed = [i for i in range(5) if "mod-active" in (toggles.nth(i).get_attribute("class") or "")]
+    want = sorted(set(pressed) ^ {1, 3})                                   # toggle labels 2 and 4 (1-based)
+    toggles.nth(1).click()
+    toggles.nth(3).click()
+    page.locator("button", has_text="Save").click()
+    decisions = _wait_decisions(log, 1)
+    page.screenshot(path=str(tmp_path / "review_ml.png"), full_page=True)
+    assert decisions[0]["action"] == "label" and decisions[0]["labels"] == want

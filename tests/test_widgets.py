@@ -172,58 +172,67 @@ def test_thirty_classes_pick_by_class_box_and_by_number(tmp_path):
     from workbench import widgets
     inputs = fake_inputs(tmp_path, 30)
     w = widgets.ReviewWidget(inputs, overlay=None)
+    log = tmp_path / "log.jsonl"
     assert w.class_buttons == [] and len(w.class_box.options) == 30      # 30 buttons do not fit: the class box
-    assert w.class_box.options[27] == "28 · finding 27"
+    assert w.class_box.options[27] == "28 · finding 27" and w.class_box.options[4] == "05 · finding 04"
     assert inputs.seen == [("display", [0])] and w.image.value[:4] == b"\x89PNG"
     assert w.info.value.count("<tr>") == 3                                 # top-3 probabilities
     # the class box: picking an option from the list labels the item at once
     w.class_box.value = "28 · finding 27"
-    assert w.class_box.value == "" and logged(tmp_path / "log.jsonl")[-1]["label"] == 27
-    # typed text + Enter: a unique part of a name; an ambiguous part only asks for more
-    w.class_box.value = "ding 1"                                           # finding 10..19: ambiguous
+    assert w.class_box.value == "" and logged(log)[-1]["label"] == 27
+    # typed text + Enter: part of one name only; part of several only asks for more
+    w.class_box.value = "ding 1"                                           # finding 10..19
     w.class_box._handle_custom_msg({"event": "submit"}, [])
-    assert len(inputs.session.decisions) == 1 and "matches 10 classes" in w.message.value
+    assert len(inputs.session.decisions) == 1 and "part of 10 names" in w.message.value
     w.class_box.value = "finding 03"
     w.class_box._handle_custom_msg({"event": "submit"}, [])
-    assert logged(tmp_path / "log.jsonl")[-1]["label"] == 3
-    # the keys box: a class number waits for Enter (2 then 8: not class 2, not class 8)
+    assert logged(log)[-1]["label"] == 3 and w.class_box.value == ""
+    # the keys box: 2 waits (20-29 are classes too), Enter commits nothing, 8 completes 28
     w.keys.value = "2"
-    w.keys.value = "8"
-    assert len(inputs.session.decisions) == 2 and "28" in w.pending.value
     w.keys._handle_custom_msg({"event": "submit"}, [])                     # Enter
-    last = logged(tmp_path / "log.jsonl")[-1]
+    assert len(inputs.session.decisions) == 2 and "2…" in w.pending.value and "not a commit key" in w.message.value
+    w.keys.value = "8"
+    last = logged(log)[-1]
     assert last["label"] == 27 and last["item"] == "img/2.png" and w.pending.value == ""
     # a lost clear: the box still holds "2" when "7" is typed: the stale "2" is not appended twice
     w.keys.value = "2"
     w.keys.value = "27"
-    w.keys._handle_custom_msg({"event": "submit"}, [])
-    assert logged(tmp_path / "log.jsonl")[-1]["label"] == 26
-    # out of range, and a letter dropping a half-typed number
-    w.keys.value = "9"
-    w.keys.value = "9"
-    w.keys._handle_custom_msg({"event": "submit"}, [])
-    assert len(inputs.session.decisions) == 4 and "no class 99" in w.message.value
+    assert logged(log)[-1]["label"] == 26 and logged(log)[-1]["item"] == "img/3.png"
+    # complete at once when no digit can follow (4: 40 > 30); a space ends a short number (1 + space)
+    w.keys.value = "4"
+    assert logged(log)[-1]["label"] == 3
+    w.keys.value = "1"
+    w.keys.value = " "
+    assert logged(log)[-1]["label"] == 0 and inputs.session.done
+    w.keys.value = "u"
+    w.keys.value = "u"
+    # out of range; a letter drops a half-typed number
+    w.keys.value = "3"
     w.keys.value = "5"
+    assert len(inputs.session.decisions) == 4 and "no class 35" in w.message.value
+    w.keys.value = "1"
     w.keys.value = "s"
     assert inputs.session.decisions["img/4.png"].action == "skip" and w.pending.value == ""
-    w.keys.value = "u"
-    assert "img/4.png" not in inputs.session.decisions
-    assert {d["item"]: d["label"] for d in logged(tmp_path / "log.jsonl")} == \
+    assert {d.item: d.label for d in inputs.session.decisions.values()} == \
         {"img/0.png": 27, "img/1.png": 3, "img/2.png": 27, "img/3.png": 26, "img/4.png": None}
 
 
-def test_up_to_twelve_classes_have_buttons_and_single_digit_keys(tmp_path):
+def test_up_to_twelve_classes_have_buttons_and_digit_keys(tmp_path):
     from workbench import widgets
     w = widgets.ReviewWidget(fake_inputs(tmp_path, 12), overlay=None)
     assert len(w.class_buttons) == 12 and w.class_buttons[11].description.startswith("12 ")
+    assert w.class_buttons[0].description.startswith("01 ")
     w.class_buttons[11].click()
-    w.keys.value = "1"                       # 12 classes > 9: "1" waits (it may be the start of 10, 11, 12)
+    w.keys.value = "1"                       # 12 classes: "1" waits (it may be the start of 10, 11, 12)
     assert len(w.session.decisions) == 1
-    w.press("\n")
-    assert [d.label for d in w.session.decisions.values()] == [11, 0]
+    w.keys.value = "."
+    w.keys.value = "0"
+    w.keys.value = "3"                       # "03": class 3
+    assert [d.label for d in w.session.decisions.values()] == [11, 0, 2]
     small = widgets.ReviewWidget(fake_inputs(tmp_path / "k3", 3), overlay=None)
     small.keys.value = "3"                   # 3 classes: a digit acts at once, as before
     assert [d.label for d in small.session.decisions.values()] == [2]
+    assert small.class_buttons[2].description.startswith("3 · ")
 
 
 def test_overlay_gets_the_model_input_and_a_failing_overlay_is_dropped(tmp_path):
@@ -252,9 +261,11 @@ def test_multilabel_toggle_two_labels_save_and_export(tmp_path):
     from workbench import widgets
     task = "multi-label, binary-class"
     inputs = fake_inputs(tmp_path, 14, task=task)
+    log = tmp_path / "log.jsonl"
     w = widgets.ReviewWidget(inputs, overlay=None)
     s = inputs.session
-    assert len(w.label_toggles) == 14 and w.class_buttons == [] and w.save_button is not None
+    assert len(w.label_toggles) == 14 and w.class_buttons == [] and w.save_button is w.accept_button
+    assert w.save_button.description == "Save"
     pred0 = np.flatnonzero(inputs.probs[0] > 0.5).tolist()
     assert w.selected_labels() == pred0                                   # pre-set to the model's prediction
     assert f"{inputs.probs[0][0]:.2f}" in w.label_toggles[0].description  # each toggle shows its probability
@@ -265,23 +276,24 @@ def test_multilabel_toggle_two_labels_save_and_export(tmp_path):
     w.class_box.value = w.class_box.options[9]                            # "10 · finding 09": toggles label 9
     assert w.selected_labels() == [2, 9] and not s.decisions              # toggling records nothing yet
     w.save_button.click()
-    assert logged(tmp_path / "log.jsonl")[-1]["labels"] == [2, 9]
-    # item 1: the toggles start again at the model's prediction; "a" accepts it unchanged
+    assert logged(log)[-1]["labels"] == [2, 9] and logged(log)[-1]["action"] == "label"
+    # item 1: the toggles start again at the model's prediction; "a" saves it unchanged: an accept
     pred1 = np.flatnonzero(inputs.probs[1] > 0.5).tolist()
     assert w.selected_labels() == pred1
     w.keys.value = "a"
-    assert logged(tmp_path / "log.jsonl")[-1]["labels"] == pred1 and logged(tmp_path / "log.jsonl")[-1]["action"] == "accept"
-    # item 2: number + Enter toggles a label; Enter alone saves
+    assert logged(log)[-1]["labels"] == pred1 and logged(log)[-1]["action"] == "accept"
+    # item 2: label numbers toggle (1 waits for 10-14; 14 is complete), Enter saves nothing, "a" saves
     before = set(w.selected_labels())
     w.keys.value = "1"
     w.keys.value = "4"
+    assert set(w.selected_labels()) == before ^ {13} and len(s.decisions) == 2
     w.press("\n")
-    assert set(w.selected_labels()) == before ^ {13}
-    w.press("\n")
-    assert logged(tmp_path / "log.jsonl")[-1]["labels"] == sorted(before ^ {13})
+    assert len(s.decisions) == 2
+    w.keys.value = "a"
+    assert logged(log)[-1]["labels"] == sorted(before ^ {13}) and logged(log)[-1]["action"] == "label"
     assert s.progress()["decided"] == 3 and "3/6 decided" in w.progress_label.value
     # resume and export: the sets are in the CSV, the COCO file and labelled.npz
-    again = ReviewSession(tmp_path / "log.jsonl", inputs.ids, s.predicted, inputs.class_names, "pool", "model", task=task)
+    again = ReviewSession(log, inputs.ids, s.predicted, inputs.class_names, "pool", "model", task=task)
     assert again.decisions["img/0.png"].labels == (2, 9)
     out = export(again, inputs.table, tmp_path / "export", images=inputs.display)
     df = pd.read_csv(out["csv"], dtype={"id": str, "labels": str}, keep_default_na=False).set_index("id")

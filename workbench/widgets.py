@@ -7,20 +7,30 @@ Any number of classes. Classes are numbered from 1 on screen (the buttons, the c
 the probability table), so what the reviewer types is what they see; the log records the 0-based
 class index (typing ``28`` records label 27).
 
-* **Class box** (a searchable ``Combobox``): type any part of a class name (or its number) and pick
-  it from the list, or type it and press Enter; a unique match is taken, an ambiguous one lists the
-  candidates. Picking a class labels the item (multi-label: toggles that label).
+* **Class box** (a searchable ``Combobox``): type any part of a class name and pick it from the
+  list (the pick acts at once), or press Enter when what is typed names one class only (part of one
+  name and of no other); otherwise the candidates are listed. A class labels the item (multi-label:
+  toggles that label).
 * **Class buttons**, one per class, only up to ``MAX_CLASS_BUTTONS`` (12) classes; beyond that the
   class box alone (a row of 100 buttons is not a control).
 * **Keys box**: ipywidgets 8 has no key events of its own, so a small text box keeps the focus and
-  each character typed is a shortcut: ``a`` accepts, ``s`` skips, ``u`` undoes. Class numbers: with
-  at most 9 classes one digit picks the class at once (``1``–``9``, as before); with 10 or more, type
-  the number and press Enter (``2`` ``8`` Enter → class 28; the number waits beside the box until
-  then, and any letter drops it).
+  each character typed is a shortcut: ``a`` accepts, ``s`` skips, ``u`` undoes. Digits type a class
+  number, which takes effect as soon as it is complete: when it has as many digits as the class count
+  (``05`` or ``28`` of 30 classes, ``007`` of 100), when no further digit could follow (``4`` of 30:
+  40 > 30), or when a space ends it (``1␣`` is class 1 of 30). Up to 9 classes every digit is complete
+  at once (``1``–``9``, as before). A half-typed number waits beside the box; a letter drops it.
 * **Multi-label tasks** (``inputs.task`` "multi-label, …"): one toggle button per label showing the
   model's probability, pre-set to the model's prediction (probability > 0.5); the reviewer toggles
-  (click, class box, or number keys as above) and **Save** (or Enter with no number typed) records the
-  toggled set; ``a`` accepts the model's set unchanged.
+  (click, class box, or label numbers as above) and **Save** (key ``a``) records the set shown: left
+  untouched, that accepts the model's set (action "accept"), otherwise it records the toggled set
+  (action "label").
+
+Enter is never a commit key. Its "submit" message is not throttled like the box's text updates
+(ipywidgets sends a text update only after the previous one was acknowledged, and sends the latest
+text then), so an Enter pressed quickly after ``2`` ``8`` can reach the kernel before the ``8``: acting
+on it would record class 2. Everything that records a decision therefore travels in the text itself
+(the class box's Enter resolves only text that names a single class, which the rest of the text can
+no longer change to another class).
 
 The buttons' tooltips name their key. Under papermill (``WORKBENCH_HEADLESS=1``) ``review_run``
 returns a static summary instead (queue size, progress, the first items as a gallery).
@@ -46,7 +56,6 @@ from .errors import WorkbenchError
 from .review import is_multilabel
 
 MAX_CLASS_BUTTONS = 12   # more classes than this: the class box only
-MAX_DIGIT_KEYS = 9       # up to this many classes a single digit picks a class without Enter
 ENTER = "\n"
 
 
@@ -101,7 +110,7 @@ class ReviewWidget:
             raise WorkbenchError(f"the review session and its inputs disagree on the task ({inputs.task!r}): "
                                  "open the review again (workbench.annotate.open_review)")
         self._pos = {str(i): k for k, i in enumerate(inputs.ids)}
-        self._numbers_need_enter = len(names) > MAX_DIGIT_KEYS
+        self._digits = len(str(len(names)))   # a class number is complete at this many digits
         what = "label" if self.multilabel else "class"
         self.image = W.Image(format="png", layout=W.Layout(width="auto", height="240px"))
         self.info = W.HTML()
@@ -109,9 +118,10 @@ class ReviewWidget:
         self.pending = W.HTML()   # a class number typed in the keys box, waiting for Enter
         self.annotator = W.Text(value=self.session.annotator, description="Annotator", placeholder="your name")
         self.keys = W.Text(value="", description="Keys", continuous_update=True, placeholder=self._key_help(short=True))
-        self.accept_button = W.Button(description="Accept", button_style="success",
-                                      tooltip=("accept the model's label set" if self.multilabel else
-                                               "accept the model's label") + " (a)")
+        self.accept_button = W.Button(
+            description="Save" if self.multilabel else "Accept", button_style="success",
+            tooltip=("record the labels toggled on; untouched, that accepts the model's set" if self.multilabel
+                     else "accept the model's label") + " (a)")
         self.skip_button = W.Button(description="Skip", tooltip="leave unlabelled, next item (s)")
         self.undo_button = W.Button(description="Undo", button_style="warning", tooltip="revert the last decision (u)")
         self.export_button = W.Button(description="Export", button_style="info",
@@ -124,35 +134,33 @@ class ReviewWidget:
         self.class_buttons, self.label_toggles, self.save_button = [], [], None
         if self.multilabel:
             self.label_toggles = [W.ToggleButton(value=False, description=self._option(c, 16),
-                                                 tooltip=f"{n} present? ({c + 1})", layout=W.Layout(width="auto"))
+                                                 tooltip=f"{n} present? ({c + 1:0{self._digits}d})",
+                                                 layout=W.Layout(width="auto"))
                                   for c, n in enumerate(names)]
-            self.save_button = W.Button(description="Save", button_style="primary",
-                                        tooltip="record the toggled labels as this item's set (Enter)")
-            self.save_button.on_click(lambda _: self.save())
+            self.save_button = self.accept_button
             for t in self.label_toggles:
                 t.observe(lambda ch, t=t: setattr(t, "icon", "check" if ch["new"] else ""), names="value")
         elif len(names) <= MAX_CLASS_BUTTONS:
             self.class_buttons = [W.Button(description=self._option(c, 18), layout=W.Layout(width="auto"),
-                                           tooltip=f"label as {n} ({c + 1}{'' if c < MAX_DIGIT_KEYS else ' Enter'})")
+                                           tooltip=f"label as {n} ({self._keys_for(c)})")
                                   for c, n in enumerate(names)]
         self.progress = W.IntProgress(min=0, max=max(len(self.session.queue), 1), description="Progress")
         self.progress_label = W.Label()
-        self.accept_button.on_click(lambda _: self._act(self.session.accept))
+        self.accept_button.on_click(lambda _: self.save() if self.multilabel else self._act(self.session.accept))
         self.skip_button.on_click(lambda _: self._act(self.session.skip))
         self.undo_button.on_click(lambda _: self._undo())
         self.export_button.on_click(lambda _: self.export())
         for c, b in enumerate(self.class_buttons):
             b.on_click(lambda _, c=c: self.pick(c))
         self._last_keys = ""  # the key box's text as last received from the browser (see _on_keys)
-        self._number = ""     # digits typed in the keys box since the last Enter (classes > 9)
+        self._number = ""     # digits of a class number typed in the keys box, not complete yet
         self._shown = None    # the item the label toggles were last set for
         self.keys.observe(self._on_keys, names="value")
         self.keys.on_msg(self._on_keys_msg)
         self.class_box.observe(self._on_class_box, names="value")
         self.class_box.on_msg(self._on_class_box_msg)
         self.annotator.observe(self._on_annotator, names="value")
-        actions = [self.accept_button, *([self.save_button] if self.save_button else []), self.skip_button,
-                   self.undo_button, self.export_button]
+        actions = [self.accept_button, self.skip_button, self.undo_button, self.export_button]
         self.box = W.VBox([
             W.HBox([self.annotator, self.progress, self.progress_label]),
             W.HBox([self.image, self.info]),
@@ -171,14 +179,19 @@ class ReviewWidget:
         display(self.box)
 
     def _option(self, c: int, width: int = 60) -> str:
+        """"28 · name": the class's number as typed in the keys box (zero-padded to the class count's digits)."""
         name = self.names[c]
-        return f"{c + 1} · {name if len(name) <= width else name[:width - 1] + '…'}"
+        return f"{self._keys_for(c)} · {name if len(name) <= width else name[:width - 1] + '…'}"
+
+    def _keys_for(self, c: int) -> str:
+        """What to type in the keys box for class ``c`` (0-based)."""
+        return f"{c + 1:0{self._digits}d}"
 
     def _key_help(self, short: bool = False) -> str:
         k = len(self.names)
-        number = "1-9" if not self._numbers_need_enter else f"number+Enter (1-{k})"
+        number = "1-9" if self._digits == 1 else f"{self._keys_for(0)}-{k} (or number + space)"
         if self.multilabel:
-            return f"a accept model's set · {number} toggle · Enter save · s skip · u undo"
+            return f"{number} toggle · a save · s skip · u undo"
         return f"a accept · {number} class · s skip · u undo"
 
     def _say(self, text: str, color: str = "black"):
@@ -195,8 +208,7 @@ class ReviewWidget:
                                      f"{p['corrected']} corrected · {p['skip']} skipped")
         item = s.current
         done = item is None
-        for b in (self.accept_button, self.skip_button, self.class_box, *self.class_buttons, *self.label_toggles,
-                  *([self.save_button] if self.save_button else [])):
+        for b in (self.accept_button, self.skip_button, self.class_box, *self.class_buttons, *self.label_toggles):
             b.disabled = done
         self.undo_button.disabled = not s.decisions
         if done:
@@ -270,7 +282,7 @@ class ReviewWidget:
         if self.multilabel:
             t = self.label_toggles[c]
             t.value = not t.value
-            self._say(f"{self.names[c]}: {'present' if t.value else 'absent'} (Save or Enter records the set)")
+            self._say(f"{self.names[c]}: {'present' if t.value else 'absent'} (Save, key a, records the set)")
             return None
         return self._act(lambda: self.session.label(c))
 
@@ -279,42 +291,49 @@ class ReviewWidget:
         return [c for c, t in enumerate(self.label_toggles) if t.value]
 
     def save(self):
-        """Multi-label: record the toggled set for the current item."""
+        """Multi-label: record the set toggled on for the current item: "accept" when it is the model's
+        set, else "label" with the set."""
         if not self.multilabel:
-            self._say("Save is for multi-label tasks: pick a class to label the item")
-            return None
-        return self._act(lambda: self.session.label(self.selected_labels()))
+            return self._act(self.session.accept)
+        chosen = self.selected_labels()
+        item = self.session.current
+        if item is not None and set(chosen) == set(self.session.predicted[item]):
+            return self._act(self.session.accept)
+        return self._act(lambda: self.session.label(chosen))
 
     def _set_number(self, digits: str):
         self._number = digits
         self.pending.value = (f"<span style='color:#555'>{'label' if self.multilabel else 'class'} "
-                              f"{html.escape(digits)}… Enter</span>" if digits else "")
+                              f"{html.escape(digits)}… (next digit, or space)</span>" if digits else "")
 
-    def _enter(self):
+    def _commit_number(self):
         digits = self._number
         self._set_number("")
-        if not digits:
-            if self.multilabel:
-                return self.save()
-            self._say(f"type a class number (1-{len(self.names)}), then Enter")
-            return None
         n = int(digits)
         if not 1 <= n <= len(self.names):
-            self._say(f"no {'label' if self.multilabel else 'class'} {n}: numbers run 1-{len(self.names)}", "darkred")
+            self._say(f"no {'label' if self.multilabel else 'class'} {digits}: numbers run 1-{len(self.names)}",
+                      "darkred")
             return None
         return self.pick(n - 1)
 
     def press(self, key: str):
-        """Handle one shortcut key (what typing into the keys box does); ``"\\n"`` is Enter."""
+        """Handle one character typed into the keys box (see the module docstring); ``"\\n"`` is Enter."""
         if key in (ENTER, "\r"):
-            return self._enter()
-        key = key.lower()
-        digit = len(key) == 1 and "0" <= key <= "9"
-        if digit and self._numbers_need_enter:
-            self._set_number(self._number + key)
+            if self._number:
+                self._say(f"{self._number}: finish the number with a space, or type all {self._digits} digits "
+                          f"({int(self._number):0{self._digits}d}); Enter is not a commit key", "darkorange")
             return None
+        key = key.lower()
+        if len(key) == 1 and "0" <= key <= "9":
+            self._set_number(self._number + key)
+            n = int(self._number)
+            if len(self._number) >= self._digits or n * 10 > len(self.names):
+                return self._commit_number()
+            return None
+        if key in (" ", "."):
+            return self._commit_number() if self._number else None
         if self._number:
-            self._say(f"number {self._number} dropped (no Enter before {key!r})", "darkorange")
+            self._say(f"number {self._number} dropped (not finished before {key!r})", "darkorange")
             self._set_number("")
         if key == "a":
             self.accept_button.click()
@@ -322,8 +341,6 @@ class ReviewWidget:
             self.skip_button.click()
         elif key == "u":
             self.undo_button.click()
-        elif digit and 1 <= int(key) <= len(self.names):
-            self.pick(int(key) - 1)
         else:
             self._say(f"unknown key {key!r}: {self._key_help()}")
         return None
@@ -339,10 +356,10 @@ class ReviewWidget:
         or only new keys (clear applied): a strictly longer text that starts with the last one
         received is the stale case, and only its tail is new.
 
-        Digits of a class number (10 or more classes) are "acted on" by appending them to the number
-        held in the kernel (``_number``), so a stale digit is not appended twice either; the box is
-        cleared after every key as before. Enter arrives as a separate "submit" message
-        (``_on_keys_msg``), after the value messages of the keys typed before it.
+        The digits of a class number are "acted on" by appending them to the number held in the
+        kernel (``_number``), so a stale digit is not appended twice either; the box is cleared after
+        every key as before. Enter arrives as a separate "submit" message (``_on_keys_msg``) that may
+        overtake the last text update, which is why it commits nothing (module docstring).
         """
         text = change["new"]
         if not text:  # our own clear, or the reviewer emptied the box
@@ -359,25 +376,26 @@ class ReviewWidget:
 
     # -------------------------------------------------------------- class box
     def resolve(self, text: str) -> int | None:
-        """The class (0-based) a class-box text names: an option, a number, a name (any case) or a unique
-        part of one; None (with a message) when there is none or several."""
+        """The class (0-based) a class-box text names: an option of the list, or text that is part of one
+        class name (any case) and of no other; None (with a message) otherwise.
+
+        The kernel may not have the box's latest text yet when Enter arrives (module docstring): what it
+        has is then the beginning of it, and a class named by the beginning alone is the only one the whole
+        text can still name. So a name that is also part of another ("mass", "massive lesion") is picked
+        from the list, and numbers are typed in the keys box."""
         t = text.strip()
         if t in self._option_index:
             return self._option_index[t]
-        if t.isascii() and t.isdigit() and 1 <= int(t) <= len(self.names):
-            return int(t) - 1
         low = t.lower()
-        exact = [c for c, n in enumerate(self.names) if n.lower() == low]
-        if len(exact) == 1:
-            return exact[0]
         hits = [c for c, n in enumerate(self.names) if low and low in n.lower()]
         if len(hits) == 1:
             return hits[0]
         if hits:
             shown = ", ".join(self.names[c] for c in hits[:6]) + (" …" if len(hits) > 6 else "")
-            self._say(f"{t!r} matches {len(hits)} classes ({shown}): type more of the name", "darkorange")
+            self._say(f"{t!r} is part of {len(hits)} names ({shown}): type more, or pick one from the list",
+                      "darkorange")
         else:
-            self._say(f"no class matches {t!r}", "darkred")
+            self._say(f"no class name contains {t!r}", "darkred")
         return None
 
     def _on_class_box(self, change):
