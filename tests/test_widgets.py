@@ -322,3 +322,20 @@ def test_static_review_for_100_classes_and_multilabel(tmp_path):
     p = np.array([0.1, 0.7, 0.2])
     assert widgets.queue_caption(p, ["a", "b", "c"]) == "b\n0.70 / c 0.20"
     assert widgets.queue_caption(np.array([0.9, 0.2, 0.6]), ["a", "b", "c"], "multi-label, binary-class") == "a;c\nmax 0.90"
+
+
+def test_class_box_enter_never_names_another_class_than_the_full_text(tmp_path):
+    """Enter may reach the kernel before the last characters typed (widgets docstring): whatever the kernel
+    resolves from the beginning of a text, the whole text names the same class or none."""
+    from workbench import widgets
+    inputs = fake_inputs(tmp_path, 5)
+    inputs.class_names[:] = ["mass", "massive lesion", "nodule", "effusion", "edema"]
+    inputs.session.class_names[:] = inputs.class_names
+    w = widgets.ReviewWidget(inputs, overlay=None)
+    assert w.resolve("mass") is None and "part of 2" in w.message.value   # also part of "massive lesion"
+    assert w.resolve("massive") == 1 and w.resolve("nod") == 2 and w.resolve("3") == 2   # "3 · nodule"
+    for full in ("massive lesion", "effusion", "5 · edema"):
+        whole = w.resolve(full)
+        for i in range(1, len(full)):
+            part = w.resolve(full[:i])
+            assert part is None or part == whole, (full[:i], part, whole)

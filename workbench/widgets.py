@@ -7,10 +7,10 @@ Any number of classes. Classes are numbered from 1 on screen (the buttons, the c
 the probability table), so what the reviewer types is what they see; the log records the 0-based
 class index (typing ``28`` records label 27).
 
-* **Class box** (a searchable ``Combobox``): type any part of a class name and pick it from the
-  list (the pick acts at once), or press Enter when what is typed names one class only (part of one
-  name and of no other); otherwise the candidates are listed. A class labels the item (multi-label:
-  toggles that label).
+* **Class box** (a searchable ``Combobox`` of "number · name"): type any part of a class name (or
+  its number) and pick it from the list (the pick acts at once), or press Enter when what is typed
+  names one class only (part of one "number · name" and of no other); otherwise the candidates are
+  listed. A class labels the item (multi-label: toggles that label).
 * **Class buttons**, one per class, only up to ``MAX_CLASS_BUTTONS`` (12) classes; beyond that the
   class box alone (a row of 100 buttons is not a control).
 * **Keys box**: ipywidgets 8 has no key events of its own, so a small text box keeps the focus and
@@ -115,7 +115,7 @@ class ReviewWidget:
         self.image = W.Image(format="png", layout=W.Layout(width="auto", height="240px"))
         self.info = W.HTML()
         self.message = W.HTML()
-        self.pending = W.HTML()   # a class number typed in the keys box, waiting for Enter
+        self.pending = W.HTML()   # a class number typed in the keys box, not complete yet
         self.annotator = W.Text(value=self.session.annotator, description="Annotator", placeholder="your name")
         self.keys = W.Text(value="", description="Keys", continuous_update=True, placeholder=self._key_help(short=True))
         self.accept_button = W.Button(
@@ -129,12 +129,12 @@ class ReviewWidget:
         self._options = [self._option(c) for c in range(len(names))]
         self._option_index = {o: c for c, o in enumerate(self._options)}
         self.class_box = W.Combobox(options=self._options, value="", description="Class" if not self.multilabel else "Label",
-                                    placeholder=f"type a {what} name or number", ensure_option=False,
+                                    placeholder=f"type part of a {what} name (or its number)", ensure_option=False,
                                     continuous_update=True, layout=W.Layout(width="320px"))
         self.class_buttons, self.label_toggles, self.save_button = [], [], None
         if self.multilabel:
             self.label_toggles = [W.ToggleButton(value=False, description=self._option(c, 16),
-                                                 tooltip=f"{n} present? ({c + 1:0{self._digits}d})",
+                                                 tooltip=f"{n} present? ({self._keys_for(c)})",
                                                  layout=W.Layout(width="auto"))
                                   for c, n in enumerate(names)]
             self.save_button = self.accept_button
@@ -377,17 +377,17 @@ class ReviewWidget:
     # -------------------------------------------------------------- class box
     def resolve(self, text: str) -> int | None:
         """The class (0-based) a class-box text names: an option of the list, or text that is part of one
-        class name (any case) and of no other; None (with a message) otherwise.
+        class's "number · name" (any case) and of no other; None (with a message) otherwise.
 
         The kernel may not have the box's latest text yet when Enter arrives (module docstring): what it
         has is then the beginning of it, and a class named by the beginning alone is the only one the whole
         text can still name. So a name that is also part of another ("mass", "massive lesion") is picked
-        from the list, and numbers are typed in the keys box."""
+        from the list."""
         t = text.strip()
         if t in self._option_index:
             return self._option_index[t]
         low = t.lower()
-        hits = [c for c, n in enumerate(self.names) if low and low in n.lower()]
+        hits = [c for c, n in enumerate(self.names) if low and low in f"{self._keys_for(c)} · {n}".lower()]
         if len(hits) == 1:
             return hits[0]
         if hits:
