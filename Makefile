@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline bench bench-accuracy bench-annotate bench-transfer bench-datasets clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ annotate: $(STAMP) ## auto-annotate with a trained run: make annotate RUN=runs/�
 pipeline: $(STAMP) ## train → evaluate → annotate into one new run directory (P='-p …')
 	$(WB) pipeline $(P)
 
+sweep: $(STAMP) ## every combination of comma lists, on Dask, cached (P='--name lr -p learning_rate 0.001,0.003 -p seed 0,1')
+	$(WB) sweep $(P)
+
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	@grep -oE '^[A-Za-z0-9._-]+==[^ ]+' $(LOCK) > $(VENV)/lock-pins.txt  # pip reads hashes in -c as --require-hashes
@@ -102,6 +105,9 @@ bench-annotate: $(STAMP) ## auto-label precision/coverage + active learning vs r
 
 bench-transfer: $(STAMP) ## what init_from / freeze_backbone add: BloodMNIST classes split into source and target → bench/results/transfer.*
 	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
+
+bench-sweep: $(STAMP) ## 4 demo runs on BreastMNIST: 1 worker vs the default workers, overhead, cached repeat → bench/results/sweep.*
+	$(BIN)/python -m bench.sweep $(BENCH_ARGS)
 
 bench-datasets: $(STAMP) ## full + demo recipes, untuned, 3 seeds on every embedded MedMNIST file vs the cards' baselines → bench/results/datasets.* (BENCH_ARGS='--datasets breastmnist --add')
 	$(BIN)/python -m bench.datasets $(BENCH_ARGS)

@@ -68,10 +68,14 @@ def _file_md5(path: Path) -> str:
 
 
 def fingerprint(path: Path) -> str:
-    """md5 of a file; for a folder, md5 over (relative path, md5) of every file in it (recursive, hidden
-    names skipped) and of the data card ``<folder>.md`` beside it when there is one."""
+    """md5 of a file (with the card ``<file>.md`` beside it, when there is one); for a folder, md5 over
+    (relative path, md5) of every file in it (recursive, hidden names skipped) and of the data card
+    ``<folder>.md`` beside it when there is one."""
     path = Path(path)
     if path.is_file():
+        card = path.with_suffix(".md")  # a card beside a data file describes it (workbench.data)
+        if path.suffix != ".md" and card.is_file():
+            return hashlib.md5(f"{_file_md5(path)}\tcard\t{_file_md5(card)}".encode()).hexdigest()
         return _file_md5(path)
     if not path.is_dir():
         raise WorkbenchError(f"{path} does not exist: cannot fingerprint it for the stage cache")

@@ -11,7 +11,7 @@ runs/ filesystem). Each run gets a CPU budget so concurrent runs do not oversubs
 worker's share of the CPUs (disjoint slices for workers sharing a machine) goes into the environment of
 the notebook kernels it starts (XLA_FLAGS, OMP/OPENBLAS/MKL_NUM_THREADS) and into the CPU affinity of the
 worker, which its kernels inherit. On current jaxlib the affinity mask is what sizes XLA:CPU's thread pool
-(jax-ml/jax#743, #1539); the XLA flags are kept for older ones.
+(jax-ml/jax#743, #1539); see ``budget_env`` for the XLA flags.
 
 Stages already finished with the same key (parameters, data, code, upstream; see workbench.cache) are
 reused, so a sweep stopped by Ctrl-C or a lost worker resumes where it stopped when the same command is
@@ -49,6 +49,7 @@ EVENT_TOPIC = "workbench-sweep"
 RUN_MEMORY = 3 << 30  # bytes of RAM one concurrent run may take (a kernel with JAX, data and model)
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _XLA_THREAD_FLAGS = re.compile(r"(--)?(xla_cpu_multi_thread_eigen|intra_op_parallelism_threads)=\S*")
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 
 # the aggregate table: (column, header, getter over read_results(run_dir) + the run's task info)
 METRICS = (
@@ -289,30 +290,48 @@ def cpu_plan(workers: dict[str, dict]) -> dict[str, dict]:
     for addr, w in sorted(workers.items()):
         groups.setdefault((w["host"], tuple(w["cpus"])), []).append(addr)
     plan = {}
-    for (_, cpus), addrs in groups.items():
+    for (host, cpus), addrs in groups.items():
         total = sum(workers[a]["nthreads"] for a in addrs)
         per_thread = max(1, len(cpus) // max(1, total))
         offset = 0
         for a in addrs:
             t = workers[a]["nthreads"]
-            if t == 1:
-                mine = [cpus[(offset + i) % len(cpus)] for i in range(per_thread)]
-                plan[a] = {"cpus": mine, "threads": per_thread}
-            else:
-                plan[a] = {"cpus": None, "threads": per_thread}
+            mine = [cpus[(offset + i) % len(cpus)] for i in range(per_thread)] if t == 1 else None
+            plan[a] = {"cpus": mine, "threads": per_thread, "host": host, "cpuset": list(cpus)}
             offset += per_thread * t
     return plan
 
 
+def budget_for(address, info: dict, plan: dict, alive=None) -> dict:
+    """This worker's CPU budget: its entry in the plan; a worker that joined later (a restarted one) takes
+    the slice of a worker of the plan on the same machine that is gone (``alive``: current addresses),
+    else an even share of its CPUs with the plan's workers there, unpinned."""
+    if address in plan:
+        return plan[address]
+    same = {a: p for a, p in plan.items() if p.get("host") == info["host"] and p.get("cpuset") == info["cpus"]}
+    if alive is not None:
+        gone = [p for a, p in sorted(same.items()) if a not in alive and p["cpus"]]
+        if gone and info["nthreads"] == 1:
+            return {**gone[0]}
+    share = max(1, len(info["cpus"]) // ((len(same) + 1) * info["nthreads"]))
+    return {"cpus": None, "threads": share, "host": info["host"], "cpuset": info["cpus"]}
+
+
 def budget_env(threads: int, environ=None) -> dict[str, str]:
-    """Environment limiting a notebook kernel to ``threads`` CPU threads (XLA:CPU, OpenMP, BLAS)."""
+    """Environment limiting a notebook kernel to ``threads`` CPU threads (OpenMP, BLAS; XLA:CPU).
+
+    XLA:CPU sizes its thread pool from the process's CPU affinity (jax-ml/jax#743, #1539), which the
+    sweep sets; ``intra_op_parallelism_threads=N`` is a TensorFlow session option, not an XLA flag: in
+    XLA_FLAGS it is ignored, and at the start of the value XLA takes the whole value for the name of a
+    flags file and aborts. So only the real flag is set, for one thread: Eigen's own multi-threading off.
+    Any thread flag already there is replaced; the other flags (the fast CPU path's) are kept."""
     environ = os.environ if environ is None else environ
     threads = max(1, int(threads))
-    flags = _XLA_THREAD_FLAGS.sub("", environ.get("XLA_FLAGS", ""))
-    xla = ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if threads == 1
-           else f"intra_op_parallelism_threads={threads}")
+    flags = _XLA_THREAD_FLAGS.sub("", environ.get("XLA_FLAGS", "")).split()
+    if threads == 1:
+        flags.append(SINGLE_THREAD_XLA)
     env = {k: str(threads) for k in THREAD_ENV}
-    env["XLA_FLAGS"] = " ".join(f"{flags} {xla}".split())
+    env["XLA_FLAGS"] = " ".join(flags)
     return env
 
 
@@ -404,10 +423,14 @@ def run_setting(job: dict, plan: dict) -> dict:
         address = worker.address
     except (ImportError, ValueError):
         worker, address = None, None
-    mine = plan.get(address) if address else None
-    if mine is None:
-        info = worker_cpus(worker)
-        mine = {"cpus": None, "threads": max(1, len(info["cpus"]) // info["nthreads"])}
+    alive = None
+    if address and address not in plan:  # a worker that joined after the plan was made (a restarted one)
+        try:
+            from distributed import get_client
+            alive = set(get_client().scheduler_info().get("workers", {}))
+        except (ImportError, ValueError, OSError):
+            alive = None
+    mine = budget_for(address, worker_cpus(worker), plan, alive)
     sweep_dir = Path(job["sweep_dir"])
     run_dir = new_run_dir(job["slug"], runs_dir=sweep_dir)
     started = time.time()
