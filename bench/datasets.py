@@ -40,8 +40,8 @@ Layout of bench/results/datasets.json, one entry per dataset name::
 ``{"source": "not on the card"}``. The "project page, unverified" numbers (``UNVERIFIED``) are shown only
 where the card has no ResNet-18 (28) entry; they are not on the card because they could not be checked.
 
-Without ``--add`` the file is rewritten with this invocation's results only (written after each dataset
-and recipe, so an interrupted run keeps what finished); with ``--add`` they are merged into it: other
+Without ``--add`` the file is rewritten with this invocation's results only (written after every seed,
+so an interrupted run keeps what finished); with ``--add`` they are merged into it: other
 datasets and recipes are kept, and a seed run again replaces its own row. ``--quick`` (the test) trains
 on a tiny subset (``-p max_per_split 20 -p epochs 1``) and writes to a temporary path, never to
 bench/results/. Numbers are measured, never copied; bench/results/datasets.md is rendered from the json.
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
             def log(msg, _label=f"{name} {recipe}"):
                 print(f"[{time.perf_counter() - t_start:6.0f}s] {_label}: {msg}", flush=True)
 
-            rows, meta = [], {}
+            rows, before = [], doc
             for seed in seeds:
                 try:
                     row, meta = one_seed(recipe, seed, spec, overrides, env, log)
@@ -320,12 +320,11 @@ def main(argv=None) -> int:
                     failed.append(f"{name} {recipe} seed {seed}")
                     continue
                 rows.append(row)
-            if not rows:
-                continue
-            extra = {"overrides": overrides, "quick": args.quick, "cores": os.cpu_count(), "note": args.note,
-                     "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            doc = merge(doc, name, {"dataset": spec, **meta}, recipe, rows, extra, add=args.add)
-            write(doc, out)
+                # written after every seed: a benchmark of hours that is interrupted keeps what finished
+                extra = {"overrides": overrides, "quick": args.quick, "cores": os.cpu_count(), "note": args.note,
+                         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                doc = merge(before, name, {"dataset": spec, **meta}, recipe, rows, extra, add=args.add)
+                write(doc, out)
     print(render_md(doc))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     if failed:

@@ -3,7 +3,6 @@ other recipes nested), mean ± sd over seeds, the comparison with the cards' Res
 quick mode's guard, and (slow) the quick mode end to end through the real stages on the tiny fixtures."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -146,3 +145,21 @@ def test_quick_mode_through_the_stages(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "Quick mode" in md and "## RetinaMNIST (tiny test subset): `retinamnist_tiny`, ordinal-regression" in md
     assert f"| breastmnist_tiny | full | 1 | {b['test_acc_mean']:.4f} ± 0.0000 | not on the card |" in md
+
+
+def test_an_interrupted_benchmark_keeps_the_finished_seeds(tmp_path, monkeypatch, fake):
+    table, _ = fake
+    table[("breastmnist", "full", 0)] = _row(0, 0.86)
+    fake_one_seed = datasets.one_seed
+
+    def stop_at_seed_1(recipe, seed, spec, overrides, env, log):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return fake_one_seed(recipe, seed, spec, overrides, env, log)
+
+    monkeypatch.setattr(datasets, "one_seed", stop_at_seed_1)
+    out = tmp_path / "datasets.json"
+    with pytest.raises(KeyboardInterrupt):
+        datasets.main(["--datasets", "breastmnist", "--recipes", "full", "--seeds", "0,1,2", "--out", str(out)])
+    b = json.loads(out.read_text())["breastmnist"]
+    assert b["n_seeds"] == 1 and b["test_acc_mean"] == 0.86
