@@ -84,6 +84,22 @@ def test_widget_with_overlay_and_done_queue(pipeline_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_gradcam_overlay_of_the_trained_model(pipeline_run, tmp_path):
+    """overlay "auto": Grad-CAM of the run's own model by workbench.explain, beside the image."""
+    from workbench import explain, widgets
+    w = widgets.review_run(pipeline_run["dir"], annotator="t", log=str(tmp_path / "l.jsonl"), headless=False)
+    assert w.overlay is not None and "Grad-CAM unavailable" not in w.message.value
+    k = w._pos[w.session.current]
+    image = w.inputs.model_input([k])[0]
+    heat = w.overlay(image, 2)
+    want = explain.gradcam(w.inputs.trained.model, image[None].astype("float32"), class_index=2)[0]
+    np.testing.assert_allclose(heat, want, atol=1e-5)
+    assert heat.shape == image.shape[:2] and 0 <= heat.min() and heat.max() <= 1
+    plain = widgets._png(w.inputs.display([k])[0])
+    assert len(w.image.value) > len(plain)          # image and heat map side by side
+
+
+@pytest.mark.slow
 def test_key_box_lost_clear_does_not_repeat_a_decision(pipeline_run, tmp_path):
     """The browser may not see the kernel's clear before the next key: "a" then "aa" is one more accept."""
     from workbench import annotate, widgets
@@ -116,7 +132,8 @@ def test_log_for_another_pool_is_refused(pipeline_run, tmp_path):
 def test_headless_static_summary(pipeline_run):
     from workbench import widgets
     html = widgets.review_run(pipeline_run["dir"], headless=True)._repr_html_()
-    n = len(pd.read_csv(pipeline_run["dir"] / "review_queue.csv"))
+    queue_csv = next((pipeline_run["dir"] / "annotate").glob("*/review_queue.csv"))  # RUN/annotate/<pool>/
+    n = len(pd.read_csv(queue_csv))
     assert f"{n} image(s) need review" in html and "data:image/png;base64," in html
 
 
