@@ -110,6 +110,26 @@ def child(folder: Path, batch_size: int, source: Path = DATA) -> dict:
                      "peak_rss_increase_mib": round((peak - base) / 1024, 1), "max_batch": max_batch}
     out["index_rss_mib"] = round((_mem_kib("VmRSS") - base) / 1024, 1)   # what the scanned pool keeps
     out["items"], out["rejected"] = len(pool.ids), len(pool.rejected)
+    del pool
+    # the same two passes on a fresh pool under tracemalloc (untimed: it slows allocation down), which
+    # counts Python and numpy allocations exactly, without the allocator's and the page cache's noise
+    import tracemalloc
+    tracemalloc.start()
+    pool = pools.open_pool(str(folder))
+    pool.progress = False
+    start = tracemalloc.get_traced_memory()[0]
+    for _ in pool.batches(spec, batch_size):
+        pass
+    index, peak1 = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    for _ in pool.batches(spec, batch_size):
+        pass
+    now, peak2 = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    out["traced"] = {"index_mib": round((index - start) / 2**20, 2),
+                     "index_bytes_per_file": round((index - start) / len(pool.ids)),
+                     "first_pass_peak_mib": round((peak1 - start) / 2**20, 2),
+                     "second_pass_working_mib": round((peak2 - index) / 2**20, 2)}
     return out
 
 
@@ -118,35 +138,45 @@ def markdown(doc: dict) -> str:
              f"N real 28 px BloodMNIST PNGs (train images of data/bloodmnist.npz, cycled; {PER_FOLDER} files per "
              f"sub-folder) streamed through `workbench.pools` with a 28x28x3 InputSpec in batches of "
              f"{doc['batch_size']}: decode + `inputs.prepare`, no model. First pass = the scan (listing, md5 of "
-             "every file, decoding); second pass re-uses it. Peak RSS increase: Linux VmHWM above the child "
-             "process's baseline after imports and a warm-up, reset before each pass. Index: RSS the scanned "
-             "pool keeps (ids, md5s, file table).", "",
-             "| files | first pass files/s | second pass files/s | peak RSS increase, first / second pass (MiB) | "
-             "index kept (MiB; bytes per file) | peak minus index: the batches (MiB) | all images in RAM would be (MiB) |",
+             "every file, decoding, preparing); the second pass re-uses it.", "",
+             "- *peak RSS increase*: Linux VmHWM above the child process's baseline (after imports and a warm-up), "
+             "reset before each pass;",
+             "- *index*: what the scanned pool keeps (ids, md5s, file table), traced by tracemalloc in a separate, "
+             "untimed run of the same two passes; *batches*: the second pass's tracemalloc peak above the index "
+             "(the images in flight: decoded, conformed, prepared);",
+             "- *all images in RAM*: N x 28 x 28 x 3 bytes, what a pool held as one array needs;",
+             "- *load*: the machine's 1-minute load average before and after (the cores are shared: files/s "
+             "drop when others run).", "",
+             "| files | files/s, first / second pass | peak RSS increase, first / second pass (MiB) | "
+             "index (MiB; bytes per file) | batches (MiB) | all images in RAM (MiB) | load |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in doc["rows"]:
-        peak = max(r["first_pass"]["peak_rss_increase_mib"], r["second_pass"]["peak_rss_increase_mib"])
-        lines.append(f"| {r['n']:,} | {r['first_pass']['files_per_s']:,.0f} | {r['second_pass']['files_per_s']:,.0f} | "
+        t = r["traced"]
+        lines.append(f"| {r['n']:,} | {r['first_pass']['files_per_s']:,.0f} / {r['second_pass']['files_per_s']:,.0f} | "
                      f"{r['first_pass']['peak_rss_increase_mib']:.1f} / {r['second_pass']['peak_rss_increase_mib']:.1f} | "
-                     f"{r['index_rss_mib']:.1f}; {r['index_rss_mib'] * 2**20 / r['n']:,.0f} | "
-                     f"{peak - r['index_rss_mib']:.1f} | {r['images_in_ram_mib']:.1f} |")
+                     f"{t['index_mib']:.1f}; {t['index_bytes_per_file']:,} | {t['second_pass_working_mib']:.1f} | "
+                     f"{r['images_in_ram_mib']:.1f} | {' → '.join(map(str, r.get('load_avg_1min', [])))} |")
     if doc.get("conclusion"):
         lines += ["", doc["conclusion"]]
     return "\n".join(lines) + "\n"
+
+
+def doc_batch(rows: list[dict]) -> int:
+    return max(r["first_pass"]["max_batch"] for r in rows)
 
 
 def conclusion(rows: list[dict]) -> str:
     if len(rows) < 2:
         return ""
     a, b = rows[0], rows[-1]
-    peak = {k: max(r["first_pass"]["peak_rss_increase_mib"], r["second_pass"]["peak_rss_increase_mib"])
-            for k, r in (("a", a), ("b", b))}
-    work = {k: peak[k] - r["index_rss_mib"] for k, r in (("a", a), ("b", b))}
-    return (f"From {a['n']:,} to {b['n']:,} files ({b['n'] / a['n']:.0f}x) the memory used by the batches (peak "
-            f"minus index) went from {work['a']:.1f} to {work['b']:.1f} MiB: it does not grow with N. What grows is "
-            f"the pool's index (ids, md5s, file table: {a['index_rss_mib']:.1f} → {b['index_rss_mib']:.1f} MiB, about "
-            f"{b['index_rss_mib'] * 2**20 / b['n']:,.0f} bytes per file), while the images themselves would need "
-            f"{a['images_in_ram_mib']:.0f} and {b['images_in_ram_mib']:.0f} MiB at 28 px (a 224 px pool: 64x more).")
+    ta, tb = a["traced"], b["traced"]
+    return (f"From {a['n']:,} to {b['n']:,} files ({b['n'] / a['n']:.0f}x) the memory of the batches in flight was "
+            f"{ta['second_pass_working_mib']:.1f} and {tb['second_pass_working_mib']:.1f} MiB (a few batches of "
+            f"{doc_batch(rows)} images): it does not grow with N. What grows is the pool's index (ids, md5s, file table: {ta['index_mib']:.1f} → {tb['index_mib']:.1f} "
+            f"MiB, about {tb['index_bytes_per_file']:,} bytes per file, the same for any image size), which is most "
+            f"of the peak RSS increase ({a['first_pass']['peak_rss_increase_mib']:.1f} → "
+            f"{b['first_pass']['peak_rss_increase_mib']:.1f} MiB); the images as one array would need "
+            f"{a['images_in_ram_mib']:.0f} → {b['images_in_ram_mib']:.0f} MiB at 28 px, 64x that at 224 px.")
 
 
 def main(argv=None) -> int:
@@ -170,6 +200,7 @@ def main(argv=None) -> int:
             write_s = write_pngs(folder, n)
             print(f"wrote {n:,} PNGs in {write_s:.1f} s to {folder}", flush=True)
             env = {**os.environ, "WORKBENCH_HEADLESS": "1"}
+            load_before = os.getloadavg()[0]
             proc = subprocess.run([sys.executable, "-m", "bench.pools", "--child", str(folder),
                                    "--batch-size", str(args.batch_size)], cwd=ROOT, env=env,
                                   stdout=subprocess.PIPE, text=True)
@@ -180,7 +211,8 @@ def main(argv=None) -> int:
         finally:
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
-        r.update(n=n, write_seconds=round(write_s, 1), images_in_ram_mib=round(n * 28 * 28 * 3 / 2**20, 1))
+        r.update(n=n, write_seconds=round(write_s, 1), images_in_ram_mib=round(n * 28 * 28 * 3 / 2**20, 1),
+                 load_avg_1min=[round(load_before, 1), round(os.getloadavg()[0], 1)])
         print(json.dumps(r), flush=True)
         rows.append(r)
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batch_size": args.batch_size,

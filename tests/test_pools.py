@@ -385,3 +385,22 @@ def test_split_pool_is_not_preprocessed_twice():
     once = np.concatenate([b for _, b in _open("val", dataset=pre).batches(spec, 64)])
     fresh = np.concatenate([b for _, b in _open("val", dataset=ds).batches(spec, 64)])
     assert np.array_equal(once, pre.images["val"]) and np.array_equal(fresh, once)
+
+
+# ------------------------------------------------------------------------------------------- bench
+def test_bench_pools_runs_checks_and_reports(tmp_path, monkeypatch):
+    """bench.pools on 300 real PNGs (from the tiny fixture): the child's own checks pass and the report
+    holds the row (the real run, 10,000 and 100,000 files, is `python -m bench.pools`)."""
+    import json
+
+    from bench import pools as bench_pools
+    monkeypatch.setattr(bench_pools, "DATA", TINY)
+    folder = tmp_path / "pngs"
+    bench_pools.write_pngs(folder, 300, source=TINY)
+    r = bench_pools.child(folder, batch_size=128, source=TINY)
+    assert r["items"] == 300 and r["rejected"] == 0 and r["first_pass"]["max_batch"] == 128
+    assert 0 < r["traced"]["second_pass_working_mib"] < 50 and r["traced"]["index_bytes_per_file"] > 0
+    doc = {"date": "d", "batch_size": 128, "machine": {"cpus": 2},
+           "rows": [{**r, "n": 300, "images_in_ram_mib": 0.7, "load_avg_1min": [1.0, 1.0]}]}
+    md = bench_pools.markdown(doc)
+    assert "| 300 |" in md and json.loads(json.dumps(doc))["rows"][0]["n"] == 300
