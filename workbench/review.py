@@ -192,6 +192,13 @@ class ReviewSession:
         if isinstance(labels, (int, np.integer)):
             raise WorkbenchError(f"{what}: a multi-label review records a set of labels, not one index; "
                                  f"pass a list such as [{int(labels)}] (or [] for none present)")
+        k = len(self.class_names)
+        if isinstance(labels, (list, tuple, set, frozenset)) and all(type(x) is int for x in labels):
+            out = tuple(sorted(set(labels)))  # the common case, fast (a whole pool's predictions at open)
+            if out and not (0 <= out[0] and out[-1] < k):
+                bad = next(x for x in out if not 0 <= x < k)
+                raise WorkbenchError(f"{what}: label {bad} is not a label index 0..{k - 1}")
+            return out
         arr = np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels)
         if arr.dtype == bool:
             if arr.shape != (len(self.class_names),):
