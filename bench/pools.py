@@ -153,7 +153,8 @@ def markdown(doc: dict) -> str:
     for r in doc["rows"]:
         t = r["traced"]
         lines.append(f"| {r['n']:,} | {r['first_pass']['files_per_s']:,.0f} / {r['second_pass']['files_per_s']:,.0f} | "
-                     f"{r['first_pass']['peak_rss_increase_mib']:.1f} / {r['second_pass']['peak_rss_increase_mib']:.1f} | "
+                     f"{r['first_pass']['peak_rss_increase_mib']:.1f} / "
+                     f"{r['second_pass']['peak_rss_increase_mib']:.1f} | "
                      f"{t['index_mib']:.1f}; {t['index_bytes_per_file']:,} | {t['second_pass_working_mib']:.1f} | "
                      f"{r['images_in_ram_mib']:.1f} | {' → '.join(map(str, r.get('load_avg_1min', [])))} |")
     if doc.get("conclusion"):
@@ -172,7 +173,8 @@ def conclusion(rows: list[dict]) -> str:
     ta, tb = a["traced"], b["traced"]
     return (f"From {a['n']:,} to {b['n']:,} files ({b['n'] / a['n']:.0f}x) the memory of the batches in flight was "
             f"{ta['second_pass_working_mib']:.1f} and {tb['second_pass_working_mib']:.1f} MiB (a few batches of "
-            f"{doc_batch(rows)} images): it does not grow with N. What grows is the pool's index (ids, md5s, file table: {ta['index_mib']:.1f} → {tb['index_mib']:.1f} "
+            f"{doc_batch(rows)} images): it does not grow with N. What grows is the pool's index (ids, md5s, "
+            f"file table: {ta['index_mib']:.1f} → {tb['index_mib']:.1f} "
             f"MiB, about {tb['index_bytes_per_file']:,} bytes per file, the same for any image size), which is most "
             f"of the peak RSS increase ({a['first_pass']['peak_rss_increase_mib']:.1f} → "
             f"{b['first_pass']['peak_rss_increase_mib']:.1f} MiB); the images as one array would need "

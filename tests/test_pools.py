@@ -5,7 +5,6 @@ import csv
 import hashlib
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -284,7 +283,8 @@ def test_dicom_pool_frames_burned_in_and_pseudonymous_ids(dicom_folder, tmp_path
     frames = [k for k, i in enumerate(ids) if "#" in i]
     assert len({a[k].tobytes() for k in frames}) > 1
     with pytest.raises(WorkbenchError, match="DICOM options"):
-        pool.images([0], inputs.InputSpec(size=32, channels=1, resize="stretch", dicom={**DSPEC.dicom, "frames": "first"}))
+        pool.images([0], inputs.InputSpec(size=32, channels=1, resize="stretch",
+                                          dicom={**DSPEC.dicom, "frames": "first"}))
 
 
 def test_phi_registry_rereads_the_same_values(dicom_folder):

@@ -222,7 +222,8 @@ class Pool:
 
     def _check_spec(self, spec) -> _inputs.InputSpec:
         if not isinstance(spec, _inputs.InputSpec):
-            raise WorkbenchError(f"pool {self.name}: expected an InputSpec (workbench.inputs), got {type(spec).__name__}")
+            raise WorkbenchError(f"pool {self.name}: expected an InputSpec (workbench.inputs), "
+                                 f"got {type(spec).__name__}")
         return spec
 
     def _pass(self, spec, batch_size: int, prepare: bool):
@@ -518,7 +519,8 @@ class _NpzPool(Pool):
         self._arr = _NpyMember(path, images_key + ".npy")
         shape, dtype = self._arr.shape, self._arr.dtype
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3, 4)):
-            raise WorkbenchError(f"pool file {path}: {images_key} has shape {shape}; expected (N, H, W) or (N, H, W, C)")
+            raise WorkbenchError(f"pool file {path}: {images_key} has shape {shape}; "
+                                 "expected (N, H, W) or (N, H, W, C)")
         if dtype != np.uint8:
             raise WorkbenchError(f"pool file {path}: {images_key} has dtype {dtype}; expected uint8 (MedMNIST layout)")
         self._path, self._stem, self._class_names = path, stem, class_names
@@ -555,7 +557,8 @@ class _NpzPool(Pool):
                 raise WorkbenchError(f"pool file {self._path}: {len(y)} {self._labels_key} for {len(self._ids)} images")
             y = y.reshape(len(y), -1)
             y = (y[:, 0] if y.shape[1] == 1 else y).astype(np.int64)
-            if self._class_names is not None and y.ndim == 1 and len(y) and (y.min() < 0 or y.max() >= len(self._class_names)):
+            k = len(self._class_names) if self._class_names is not None else 0
+            if k and y.ndim == 1 and len(y) and (y.min() < 0 or y.max() >= k):
                 raise WorkbenchError(f"pool file {self._path}: {self._labels_key} has values outside 0.."
                                      f"{len(self._class_names) - 1} (the run's {len(self._class_names)} classes)")
             self._labels = y
@@ -627,7 +630,8 @@ class _FolderPool(Pool):
         if self._scanned:
             return super()._where(position)
         fr = self._item_frame[position]
-        return f"pool file {self._withhold(self._files[self._item_file[position]])}" + (f" frame {fr}" if fr >= 0 else "")
+        name = self._withhold(self._files[self._item_file[position]])
+        return f"pool file {name}" + (f" frame {fr}" if fr >= 0 else "")
 
     # helpers -------------------------------------------------------------------
     def _withhold(self, text: str) -> str:
