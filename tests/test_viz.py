@@ -269,6 +269,17 @@ def test_forest_and_other_evaluate_figures(k):
     y, p = single(k)
     conf, correct = p.max(1), p.argmax(1) == y
     render(viz.precision_coverage_curve(conf, correct, 0.8, 0.95))
+    if k == 2:
+        yv, pv = single(2, 200, 1)
+        render(viz.operating_point_roc(yv, pv[:, 1], y, p[:, 1], 0.4, 0.9, positive=names(2)[1]))
+    edges = np.linspace(0, 1, 16)
+    rel = {"edges": edges.tolist(), "accuracy": [np.nan] + list(edges[1:-1]),
+           "confidence": [np.nan] + list(edges[1:-1] + 0.02), "count": [0] + [10] * 14}
+    render(viz.reliability_diagram(rel, rel, 0.02, 0.01, 1.3))
+    import pandas as pd
+    hist = pd.DataFrame({"loss": [2.0, 1.5], "val_loss": [2.1, 1.7], "acc": [0.3, 0.5], "val_acc": [0.3, 0.45],
+                         "learning_rate": [1e-3, 5e-4]})
+    render(viz.training_curves(hist))
     render(viz.augmentation_preview(images(3), [images(3, seed=1)]))
     render(viz.preprocessing_preview(images(3), images(3, seed=2)))
     fig = viz.baseline_comparison({"ResNet-18 (28)": {"acc": 0.9, "auc": 0.99}},
