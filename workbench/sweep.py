@@ -158,6 +158,8 @@ def _absolute_paths(values: dict) -> dict:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "(default)"
     if isinstance(v, str) and "/" in v:
         return Path(v).name
     return str(v)
@@ -220,8 +222,9 @@ def build(params=(), config: str | None = None, name: str | None = None, stages:
         raise WorkbenchError(f"retries must be an integer ≥ 0, got {r!r}")
     settings = []
     for i, o in enumerate(raw):
-        label = ", ".join(f"{k}={_fmt(o.get(k))}" for k in swept) or "single run"
-        slug = _slug("_".join(f"{k}-{_fmt(o.get(k))}" for k in swept) or "run")
+        shown = [k for k in swept if k in o]  # a parameter only some settings set is left out where unset
+        label = ", ".join(f"{k}={_fmt(o[k])}" for k in shown) or "single run"
+        slug = _slug("_".join(f"{k}-{_fmt(o[k])}" for k in shown) or "run")
         settings.append(Setting(index=i, overrides=o, label=label, slug=slug))
     if name is None:
         name = doc.get("name")
@@ -510,7 +513,10 @@ def _headline(run_dir: str) -> str:
     from .execute import read_results
     r = read_results(Path(run_dir))
     acc, auc = _get(r, "metrics.json", "test", "acc"), _get(r, "metrics.json", "test", "auc")
-    return f"test ACC {acc:.4f}, AUC {auc:.4f}" if acc is not None and auc is not None else "no metrics"
+    if acc is not None and auc is not None:
+        return f"test ACC {acc:.4f}, AUC {auc:.4f}"
+    val = _get(r, "train_summary.json", "best_val_acc")
+    return f"trained: best val ACC {val:.4f}" if val is not None else "no metrics"
 
 
 def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = None, out=print,
