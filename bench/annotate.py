@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import workbench  # noqa: E402,F401  (JAX backend first)
 from workbench import active, augment, calibration, data, metrics, models  # noqa: E402
+from workbench.predict import predict  # noqa: E402
 from workbench.annotate import achieved, per_class_thresholds  # noqa: E402
 
 FULL = {
@@ -83,10 +84,10 @@ def reference(ds, train, test, cfg, s):
 def accept_on_pool(model, val, x_pool, y_pool, target=0.99, n_resamples=1000):
     """Temperature fitted on val; thresholds on val for ``target`` by every rule in ``RULES``, applied to
     the pool. Returns the headline rule's numbers at the top level and every rule under "rules"."""
-    pv = active._predict(model, val[0].astype("float32"), 512)
+    pv = predict(model, val[0], 512, progress=False)
     t = calibration.fit_temperature(pv, val[1])["temperature"]
     pv = calibration.apply_temperature(pv, t)
-    pp = calibration.apply_temperature(active._predict(model, x_pool.astype("float32"), 512), t)
+    pp = calibration.apply_temperature(predict(model, x_pool, 512, progress=False), t)
     keys = ("precision", "coverage", "precision_ci95", "coverage_ci95", "n_accepted", "n")
     rules = {}
     for name, (mode, guarantee) in RULES.items():

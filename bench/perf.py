@@ -174,22 +174,16 @@ def child_stage(spec: dict) -> dict:
 
 
 def _annotate_direct(spec: dict) -> dict:
-    """The annotate notebook's cells (tools/make_notebooks.py), in order, as plain calls."""
-    from workbench import annotate, params
+    """The annotate notebook's code cells (workbench.cells: the one definition of the stage), timed one by one;
+    img/s from the cell that predicts the pool (streamed through the run's input path)."""
+    from workbench import annotate, cells, params
     p = params.make("annotate", {**spec["params"], "run_dir": spec["run_dir"]})
-    run, model, ds, train_params = annotate.open_stage(p)
-    pool = annotate.load_pool(ds, p)
-    temp = annotate.temperature(run, p)
-    choice, _ = annotate.choose_thresholds(model, ds, p, temp)
-    t0 = time.perf_counter()
-    table, probs = annotate.label_pool(run, model, pool, ds, p, choice, temp)
-    pool_s = time.perf_counter() - t0
-    annotate.summarise(run, pool, p, choice, table)
-    annotate.gallery(table, pool, ds, p, annotate.AUTO)
-    annotate.rank_for_review(run, model, pool, table, probs, ds, p, train_params, temp)
-    annotate.gallery(table, pool, ds, p, annotate.REVIEW)
-    annotate.audit_labels(run, ds, train_params, p)
-    return {"pool_size": len(table), "label_pool_s": pool_s, "annotate_img_s": len(table) / pool_s}
+    timings: list = []
+    out = cells.run_cells(annotate.NOTEBOOK, p, timings)
+    pool_s = sum(sec for src, sec in timings if "predict_pool" in src)
+    n = out["summary"]["pool_size"]
+    return {"pool_size": n, "label_pool_s": pool_s, "annotate_img_s": n / pool_s,
+            "pool_dir": str(out["run"].path)}
 
 
 # convolution kernels alone: what of the step's time the convolutions take in each framework

@@ -176,10 +176,7 @@ def predictions(run: Path, ds, args) -> dict[str, np.ndarray]:
     """Raw (uncalibrated) probabilities of val and test, clean and under every image shift (cached)."""
     from workbench import models
     from workbench.data import file_md5
-    try:  # the one prediction module (workbench.predict); older trees had it in workbench.evaluate
-        from workbench.predict import predict
-    except ImportError:
-        from workbench.evaluate import predict
+    from workbench.predict import predict
     md5 = file_md5(run / "model.keras")
     cache = run.parent / f"shift-predictions-{md5[:12]}.npz"
     have = {}

@@ -6,7 +6,7 @@ import pytest
 
 import workbench  # noqa: F401  (JAX backend)
 from conftest import TINY
-from workbench import annotate, data
+from workbench import annotate, data, inputs, pools
 from workbench.errors import WorkbenchError
 from workbench.params import TrainParams
 from workbench.review import ReviewSession, export
@@ -15,21 +15,6 @@ from workbench.review import ReviewSession, export
 @pytest.fixture(scope="module")
 def ds():
     return data.load_dataset(str(TINY))
-
-
-def test_split_pool_hides_nothing_but_reports_truth(ds):
-    pool = annotate.split_pool(ds, "test")
-    assert len(pool) == 120 and pool.ids[:2] == ["test:0", "test:1"]
-    assert pool.source["split"] == "test" and pool.source["dataset_md5"] == ds.md5
-    same = annotate.split_pool(ds, "test")
-    assert same.pool_id == pool.pool_id and len(pool.pool_id) == 16
-    changed = annotate.Pool("x", pool.images.copy(), pool.ids)
-    changed.images[0, 0, 0, 0] ^= 1
-    assert changed.pool_id != pool.pool_id  # one changed pixel → another pool
-    with pytest.raises(WorkbenchError, match="not unique"):
-        annotate.Pool("dup", pool.images[:2], ["a", "a"])
-    with pytest.raises(WorkbenchError, match="no split"):
-        annotate.split_pool(ds, "unlabelled")
 
 
 def _probs(conf, pred, k=3):
@@ -71,34 +56,52 @@ def test_achieved_precision_coverage_with_intervals():
 
 
 def _export(tmp_path, pool, ds, name="export"):
+    """Accept, correct to class 3 and skip the first three items of a (scanned) pool, then export."""
     pred = {i: int(c) for i, c in zip(pool.ids, pool.labels)}
     s = ReviewSession(tmp_path / f"{name}.jsonl", pool.ids[:5], pred, ds.class_names, pool.pool_id, "m", annotator="t")
     s.accept()
     s.label(3)
     s.skip()
     import pandas as pd
-    table = pd.DataFrame({"index": range(len(pool)), "split": pool.source.get("split", "folder"),
-                          "predicted_label": pool.labels, "predicted_class": [ds.class_names[c] for c in pool.labels],
+    table = pd.DataFrame({"index": range(len(pool)), "predicted_label": pool.labels,
+                          "predicted_class": [ds.class_names[c] for c in pool.labels],
                           "confidence": 0.5, "status": "needs-review", "id": pool.ids})
-    return export(s, table, tmp_path / name, images=pool.images, source=pool.source)
+    spec = inputs.for_dataset(ds)
+    return export(s, table, tmp_path / name, images=lambda pos: inputs.conform(pool.raw(pos), spec), source=pool.source)
+
+
+def _folder_pool(tmp_path, images, labels):
+    """A folder of real images saved as PNG (an outside pool: images the dataset does not hold as val/test)."""
+    from PIL import Image
+    root = tmp_path / "newscans"
+    (root / "batch1").mkdir(parents=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(root / "batch1" / f"img{i}.png")
+    (root / "labels.csv").write_text("file,label\n" + "".join(f"batch1/img{i}.png,{int(c)}\n" for i, c in enumerate(labels)))
+    return root
 
 
 def test_extra_labels_extend_the_train_split(tmp_path, ds):
     # an outside pool (as an image folder would give): images the dataset does not hold as val/test
     with np.load(TINY) as z:
         images, labels = z["val_images"][:10], z["val_labels"].reshape(-1)[:10]
-    pool = annotate.Pool("folder", images, [f"img{i}.png" for i in range(10)], labels, source={"kind": "image-folder"})
+    spec = inputs.for_dataset(ds)
+    root = _folder_pool(tmp_path, images, labels)
+    pool = pools.open_pool(str(root), labels_csv=str(root / "labels.csv"),
+                           class_names=ds.class_names).scan(spec)
+    assert pool.ids[0] == "batch1/img0.png"  # ids: paths relative to the pool root
     out = _export(tmp_path, pool, ds)
     params = TrainParams(dataset=str(TINY), extra_labels=str(tmp_path / "export"))
     from workbench import train
-    ext = train.load_data(params)
+    ext, info = train.load_data(params)
     assert len(ext.labels["train"]) == 240 + 2  # accept + corrected label; the skip adds nothing
-    np.testing.assert_array_equal(ext.images["train"][240], images[0])
-    assert ext.labels["train"][240] == labels[0] and ext.labels["train"][241] == 3
-    assert any("extended by 2 labelled images" in n for n in ext.notes)
+    first = pool.ids.index("batch1/img0.png")
+    np.testing.assert_array_equal(ext.images["train"][240], images[first])  # the export carries its images
+    assert ext.labels["train"][240] == labels[first] and ext.labels["train"][241] == 3
+    assert any("extended by 2 labelled images" in n for n in ext.notes) and info["n"] == 2
     # the csv path works too; the val split of the same file is refused (leakage)
-    assert len(train.load_data(TrainParams(dataset=str(TINY), extra_labels=out["csv"])).labels["train"]) == 242
-    leak = _export(tmp_path, annotate.split_pool(ds, "test"), ds, name="leak")
+    assert len(train.load_data(TrainParams(dataset=str(TINY), extra_labels=out["csv"]))[0].labels["train"]) == 242
+    leak = _export(tmp_path, pools.open_pool("test", dataset=ds).scan(spec), ds, name="leak")
     with pytest.raises(WorkbenchError, match="test split .* leak"):
         train.load_data(TrainParams(dataset=str(TINY), extra_labels=str(tmp_path / "leak")))
     assert leak["n_labelled"] == 2
@@ -109,8 +112,12 @@ def test_extra_labels_extend_the_train_split(tmp_path, ds):
 def test_calibrated_probabilities_when_the_run_has_a_temperature(tmp_path, capsys):
     from workbench.calibration import apply_temperature
     from workbench.params import AnnotateParams
-    from workbench.runs import Run
-    run = Run(tmp_path, "annotate")
+
+    class Trained:  # what annotate.temperature reads of a workbench.runload.TrainedRun
+        def temperature(self):
+            from workbench.calibration import load_temperature
+            return load_temperature(tmp_path)
+    run = Trained()
     assert annotate.temperature(run, AnnotateParams()) is None
     assert "no calibration.json" in capsys.readouterr().out
     (tmp_path / "calibration.json").write_text('{"method": "temperature", "temperature": 1.7}')

@@ -25,7 +25,25 @@ def _images(n_channels, rgb):
 
 
 def test_presets():
-    assert PRESETS == ("none", "light", "microscopy", "dihedral")
+    assert PRESETS == ("none", "light", "microscopy", "dihedral", "fixed")
+    assert set(augment.ORIENTATION_CHANGES) == set(PRESETS)
+    assert set(augment.DIHEDRAL_PRESETS) <= {p for p, c in augment.ORIENTATION_CHANGES.items() if c}
+
+
+def test_fixed_preset_never_mirrors_or_turns(rgb):
+    """The orientation-fixed preset: small shifts, scale, a few degrees of rotation, brightness/contrast —
+    an asymmetric image never comes out as its mirror image or a quarter turn of itself."""
+    names = [type(op).__name__ for op in augment.build("fixed", 0, 3).transforms]
+    assert names == ["Affine", "RandomBrightnessContrast"]
+    aff = augment.build("fixed", 0, 3).transforms[0]
+    assert max(abs(a) for a in aff.rotate_range if a is not None) <= 5 if hasattr(aff, "rotate_range") else True
+    x = np.zeros((1, 28, 28, 1), np.uint8)
+    x[0, 4:10, 2:20] = 255          # a bar in the top-left: its mirror or turn lands far away
+    t = augment.build("fixed", 0, 1)
+    for _ in range(40):
+        out = augment.apply(t, x)[0, ..., 0].astype(float)
+        top_left = out[:14, :14].sum()
+        assert top_left > out[14:, :].sum() and top_left > out[:, 14:].sum() - out[:14, 14:].sum()
 
 
 def test_dihedral_is_geometric_only_and_covers_all_eight_symmetries(rgb):

@@ -16,7 +16,7 @@ def test_direct_stage_calls_run_the_stages(tmp_path):
     tr = perf.child_stage({"stage": "train", "params": train_p, "run_dir": str(run_dir)})
     assert tr["summary"]["epochs_run"] == 1 and (run_dir / "model.keras").is_file()
     ann = perf.child_stage({"stage": "annotate", "params": {"gallery_size": 8}, "run_dir": str(run_dir)})
-    summary = json.loads((run_dir / "annotation_summary.json").read_text())
+    summary = json.loads((run_dir / "annotate" / "test" / "annotation_summary.json").read_text())
     assert ann["summary"]["pool_size"] == summary["pool_size"] > 0
     assert ann["summary"]["annotate_img_s"] > 0
 

@@ -192,7 +192,7 @@ def test_size_flows_from_train_params_into_the_model(server, dirs, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CARDS_DIR", str(dirs[0]))
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(dirs[1]))
     tp = params.make("train", {"dataset": FLAG, "size": 64, "model": "resnet18", "width": 4})
-    ds = train.load_data(tp)
+    ds, _ = train.load_data(tp)
     assert ds.input_shape == (64, 64, 3) and ds.md5 == hashlib.md5(server.payload).hexdigest()
     model = train.build_model(tp, ds)
     assert model.input_shape == (None, 64, 64, 3)

@@ -174,9 +174,13 @@ def test_every_stage_accepts_the_ingested_dataset_with_preprocessing(ingested, t
     spec = json.loads((run_dir / "preprocess.json").read_text())
     assert (spec["denoise"], spec["contrast"], spec["normalize"]) == ("median", "clahe", "dataset")
     # evaluate saw the preprocessed images: its stored probabilities are the model's on them
+    from workbench import runload
     raw = data.load_dataset(str(ingested["out"]))
-    model, ds, _ = train.reload(workbench.runs.Run(run_dir, "check"))
+    trained = runload.load(run_dir)
+    model, ds = trained.model, trained.dataset()
     np.testing.assert_array_equal(ds.images["test"], preprocess.apply_spec(spec, raw.images["test"]))
+    # the DICOM window and resize policy of the ingest travel with the run's input path
+    assert trained.input.dicom["window"] == "auto" and trained.input.resize == "pad"
     assert not np.array_equal(ds.images["test"], raw.images["test"])
     with np.load(run_dir / "predictions.npz") as z:
         np.testing.assert_allclose(model.predict(ds.images["test"].astype("float32"), verbose=0),
@@ -283,6 +287,6 @@ def test_no_phi_in_the_html_reports_of_a_pipeline_on_ingested_data(ingested, tmp
                    "-p", "n_resamples", "100", env={"WORKBENCH_RUNS_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    reports = sorted(p.name for p in run_dir.glob("*.html"))
+    reports = sorted(p.name for p in run_dir.rglob("*.html"))
     assert reports == ["10_train.html", "20_evaluate.html", "30_annotate.html"]
     assert _search([run_dir], ingested["phi"]) == []

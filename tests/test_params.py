@@ -100,8 +100,8 @@ def test_out_of_range_names_parameter(stage, name, value, needle):
 @pytest.mark.parametrize("stage, name, value, choices", [
     ("train", "model", "vgg16", MODELS),
     ("train", "augment", "heavy", PRESETS),
-    ("train", "size", 32, (28, 64, 128, 224)),
-    ("annotate", "pool_split", "holdout", ("train", "val", "test")),
+    ("annotate", "resize", "zoom", ("", "none", "stretch", "pad", "crop")),
+    ("annotate", "on_shift", "ignore", ("review", "accept")),
 ])
 def test_unknown_choice_names_parameter_and_choices(stage, name, value, choices):
     msg = _err(stage, name, value)
@@ -140,7 +140,8 @@ def test_help_text_lists_every_parameter():
     text = params.help_text("annotate")
     lines = text.splitlines()
     assert len(lines) == len(params.fields("annotate"))
-    assert lines[3].strip().startswith("target_precision (float, default 0.99): auto-accept threshold")
+    assert lines[7].strip().startswith("target_precision (float, default 0.99): auto-accept threshold")
+    assert lines[2].strip().startswith("pool (str, default 'test'): the images to annotate")
 
 
 # --- notebooks declare exactly the dataclass fields ---------------------------------------------

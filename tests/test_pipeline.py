@@ -13,16 +13,26 @@ from conftest import FIXTURES, read_json
 pytestmark = pytest.mark.slow
 
 
+def _pool(d):
+    """The pipeline's annotated pool: the test split, in its own directory inside the run."""
+    return d / "annotate" / "test"
+
+
 def test_run_directory_holds_every_artifact(pipeline_run):
     d = pipeline_run["dir"]
-    for name in ("10_train.ipynb", "10_train.html", "20_evaluate.ipynb", "20_evaluate.html", "30_annotate.ipynb",
-                 "30_annotate.html", "params/train.json", "params/evaluate.json", "params/annotate.json",
+    for name in ("10_train.ipynb", "10_train.html", "20_evaluate.ipynb", "20_evaluate.html",
+                 "params/train.json", "params/evaluate.json", "input.json", "preprocess.json",
                  "provenance.json", "model.keras", "history.csv", "augment.yaml", "metrics.json",
-                 "predictions.npz", "annotations.csv", "annotation_summary.json", "train_summary.json",
-                 "calibration.json", "model_card.md",
-                 "pool_predictions.npz", "review_queue.csv", "label_issues.csv", "label_audit.json", "audit_probs.npz"):
+                 "predictions.npz", "train_summary.json", "calibration.json", "model_card.md"):
         assert (d / name).is_file(), name
+    for name in ("30_annotate.ipynb", "30_annotate.html", "params/annotate.json", "provenance.json",
+                 "annotations.csv", "annotation_summary.json", "pool_predictions.npz", "rejected.csv",
+                 "duplicates.csv", "review_queue.csv", "label_issues.csv", "label_audit.json", "audit_probs.npz"):
+        assert (_pool(d) / name).is_file(), name
+    assert not (d / "annotations.csv").exists()  # each pool in its own directory
     assert d.parent.name.startswith("runs")  # WORKBENCH_RUNS_DIR was honoured
+    spec = read_json(d / "input.json")
+    assert (spec["size"], spec["channels"], spec["resize"], spec["preprocess"]) == (28, 3, "none", None)
 
 
 def test_params_and_provenance_recorded(pipeline_run):
@@ -30,7 +40,9 @@ def test_params_and_provenance_recorded(pipeline_run):
     p = read_json(d / "params/train.json")
     assert p["epochs"] == 1 and p["width"] == 8 and p["dataset"].endswith("bloodmnist_tiny.npz")
     prov = read_json(d / "provenance.json")
-    assert set(prov) == {"train", "evaluate", "annotate"}
+    assert set(prov) == {"train", "evaluate"}
+    pool_prov = read_json(_pool(d) / "provenance.json")["annotate"]
+    assert pool_prov["trained_run"] == str(d) and pool_prov["pool"]["kind"] == "dataset-split"
     tr = prov["train"]
     assert tr["keras_backend"] == "jax"
     assert tr["packages"]["keras"].startswith("3.")
@@ -65,12 +77,13 @@ def test_history_and_training_summary(pipeline_run):
 
 def test_annotations_follow_threshold(pipeline_run):
     d = pipeline_run["dir"]
-    summary = read_json(d / "annotation_summary.json")
-    with open(d / "annotations.csv") as f:
+    summary = read_json(_pool(d) / "annotation_summary.json")
+    with open(_pool(d) / "annotations.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["pool_size"] == 120
-    assert list(rows[0]) == ["index", "split", "predicted_label", "predicted_class", "confidence", "status",
-                             "id", "threshold"]
+    assert list(rows[0]) == ["index", "id", "predicted_label", "predicted_class", "confidence", "status",
+                             "threshold"]
+    assert summary["shift"]["status"] in ("no shift detected", "shift", "too little data")
     per_class = [c["threshold"] for c in summary["thresholds"]["per_class"]]
     assert summary["thresholds"]["mode"] == "global" and len(per_class) == 8 and summary["guarantee"] == 0.9
     for r in rows:
@@ -99,12 +112,12 @@ def test_annotations_follow_threshold(pipeline_run):
 def test_review_queue_ranks_the_needs_review_items(pipeline_run):
     import pandas as pd
     d = pipeline_run["dir"]
-    table = pd.read_csv(d / "annotations.csv")
-    queue = pd.read_csv(d / "review_queue.csv")
+    table = pd.read_csv(_pool(d) / "annotations.csv")
+    queue = pd.read_csv(_pool(d) / "review_queue.csv")
     assert set(queue["index"]) == set(table.index[table["status"] == "needs-review"])
     assert (queue["strategy"] == "margin").all() and queue["rank"].tolist() == list(range(1, len(queue) + 1))
     assert np.all(np.diff(queue["score"].to_numpy()) <= 1e-9)  # most uncertain first
-    with np.load(d / "pool_predictions.npz", allow_pickle=False) as z:
+    with np.load(_pool(d) / "pool_predictions.npz", allow_pickle=False) as z:
         p = z["probs"][queue["index"].to_numpy()]
     top2 = np.sort(p, axis=1)[:, -2:]
     np.testing.assert_allclose(queue["score"], 1 - (top2[:, 1] - top2[:, 0]), atol=1e-5)  # margin score
@@ -113,12 +126,12 @@ def test_review_queue_ranks_the_needs_review_items(pipeline_run):
 def test_label_audit_with_out_of_sample_probabilities(pipeline_run):
     import pandas as pd
     d = pipeline_run["dir"]
-    meta = read_json(d / "label_audit.json")
+    meta = read_json(_pool(d) / "label_audit.json")
     assert meta["n"] == 240 and meta["folds"] == 3 and meta["split"] == "train"
-    issues = pd.read_csv(d / "label_issues.csv")
+    issues = pd.read_csv(_pool(d) / "label_issues.csv")
     assert meta["n_issues"] == len(issues)
     assert list(issues.columns[:4]) == ["rank", "index", "split", "id"]
-    with np.load(d / "audit_probs.npz", allow_pickle=False) as z:
+    with np.load(_pool(d) / "audit_probs.npz", allow_pickle=False) as z:
         probs, folds, labels = z["probs"], z["folds"], z["labels"]
     truth = np.load(FIXTURES / "bloodmnist_tiny.npz")["train_labels"].reshape(-1)
     assert np.array_equal(labels, truth) and probs.shape == (240, 8) and np.allclose(probs.sum(1), 1, atol=1e-3)
@@ -134,18 +147,19 @@ def test_reports_are_self_contained_without_code(pipeline_run):
     d = pipeline_run["dir"]
     for stem, must, n_figures in (("10_train", "Training", 2), ("20_evaluate", "published baselines", 9),
                                   ("30_annotate", "Needs review", 2), ("30_annotate", "Label audit", 2),
-                                  ("30_annotate", "Review (static view", 2)):
-        html = (d / f"{stem}.html").read_text()
+                                  ("30_annotate", "Review (static view", 2), ("30_annotate", "Shift check", 2)):
+        html = ((_pool(d) if stem.startswith("30") else d) / f"{stem}.html").read_text()
         assert must in html
         assert html.count("data:image/png;base64") >= n_figures, stem  # figures inline
         assert "import workbench" not in html  # code hidden
         assert "<script src=\"http" not in html or "require.js" in html
+        assert "it/s]" not in html and "batch/s]" not in html and "%|" not in html  # no progress bars in reports
 
 
 def test_executed_notebooks_have_no_errors_and_injected_params(pipeline_run):
     d = pipeline_run["dir"]
     for stem in ("10_train", "20_evaluate", "30_annotate"):
-        nb = nbformat.read(str(d / f"{stem}.ipynb"), as_version=4)
+        nb = nbformat.read(str((_pool(d) if stem.startswith("30") else d) / f"{stem}.ipynb"), as_version=4)
         tags = [c.metadata.get("tags", []) for c in nb.cells]
         assert ["injected-parameters"] in tags
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

@@ -67,7 +67,7 @@ def test_report_index_lists_every_run_sorted(pipeline_run, tmp_path):
     assert "not-a-run" not in page
     assert "[0.8500, 0.9500]" in page and "[0.0500, 0.1500]" in page  # intervals beside the values
     for n in names[:2]:
-        for f in ("10_train.html", "20_evaluate.html", "30_annotate.html", "model_card.md"):
+        for f in ("10_train.html", "20_evaluate.html", "annotate/test/30_annotate.html", "model_card.md"):
             assert f'href="{n}/{f}"' in page and (runs / n / f).is_file()
     assert "function sortBy" in page and "onclick=\"sortBy(" in page  # sortable in the page itself
     assert not re.search(r"""(src|href)=["']https?://""", page)  # no external assets

@@ -1,6 +1,7 @@
 """Train stage levers: recipes (explicit values win), transfer learning (init_from, freeze_backbone) and
 data parallelism over several JAX devices (equal within float tolerance to one device)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,28 +18,71 @@ from workbench.errors import WorkbenchError
 TINY_P = {"dataset": str(TINY), "epochs": 1, "width": 8, "batch_size": 64}
 
 
-def test_recipe_fills_only_what_was_left_empty():
-    p = train.resolve(params.make("train", {}))
+FIXTURES = TINY.parent
+BREAST = FIXTURES / "breastmnist_tiny.npz"
+
+
+@pytest.fixture(scope="module")
+def blood():
+    from workbench import data
+    return data.load_dataset(str(TINY))
+
+
+@pytest.fixture(scope="module")
+def breast():
+    from workbench import data
+    return data.load_dataset(str(BREAST))
+
+
+def test_recipe_fills_only_what_was_left_empty(blood):
+    big = dataclasses.replace(blood, labels={**blood.labels, "train": np.zeros(11959, int)})  # BloodMNIST's size
+    p = train.resolve(params.make("train", {}), big)
     assert (p.recipe, p.model, p.width, p.epochs, p.augment, p.ema, p.tta) == ("demo", "cnn", 16, 15, "dihedral",
                                                                                  "no", "yes")
-    full = train.resolve(params.make("train", {"recipe": "full", "width": 24, "tta": "no", "ema": "yes"}))
+    full = train.resolve(params.make("train", {"recipe": "full", "width": 24, "tta": "no", "ema": "yes"}), big)
     assert (full.width, full.tta, full.ema) == (24, "no", "yes")  # explicit values win, also against "no"
     assert full.patience == full.epochs == train.RECIPES["full"]["epochs"]  # full: no early stopping
     assert train.RECIPES["full"]["ema"] != "yes"
-    longer = train.resolve(params.make("train", {"recipe": "full", "epochs": 50}))
+    longer = train.resolve(params.make("train", {"recipe": "full", "epochs": 50}), big)
     assert longer.patience == 50  # follows the epochs asked for
-    assert train.resolve(params.make("train", {"recipe": "full", "patience": 4})).patience == 4  # explicit wins
-    # TTA over flips/quarter turns only where the augmentation says orientation does not matter
-    assert train.resolve(params.make("train", {"augment": "light"})).tta == "no"
-    assert train.resolve(params.make("train", {"augment": "dihedral"})).tta == "yes"  # orientation-free
-    assert train.resolve(p) == p  # resolving twice changes nothing (params/train.json reloads as it was)
+    assert train.resolve(params.make("train", {"recipe": "full", "patience": 4}), big).patience == 4  # explicit wins
+    # TTA over flips/quarter turns only where the augmentation and the data say orientation does not matter
+    assert train.resolve(params.make("train", {"augment": "light"}), big).tta == "no"
+    assert train.resolve(params.make("train", {"augment": "dihedral"}), big).tta == "yes"  # orientation-free
+    assert train.resolve(p, big) == p  # resolving twice changes nothing (params/train.json reloads as it was)
 
 
-def test_recipe_sentinels_do_not_weaken_validation():
+def test_small_training_sets_get_about_the_same_number_of_steps(blood):
+    """240 train images are 2 batches of 128: the demo recipe's 1,400 optimizer steps take 700 epochs, and the
+    patience grows in proportion; an explicit epoch count is kept as given."""
+    p = train.resolve(params.make("train", {}), blood)
+    assert p.epochs == 700 and p.patience == round(5 * 700 / 15)
+    full = train.resolve(params.make("train", {"recipe": "full"}), blood)
+    assert full.epochs == 1000 and full.patience == full.epochs  # capped at the parameter's maximum
+    assert train.resolve(params.make("train", {"epochs": 3}), blood).epochs == 3
+
+
+def test_orientation_of_the_data_picks_augmentation_and_tta(blood, breast):
+    assert train.orientation(blood)["free"] and not train.orientation(breast)["free"]
+    p = train.resolve(params.make("train", {}), breast)
+    assert (p.augment, p.tta) == ("fixed", "no")  # ultrasound: no flips, no 8-way TTA
+    forced = train.resolve(params.make("train", {"augment": "dihedral"}), breast)
+    assert forced.augment == "dihedral" and forced.tta == "no"  # allowed, but TTA still follows the data
+    text = train.orientation_statement(forced, train.orientation(breast))
+    assert "WARNING" in text and "flips and quarter turns" in text
+    assert "WARNING" not in train.orientation_statement(p, train.orientation(breast))
+    # no data card: treated as orientation-fixed, and the statement says so
+    nocard = dataclasses.replace(blood, card=None)
+    o = train.orientation(nocard)
+    assert not o["free"] and o["note"]
+    assert train.resolve(params.make("train", {}), nocard).augment == "fixed"
+
+
+def test_recipe_sentinels_do_not_weaken_validation(blood):
     with pytest.raises(WorkbenchError, match="out of range"):
         params.make("train", {"epochs": 0})
     with pytest.raises(WorkbenchError, match="freeze_backbone"):
-        train.resolve(params.make("train", {"freeze_backbone": True}))
+        train.resolve(params.make("train", {"freeze_backbone": True}), blood)
     with pytest.raises(WorkbenchError, match="conv_impl"):
         params.make("train", {"conv_impl": "turbo"})
 

@@ -81,7 +81,9 @@ def pool_dirs(run_dir) -> list[Path]:
 
 def _open_pool(params: AnnotateParams, trained):
     from .pools import open_pool
-    ds = trained.dataset() if params.pool in ("train", "val", "test") else None
+    # a split pool starts from the raw images: it runs them through the input path itself, and raw() (the
+    # review's display, the exports) stays the images as they are
+    ds = trained.dataset(raw=True) if params.pool in ("train", "val", "test") else None
     return open_pool(params.pool, dataset=ds, labels_csv=params.labels_csv, on_error=params.on_error,
                      allow_burned_in=params.allow_burned_in, class_names=trained.class_names)
 
@@ -679,9 +681,9 @@ NOTEBOOK = _cells.Stage(
         _cells.show("scan"),
         _cells.show("annotate.rejected_table(pool)"),
         _cells.code("temperature = annotate.temperature(trained, P)\n"
-                    "choice, val_probs = annotate.choose_thresholds(trained, P, temperature)\n"
-                    "pool_probs = annotate.predict_pool(run, trained, pool, P, temperature)\n"
-                    "shift = annotate.check_shift(run, trained, val_probs, pool_probs, choice, P)"),
+                    "choice, val_probs = annotate.choose_thresholds(trained, P, temperature)"),
+        _cells.code("pool_probs = annotate.predict_pool(run, trained, pool, P, temperature)"),
+        _cells.code("shift = annotate.check_shift(run, trained, val_probs, pool_probs, choice, P)"),
         _cells.md("## Is the pool like val?\nThresholds chosen on val promise the target precision only on images "
                   "like val. The pool's confidences and predicted classes are compared with val's before anything "
                   "is auto-accepted (workbench.shift)."),

@@ -27,7 +27,8 @@ def cross_val_probs(images: np.ndarray, labels: np.ndarray, build_model, folds: 
     import keras
     from sklearn.model_selection import StratifiedKFold
 
-    from .active import ALConfig, _predict, train_model
+    from .active import ALConfig, train_model
+    from .predict import predict
     from .progress import tqdm
     labels = np.asarray(labels).reshape(-1)
     if folds < 2:
@@ -47,7 +48,7 @@ def cross_val_probs(images: np.ndarray, labels: np.ndarray, build_model, folds: 
         model.set_weights(initial)
         t = transform_factory(seed + f) if transform_factory is not None else None
         train_model(model, images[tr], labels[tr], epochs, cfg, seed + f, t)
-        p = _predict(model, np.asarray(images[te], np.float32), 512)
+        p = predict(model, images[te], 512, progress=False)
         if probs is None:
             probs = np.zeros((len(labels), p.shape[1]))
         probs[te], fold_of[te] = p, f

@@ -100,12 +100,17 @@ def write_notebooks(only=None) -> list:
     return written
 
 
-def run_cells(nb: Stage, params) -> dict:
+def run_cells(nb: Stage, params, timings: list | None = None) -> dict:
     """Execute the stage's code cells in order in one namespace that starts as the parameters cell would
-    leave it (the validated parameter values); return the names in ``nb.result``."""
+    leave it (the validated parameter values); return the names in ``nb.result``. ``timings``, when given,
+    receives one (cell source, seconds) pair per code cell (make bench times the stages' steps with it)."""
+    import time
     namespace: dict = {"__name__": f"workbench_stage_{nb.stage}"}
     namespace.update(_params.to_dict(params))
     for c in nb.cells:
         if c.kind == "code":
+            t0 = time.perf_counter()
             exec(compile(c.source, f"<{nb.stage} cell>", "exec"), namespace)  # noqa: S102 - our own cell list
+            if timings is not None:
+                timings.append((c.source, time.perf_counter() - t0))
     return {k: namespace[k] for k in nb.result if k in namespace}

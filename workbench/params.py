@@ -90,7 +90,7 @@ class AnnotateParams:
                      "crop (empty: the run's own)", choices=("", "none", "stretch", "pad", "crop"))
     on_error: str = _p("skip", "an unreadable pool file: skip it (listed in rejected.csv) or raise (stop at the first)",
                        choices=("skip", "raise"))
-    allow_burned_in: bool = _p(False, "annotate DICOM images flagged BurnedInAnnotation = YES (excluded by default)")
+    allow_burned_in: bool = _p(False, "annotate DICOM images whose BurnedInAnnotation flag is YES (excluded by default)")
     target_precision: float = _p(0.99, "auto-accept thresholds are chosen on val to reach this precision",
                                  min=0.5, max=1.0)
     thresholds: str = _p("global", "one confidence threshold for all classes, or one per predicted class "
