@@ -54,11 +54,12 @@ def _phi_values(src: Path) -> dict[str, str]:
                 continue
             for item in (v if isinstance(v, pydicom.multival.MultiValue) else [v]):
                 s = str(item).strip()
-                if len(s) >= 4 and any(ch.isalnum() for ch in s):  # not placeholders like '----'
+                # not placeholders like '----' or '000000000' (a float such as 0.4000000000000001 holds it)
+                if len(s) >= 4 and any(ch.isalnum() for ch in s) and len(set(s)) > 1:
                     found[s] = kw
                 if kw.endswith("Name"):
                     for part in s.replace("=", "^").split("^"):
-                        if len(part) >= 4 and any(ch.isalnum() for ch in part):
+                        if len(part) >= 4 and any(ch.isalnum() for ch in part) and len(set(part)) > 1:
                             found[part] = kw
     return found
 
@@ -290,3 +291,38 @@ def test_no_phi_in_the_html_reports_of_a_pipeline_on_ingested_data(ingested, tmp
     reports = sorted(p.name for p in run_dir.rglob("*.html"))
     assert reports == ["10_train.html", "20_evaluate.html", "30_annotate.html"]
     assert _search([run_dir], ingested["phi"]) == []
+
+
+@pytest.mark.slow
+def test_a_dicom_export_is_annotated_without_phi_in_any_output(ingested, tmp_path):
+    """A DICOM export with real identifying headers (pydicom's test files; one folder named after a patient) as
+    the pool of a model trained on the ingested dataset: the annotate notebook (papermill), then a review with an
+    export. Every file of the pool's directory (CSV, JSON, npz, review log, COCO export, executed notebook and
+    HTML report) is searched for the headers' identifying values; frames are items of their own; the burned-in
+    file and the broken one are listed in rejected.csv."""
+    import pandas as pd
+
+    from workbench import annotate, params, train
+    run_dir = tmp_path / "run"
+    train.run(params.make("train", {"run_dir": str(run_dir), "dataset": str(ingested["out"]), "epochs": 1,
+                                    "width": 4, "batch_size": 32, "augment": "none"}))
+    pool_src = tmp_path / "export"
+    shutil.copytree(ingested["src"], pool_src)
+    (pool_src / "ct").rename(pool_src / "CompressedSamples")   # CT_small's patient name as a folder name
+    proc = run_cli("run", "annotate", "--run", str(run_dir), "-q", "-p", "pool", str(pool_src),
+                   "-p", "audit_folds", "0", "-p", "gallery_size", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    assert out.parent == run_dir / "annotate"
+    ids = pd.read_csv(out / "annotations.csv")["id"].tolist()
+    assert sum("rtdose.dcm#" in i for i in ids) == 15  # one item per frame
+    assert not any("CompressedSamples" in i for i in ids)  # the patient-named folder: pseudonymous ids
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert any("BurnedInAnnotation" in r for r in rejected["reason"]) and len(rejected) >= 2
+    inputs = annotate.open_review(out, annotator="reviewer")
+    if not inputs.session.done:
+        inputs.session.accept()
+    export = annotate.export_review(inputs)
+    assert Path(export["coco"]).is_file()
+    assert _search([out], ingested["phi"]) == []
+    assert _search([out / "30_annotate.html", out / "30_annotate.ipynb"], {"CompressedSamples": "PatientName"}) == []

@@ -1,4 +1,4 @@
-"""Regenerate the stage notebooks from each stage's cell list (workbench.cells; one definition per stage).
+"""Regenerate the stage notebooks from each stage's cell list (workbench.notebooks; one definition per stage).
 
     .venv/bin/python tools/make_notebooks.py [STAGE ...]
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workbench.cells import write_notebooks  # noqa: E402
+from workbench.notebooks import write_notebooks  # noqa: E402
 
 if __name__ == "__main__":
     for path in write_notebooks(sys.argv[1:] or None):

@@ -49,7 +49,8 @@ from .params import AnnotateParams
 
 AUTO, REVIEW = "auto-accepted", "needs-review"
 ANNOTATION_COLUMNS = ["index", "id", "predicted_label", "predicted_class", "confidence", "status", "threshold"]
-POOLS_DIR = "annotate"
+POOLS_DIR = _runs.POOLS_DIR
+pool_dirs = _runs.pool_dirs
 SEP = ";"   # joins the labels of a multi-label prediction (as workbench.review's exports do)
 
 
@@ -70,13 +71,6 @@ def new_pool_dir(run_dir, slug: str) -> Path:
         except FileExistsError:
             continue
     raise WorkbenchError(f"cannot create a new pool directory under {root}")
-
-
-def pool_dirs(run_dir) -> list[Path]:
-    """The annotated pools of a trained run, oldest first."""
-    root = Path(run_dir) / POOLS_DIR
-    found = [p for p in root.glob("*/") if (p / "params" / "annotate.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: (p / "params" / "annotate.json").stat().st_mtime)
 
 
 def _open_pool(params: AnnotateParams, trained):

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .errors import WorkbenchError
 from .paths import ROOT, runs_root
+from .runs import git
 
 MARKER_DIR = "complete"
 # files a sweep writes into a run directory beside the stages (never part of a stage's outputs)
@@ -123,11 +124,6 @@ def input_fingerprints(stage: str, values: dict) -> dict[str, str]:
     return out
 
 
-def _git(*args: str) -> str | None:
-    from .runs import _git as git
-    return git(*args)
-
-
 def code_identity() -> dict:
     """What the code key is made of: versions and a digest of the code's content (memoised per process)."""
     if "id" in _code_memo:
@@ -145,8 +141,8 @@ def code_identity() -> dict:
             packages[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             packages[p] = None
-    sha = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    sha = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     ident = {"version": __version__, "packages": packages, "digest": h.hexdigest(),
              "git": {"sha": sha, "dirty": bool(dirty) if dirty is not None else None}}
     _code_memo["id"] = ident

@@ -84,9 +84,9 @@ def nll(probs: np.ndarray, labels: np.ndarray, temperature=1.0, task: str | None
 
 
 def _checked(probs, labels, task: str, what: str = "val"):
-    from .metrics import _as_labels, _as_probs
-    p = _as_probs(probs, task, f"{what}_probs")
-    return p, _as_labels(labels, p, task, f"{what}_labels")
+    from .metrics import as_labels, as_probs
+    p = as_probs(probs, task, f"{what}_probs")
+    return p, as_labels(labels, p, task, f"{what}_labels")
 
 
 def fit_temperature_per_label(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -257,7 +257,7 @@ def _evaluate_multilabel(val_probs, val_labels, test_probs, test_labels, n_bins:
            "reliability_after_temperature": reliability(after, test_labels, n_bins, MULTI_LABEL)}
     if n_resamples:
         # the resamples of bootstrap_ci (images, unstratified), evaluated on resample weights: no copies
-        from .metrics import _bootstrap_weighted
+        from .metrics import bootstrap_weighted
         n_labels = len(t)
         before_w = _ece_columns(*_label_decisions(test_probs, test_labels), n_bins)
         after_w = _ece_columns(*_label_decisions(after, test_labels), n_bins)
@@ -265,7 +265,7 @@ def _evaluate_multilabel(val_probs, val_labels, test_probs, test_labels, n_bins:
         def vec(w):
             a, b = before_w(w), after_w(w)
             return np.concatenate([[a.mean(), b.mean()], a, b])
-        boot = _bootstrap_weighted(vec, test_labels, len(test_labels), n_resamples, seed)
+        boot = bootstrap_weighted(vec, test_labels, len(test_labels), n_resamples, seed)
         lo, hi = boot["low"], boot["high"]
         out["ece_ci95"] = [lo[0], hi[0]]
         out["ece_after_temperature_ci95"] = [lo[1], hi[1]]

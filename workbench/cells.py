@@ -3,7 +3,7 @@
 A stage module declares ``NOTEBOOK = Stage(...)``: a header and a list of cells. From that one list
 
 * ``build`` generates the stage notebook (``notebooks/<NN>_<stage>.ipynb``: the header, the papermill
-  ``parameters`` cell derived from ``workbench.params``, then the cells; ``write_notebooks`` writes them,
+  ``parameters`` cell derived from ``workbench.params``, then the cells; ``workbench.notebooks`` writes them,
   ``tools/make_notebooks.py`` calls it, and a test checks the files on disk are what it generates);
 * ``run_cells`` executes the same code cells in order without Jupyter (each stage's ``run(params)``).
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import params as _params
-from .paths import NOTEBOOKS_DIR, STAGES
 
 
 @dataclass(frozen=True)
@@ -78,37 +77,17 @@ def build(nb: Stage):
     return out
 
 
-def stage_notebooks() -> dict[str, Stage]:
-    from . import annotate, evaluate, explore, train
-    return {"explore": explore.NOTEBOOK, "train": train.NOTEBOOK, "evaluate": evaluate.NOTEBOOK,
-            "annotate": annotate.NOTEBOOK}
-
-
-def render(stage: str) -> str:
-    import nbformat
-    return nbformat.writes(build(stage_notebooks()[stage])) + "\n"
-
-
-def write_notebooks(only=None) -> list:
-    written = []
-    for stage, stem in STAGES.items():
-        if only and stage not in only:
-            continue
-        path = NOTEBOOKS_DIR / f"{stem}.ipynb"
-        path.write_text(render(stage), encoding="utf-8")
-        written.append(path)
-    return written
-
-
-def run_cells(nb: Stage, params, timings: list | None = None) -> dict:
+def run_cells(nb: Stage, params, timings: list | None = None, include_show: bool = False) -> dict:
     """Execute the stage's code cells in order in one namespace that starts as the parameters cell would
     leave it (the validated parameter values); return the names in ``nb.result``. ``timings``, when given,
-    receives one (cell source, seconds) pair per code cell (make bench times the stages' steps with it)."""
+    receives one (cell source, seconds) pair per code cell (make bench times the stages' steps with it).
+    ``include_show`` also evaluates the display cells (their figures and tables are built, not shown): what
+    the report would show, without a Jupyter kernel."""
     import time
     namespace: dict = {"__name__": f"workbench_stage_{nb.stage}"}
     namespace.update(_params.to_dict(params))
     for c in nb.cells:
-        if c.kind == "code":
+        if c.kind == "code" or (include_show and c.kind == "show"):
             t0 = time.perf_counter()
             exec(compile(c.source, f"<{nb.stage} cell>", "exec"), namespace)  # noqa: S102 - our own cell list
             if timings is not None:

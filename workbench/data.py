@@ -310,12 +310,6 @@ def _sibling_card(path: Path) -> _cards.Card | None:
     return _cards.read_card(candidate) if candidate.is_file() else None
 
 
-def folder_card_path(folder: Path) -> Path:
-    """An image folder's card sits beside it: ``<folder>.md``."""
-    folder = Path(folder)
-    return folder.parent / f"{folder.name}.md"
-
-
 def path_kind(path: Path) -> str:
     """``npz``, ``ingested`` (a folder written by workbench ingest), ``folder`` (images) or ``dicom``."""
     from .dicom import is_dicom
@@ -372,7 +366,7 @@ class DuplicateImagesWarning(UserWarning):
 
 def _load_image_folder(path: Path, size: int) -> Dataset:
     from . import imagefolder as _if
-    card_path = folder_card_path(path)
+    card_path = _if.folder_card_path(path)
     card = _cards.read_card(card_path) if card_path.is_file() else None
     opts = _if.FolderOptions.from_dict(card.extra.get("image_folder") if card else None,
                                        where=f"data card {card_path} (image_folder)")

@@ -37,6 +37,9 @@ MIN_BINARY_LEN = 8    # shortest value searched inside array data (random pixel 
 # manifest would match it; digit values are matched as whole numbers, never inside longer ones
 MIN_DIGITS_LEN = 6
 _MD5_TOKEN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")  # our own file hashes: one-way, no PHI
+# figures inlined in HTML reports and notebooks: compressed pixels in base64, where short values occur by
+# chance; their pixels are the pool's own images (header text is never drawn into them)
+_DATA_URI = re.compile(rb"data:image/[a-z+]+;base64,[A-Za-z0-9+/=\s\\n]+|\"image/png\":\s*\"[A-Za-z0-9+/=\\n]+\"")
 # name components that are placeholders, not names ("Test^Patient", "Lastname^Firstname"): searching
 # for them would flag the workbench's own words ("patient") in every card
 GENERIC_NAME_PARTS = {"patient", "test", "anonymous", "anonymized", "anonymised", "unknown", "none", "name",
@@ -70,6 +73,9 @@ def _searchable(keyword: str, vr: str, value: str) -> list[tuple[str, bool]]:
     if vr == "UI" and UID(value).name != value:   # a standard UID (SOP class, transfer syntax): not PHI
         return []
     if value.isdigit() and len(value) < MIN_DIGITS_LEN:
+        return []
+    if not any(ch.isalnum() for ch in value) or len(set(value)) == 1:
+        # placeholders ("----", "000000000"): they identify no one, and appear in every table or image by chance
         return []
     found = [(value, False)]
     if vr == "PN":  # components of a person name, e.g. family and given names
@@ -155,7 +161,7 @@ def audit(paths, registry: PHIRegistry) -> list[tuple[str, str]]:
     for f in files:
         for name, blob, is_array in _blobs(f):
             if not is_array:
-                blob = _MD5_TOKEN.sub(b"-", blob)
+                blob = _DATA_URI.sub(b"-", _MD5_TOKEN.sub(b"-", blob))
             lower = None
             for (value, ci), keyword in registry.values.items():
                 if is_array and len(value) < MIN_BINARY_LEN:

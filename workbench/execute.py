@@ -156,7 +156,7 @@ def read_results(run_dir: Path) -> dict:
         if p.exists():
             out[name] = json.loads(p.read_text())
     if "annotation_summary.json" not in out:
-        from .annotate import pool_dirs
+        from .runs import pool_dirs
         done = [d for d in pool_dirs(run_dir) if (d / "annotation_summary.json").is_file()]
         if done:
             out["annotation_summary.json"] = json.loads((done[-1] / "annotation_summary.json").read_text())

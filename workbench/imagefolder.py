@@ -322,6 +322,12 @@ def load_folder(root: Path, size: int, opts: FolderOptions = FolderOptions(),
     return data
 
 
+def folder_card_path(folder: Path) -> Path:
+    """An image folder's card sits beside it: ``<folder>.md``."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.md"
+
+
 def draft_card(folder: Path, sizes=(28,), opts: FolderOptions = FolderOptions(), name: str = "",
                modality: str = "", license: str = "", force: bool = False,
                orientation: dict | None = None) -> Path:
@@ -331,7 +337,6 @@ def draft_card(folder: Path, sizes=(28,), opts: FolderOptions = FolderOptions(),
     written as given; without it the card says orientation-fixed, reason not stated. The card is
     validated before it is written."""
     from . import cards as _cards
-    from .data import folder_card_path
     folder = Path(folder)
     target = folder_card_path(folder)
     if target.exists() and not force:

@@ -27,7 +27,7 @@ from .tasks import check as check_task
 from .tasks import is_multilabel  # noqa: F401
 
 
-def _as_probs(probs, task: str, name: str = "probs") -> np.ndarray:
+def as_probs(probs, task: str, name: str = "probs") -> np.ndarray:
     """(N, K) float64 probabilities; a binary task also accepts the positive class's score alone, (N,)."""
     p = np.asarray(probs, dtype=np.float64)
     if task == BINARY and (p.ndim == 1 or (p.ndim == 2 and p.shape[1] == 1)):
@@ -41,7 +41,7 @@ def _as_probs(probs, task: str, name: str = "probs") -> np.ndarray:
     return p
 
 
-def _as_labels(y_true, probs: np.ndarray, task: str, name: str = "y_true") -> np.ndarray:
+def as_labels(y_true, probs: np.ndarray, task: str, name: str = "y_true") -> np.ndarray:
     """Labels checked against ``probs``: (N,) int64 in 0..K-1, or (N, L) int64 in {0, 1} for multi-label."""
     y = np.asarray(y_true)
     n, k = probs.shape
@@ -67,8 +67,8 @@ def _as_labels(y_true, probs: np.ndarray, task: str, name: str = "y_true") -> np
 
 def _inputs(y_true, probs, task: str) -> tuple[np.ndarray, np.ndarray]:
     check_task(task)
-    p = _as_probs(probs, task)
-    return _as_labels(y_true, p, task), p
+    p = as_probs(probs, task)
+    return as_labels(y_true, p, task), p
 
 
 def medmnist_acc_auc(y_true: np.ndarray, probs: np.ndarray, task: str = "multi-class") -> dict:
@@ -278,7 +278,7 @@ def bootstrap_ci(metric, y_true: np.ndarray, *arrays: np.ndarray, n_resamples: i
             "method": _method(y_true, stratify)}
 
 
-def _bootstrap_weighted(vector, y_true: np.ndarray, n: int, n_resamples: int, seed: int, stratify: bool = True,
+def bootstrap_weighted(vector, y_true: np.ndarray, n: int, n_resamples: int, seed: int, stratify: bool = True,
                         confidence: float = 0.95) -> dict:
     """``bootstrap_ci`` for a metric written on resample weights: ``vector(w)`` gets each image's multiplicity
     in the resample (``np.bincount`` of the resampled indices). The resamples are those of ``bootstrap_ci``
@@ -622,7 +622,7 @@ def headline_intervals(y_true, probs, task: str = "multi-class", n_resamples: in
     y_true, probs = _inputs(y_true, probs, task)
     k = probs.shape[1]
     point = headline_point(y_true, probs, task)
-    boot = _bootstrap_weighted(_engine(y_true, probs, task), y_true, len(y_true), n_resamples, seed,
+    boot = bootstrap_weighted(_engine(y_true, probs, task), y_true, len(y_true), n_resamples, seed,
                                confidence=confidence)
     low, high = np.asarray(boot["low"]), np.asarray(boot["high"])
     head = MULTILABEL_HEADLINE if task == MULTI_LABEL else HEADLINE
@@ -656,7 +656,7 @@ def paired_gain(y_true, probs_base, probs_new, task: str = "multi-class", n_resa
     difference of two independent intervals). Resampling as ``headline_intervals`` (stratified by class;
     multi-label: images unstratified)."""
     y_true, probs_base = _inputs(y_true, probs_base, task)
-    probs_new = _as_probs(probs_new, task, "probs_new")
+    probs_new = as_probs(probs_new, task, "probs_new")
     if probs_new.shape != probs_base.shape:
         raise WorkbenchError(f"probs_new has shape {probs_new.shape} but probs_base {probs_base.shape}; both must "
                              "be predictions of the same images and classes")
@@ -665,7 +665,7 @@ def paired_gain(y_true, probs_base, probs_new, task: str = "multi-class", n_resa
     def vec(w):
         va, vb = base_f(w)[:2], new_f(w)[:2]
         return np.concatenate([vb, vb - va])
-    boot = _bootstrap_weighted(vec, y_true, len(y_true), n_resamples, seed, confidence=confidence)
+    boot = bootstrap_weighted(vec, y_true, len(y_true), n_resamples, seed, confidence=confidence)
     new = medmnist_acc_auc(y_true, probs_new, task)
     base = medmnist_acc_auc(y_true, probs_base, task)
     lo, hi = boot["low"], boot["high"]
@@ -764,7 +764,7 @@ def multilabel_precision_coverage(y_true, probs, thresholds) -> dict:
     of images whose every label decision is accepted), ``n_all_accepted``, ``all_accepted_precision`` (share
     of those images with every label right) and ``n_images``. ``y_true`` None (unlabelled pool): coverage
     only, precisions NaN."""
-    probs = _as_probs(probs, MULTI_LABEL)
+    probs = as_probs(probs, MULTI_LABEL)
     n, n_labels = probs.shape
     thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thr.shape != (n_labels,) or np.isnan(thr).any():
@@ -775,7 +775,7 @@ def multilabel_precision_coverage(y_true, probs, thresholds) -> dict:
     if y_true is None:
         correct = np.zeros_like(accepted)
     else:
-        correct = decision == _as_labels(y_true, probs, MULTI_LABEL).astype(bool)
+        correct = decision == as_labels(y_true, probs, MULTI_LABEL).astype(bool)
     rows = []
     for c in range(n_labels):
         r = precision_coverage(accepted[:, c], correct[:, c])
@@ -802,8 +802,8 @@ def multilabel_thresholds(val_probs, val_labels, target_precision: float, guaran
     ``guarantee``, ``method``, and what the thresholds give on val over all label decisions
     (``val_precision``, ``val_coverage``, ``val_all_accepted`` = share of val images whose every label
     decision is accepted)."""
-    val_probs = _as_probs(val_probs, MULTI_LABEL, "val_probs")
-    y = _as_labels(val_labels, val_probs, MULTI_LABEL, "val_labels")
+    val_probs = as_probs(val_probs, MULTI_LABEL, "val_probs")
+    y = as_labels(val_labels, val_probs, MULTI_LABEL, "val_labels")
     decision, conf = _multilabel_decisions(val_probs)
     correct = decision == y.astype(bool)
     rows, method = [], None

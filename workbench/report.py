@@ -381,7 +381,7 @@ def collect_runs(runs_dir) -> list[dict]:
     runs_dir = Path(runs_dir)
     out = []
     for d in sorted(p for p in runs_dir.iterdir() if _is_run(p)):
-        from .annotate import pool_dirs
+        from .runs import pool_dirs
         pools = pool_dirs(d)
         params = {s: _read(d / "params" / f"{s}.json") for s in ("train", "evaluate")}
         params["annotate"] = _read(pools[0] / "params" / "annotate.json") if pools else None

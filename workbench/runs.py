@@ -97,13 +97,23 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+POOLS_DIR = "annotate"   # RUN/annotate/<pool>/: one write-once directory per annotated pool
+
+
+def pool_dirs(run_dir) -> list[Path]:
+    """The annotated pools of a trained run, oldest first."""
+    root = Path(run_dir) / POOLS_DIR
+    found = [p for p in root.glob("*/") if (p / "params" / "annotate.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: (p / "params" / "annotate.json").stat().st_mtime)
+
+
 def trained_run_dir(path) -> Path:
     """The trained run a directory belongs to: the run itself, or the run an annotated pool's directory
     (``RUN/annotate/<pool>/``) sits in."""
     path = Path(path)
     if (path / "params" / "train.json").is_file():
         return path
-    if path.parent.name == "annotate" and (path.parent.parent / "params" / "train.json").is_file():
+    if path.parent.name == POOLS_DIR and (path.parent.parent / "params" / "train.json").is_file():
         return path.parent.parent
     raise WorkbenchError(f"{path} is neither a trained run directory nor an annotated pool's directory inside one")
 
@@ -135,7 +145,7 @@ def open_stage(stage: str, params, upstream: tuple[str, ...] = (), path: Path | 
     return run
 
 
-def _git(*args: str) -> str | None:
+def git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else None
@@ -153,8 +163,8 @@ def _version(pkg: str) -> str | None:
 def provenance(seed: int, extra: dict | None = None) -> dict:
     import jax
     import keras
-    sha = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    sha = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     info = {
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,

@@ -134,6 +134,14 @@ def open_stage(params: TrainParams):
     return run, p, ds
 
 
+def balance_figure(ds: _data.Dataset):
+    """Images per class and split; for multi-label data, each label's prevalence per split."""
+    from .viz import class_balance, label_prevalence
+    if _tasks.is_multilabel(ds.task):
+        return label_prevalence(ds.labels, ds.class_names)
+    return class_balance(ds.counts(), ds.class_names)
+
+
 def orientation_note(params: TrainParams, ds: _data.Dataset):
     """The orientation statement as a report cell (a warning box when a flipping preset meets
     orientation-fixed data)."""
@@ -478,7 +486,7 @@ NOTEBOOK = _cells.Stage(
                     "params/train.json records the effective values"),
         _cells.md("## Data"),
         _cells.show("ds.describe()"),
-        _cells.show("wb.viz.class_balance(ds.counts(), ds.class_names)"),
+        _cells.show("train.balance_figure(ds)"),
         _cells.show('wb.viz.samples_per_class(ds.images["train"], ds.labels["train"], ds.class_names, seed=P.seed)'),
         _cells.md("## Orientation\nWhether flips and quarter turns preserve the labels is a property of the data "
                   "(the data card's `orientation`); the recipe's augmentation and test-time augmentation follow it."),
