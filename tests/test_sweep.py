@@ -191,6 +191,25 @@ def test_only_complete_stages_count_and_reuse_copies_them(tmp_path):
         cache.write_marker(d, "train", "k-train", {}, d / "10_train.html")  # markers are write-once
 
 
+def test_a_stage_is_not_marked_when_the_code_changed_while_it_ran(tmp_path, monkeypatch):
+    import workbench.execute as ex
+
+    def fake_run_stage(stage, run_dir, values, progress=False):
+        for name in ("10_train.ipynb", "10_train.html", "model.keras"):
+            (run_dir / name).write_text(name)
+        return run_dir / "10_train.html"
+
+    monkeypatch.setattr(ex, "run_stage", fake_run_stage)
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    same.mkdir()
+    changed.mkdir()
+    cache.run_stage_marked("train", same, {}, "k", code_digest=cache.code_identity(fresh=True)["digest"])
+    assert set(cache.read_marker(same, "train", "k")["files"]) == {"10_train.ipynb", "10_train.html", "model.keras"}
+    notes = []
+    cache.run_stage_marked("train", changed, {}, "k", code_digest="0" * 64, log=notes.append)
+    assert not cache.marker_path(changed, "train").exists() and "changed while stage train ran" in notes[0]
+
+
 def test_keys_follow_parameters_data_code_and_upstream(tmp_path, monkeypatch):
     from workbench.execute import split_pipeline_overrides
     stages = ("train", "evaluate", "annotate")
@@ -284,6 +303,7 @@ def local_sweep(tmp_path_factory):
 
 @pytest.mark.slow
 def test_local_cluster_sweep_runs_every_setting_with_a_cpu_budget(local_sweep):
+    _same_code_or_skip(local_sweep["code"])  # an edit while the stages ran leaves them unmarked
     d = local_sweep["dir"]
     assert d == local_sweep["runs"] / "tiny"
     state = read_json(d / "sweep_state.json")

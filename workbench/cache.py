@@ -17,10 +17,11 @@
   evaluate's, or train's when evaluate is not part of the pipeline).
 
 **Completion marker.** ``RUN/complete/<stage>.json`` is written atomically (temporary file, then
-``os.replace``) only after the stage's executed notebook *and* its HTML report exist. It records the key
-and every file the stage wrote (path and size). A stage without a marker never counts as finished: a run
-killed half-way, or one that failed, is never reused; a marker whose files are gone or changed size is
-ignored.
+``os.replace``) only after the stage's executed notebook *and* its HTML report exist, and only when the
+code is still the code the key was computed with (an edit while the stage ran leaves it unmarked). It
+records the key and every file the stage wrote (path and size). A stage without a marker never counts as
+finished: a run killed half-way, or one that failed, is never reused; a marker whose files are gone or
+changed size is ignored.
 
 **Reuse.** Run directories are write-once, so a finished stage is reused by copying the files its marker
 lists (and its ``provenance.json`` entry, marked ``reused_from``) into the new run directory, which then
@@ -124,9 +125,10 @@ def input_fingerprints(stage: str, values: dict) -> dict[str, str]:
     return out
 
 
-def code_identity() -> dict:
-    """What the code key is made of: versions and a digest of the code's content (memoised per process)."""
-    if "id" in _code_memo:
+def code_identity(fresh: bool = False) -> dict:
+    """What the code key is made of: versions and a digest of the code's content (memoised per process;
+    ``fresh`` reads the files again)."""
+    if "id" in _code_memo and not fresh:
         return _code_memo["id"]
     from . import __version__
     h = hashlib.sha256()
@@ -210,7 +212,7 @@ def _atomic_json(path: Path, doc: dict) -> None:
 
 
 def write_marker(run_dir: Path, stage: str, key: str, before: dict, report: Path, seconds: float | None = None,
-                 reused_from: str | None = None, files: dict | None = None) -> Path:
+                 reused_from: str | None = None, files: dict | None = None, code: dict | None = None) -> Path:
     """Mark ``stage`` finished in ``run_dir`` (after its notebook and HTML report exist); write-once."""
     run_dir = Path(run_dir)
     path = marker_path(run_dir, stage)
@@ -222,7 +224,7 @@ def write_marker(run_dir: Path, stage: str, key: str, before: dict, report: Path
                              f"({report.with_suffix('.ipynb').name}, {report.name}): not marked finished")
     if files is None:
         files = {rel: size for rel, (size, mtime) in snapshot(run_dir).items() if before.get(rel) != (size, mtime)}
-    code = code_identity()
+    code = code or code_identity()
     _atomic_json(path, {
         "stage": stage, "key": key, "report": report.resolve().relative_to(run_dir.resolve()).as_posix(),
         "files": dict(sorted(files.items())), "seconds": None if seconds is None else round(seconds, 2),
@@ -318,7 +320,7 @@ def reuse(source: Path, target: Path, stages, keys: dict[str, str]) -> None:
         if "provenance.json" in m["files"] or s in prov_src:
             _atomic_json(target / "provenance.json", prov_dst)
         write_marker(target, s, keys[s], before={}, report=target / m["report"], seconds=m.get("seconds"),
-                     reused_from=m.get("reused_from") or str(source), files=m["files"])
+                     reused_from=m.get("reused_from") or str(source), files=m["files"], code=m.get("code"))
 
 
 def _read_json(path: Path):
@@ -330,29 +332,38 @@ def _read_json(path: Path):
 
 # --- a pipeline through the cache ------------------------------------------------------------------------
 
-def run_stage_marked(stage: str, run_dir: Path, values: dict, key: str, progress: bool = False) -> Path:
-    """``workbench.execute.run_stage`` followed by the stage's completion marker."""
+def run_stage_marked(stage: str, run_dir: Path, values: dict, key: str, progress: bool = False,
+                     code_digest: str | None = None, log=print) -> Path:
+    """``workbench.execute.run_stage`` followed by the stage's completion marker, unless the code changed
+    while the stage ran (then the key, computed before, does not describe what ran: no marker, so the stage
+    is never reused; the run itself is complete)."""
     from .execute import run_stage
     before = snapshot(run_dir)
     t0 = time.perf_counter()
     report = run_stage(stage, run_dir, values, progress=progress)
-    write_marker(run_dir, stage, key, before, report, seconds=time.perf_counter() - t0)
+    now = code_identity(fresh=True)
+    if code_digest is not None and now["digest"] != code_digest:
+        log(f"note: the code (workbench/, notebooks/, data_cards/) changed while stage {stage} ran: "
+            "it is not marked reusable")
+        return report
+    write_marker(run_dir, stage, key, before, report, seconds=time.perf_counter() - t0, code=now)
     return report
 
 
 def run_pipeline(run_dir: Path, per_stage: dict[str, dict], stages, progress: bool = True, log=print,
                  use_cache: bool = True, root: Path | None = None, prefer: Path | None = None,
-                 keys: dict[str, str] | None = None, on_stage=None) -> dict:
+                 keys: dict[str, str] | None = None, on_stage=None, code_digest: str | None = None) -> dict:
     """Run ``stages`` into the new ``run_dir``: the longest prefix already finished elsewhere with the same
     keys is reused (copied), the rest is executed and marked. Returns keys, reused/computed stages and
     per-stage seconds. ``on_stage(stage)`` is called before each stage that is executed."""
     run_dir = Path(run_dir)
     stages = list(stages)
     keys = keys or stage_keys(per_stage, stages)
+    code_digest = code_digest or code_identity()["digest"]  # the code the keys were computed with
     source, n = (find_finished(keys, stages, root=root, prefer=prefer, exclude=run_dir) if use_cache
                  else (None, 0))
     info = {"keys": keys, "reused": stages[:n], "reused_from": str(source) if source else None,
-            "computed": [], "seconds": {}}
+            "computed": [], "unmarked": [], "seconds": {}}
     if n:
         t0 = time.perf_counter()
         reuse(source, run_dir, stages[:n], keys)
@@ -363,7 +374,10 @@ def run_pipeline(run_dir: Path, per_stage: dict[str, dict], stages, progress: bo
         if on_stage:
             on_stage(s)
         t0 = time.perf_counter()
-        run_stage_marked(s, run_dir, per_stage.get(s, {}), keys[s], progress=progress)
+        run_stage_marked(s, run_dir, per_stage.get(s, {}), keys[s], progress=progress, code_digest=code_digest,
+                         log=log)
         info["seconds"][s] = round(time.perf_counter() - t0, 2)
         info["computed"].append(s)
+        if not marker_path(run_dir, s).exists():
+            info["unmarked"].append(s)
     return info

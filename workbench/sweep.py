@@ -444,7 +444,7 @@ def run_setting(job: dict, plan: dict) -> dict:
     _event("start", index=job["index"], token=job["token"], run_dir=str(run_dir), worker=address, time=started)
     with _Budget(mine["cpus"], mine["threads"]), _OutputTo(run_dir / "sweep.log"):
         info = run_pipeline(run_dir, job["per_stage"], job["stages"], progress=False, log=lambda m: None,
-                            root=Path(job["root"]), prefer=sweep_dir, keys=job["keys"],
+                            root=Path(job["root"]), prefer=sweep_dir, keys=job["keys"], code_digest=job["code"],
                             on_stage=lambda s: _event("stage", index=job["index"], token=job["token"], stage=s))
     return {"run_dir": str(run_dir), "worker": address, "cpus": mine["cpus"], "threads": mine["threads"],
             "started": started, "ended": time.time(), **info}
@@ -623,6 +623,8 @@ def _run_on_dask(sweep, todo, states, progress, root, sweep_dir, workers, schedu
         budgets = sorted({p["threads"] for p in plan.values()})
         out(f"{len(wk)} worker(s); CPU threads per run: {', '.join(map(str, budgets))}")
         by_index = {s.index: s for s in todo}
+        from .cache import code_identity
+        code_digest = code_identity()["digest"]  # what check() computed the keys with (memoised)
         pending: dict = {}
         tokens: dict[str, int] = {}
 
@@ -630,7 +632,7 @@ def _run_on_dask(sweep, todo, states, progress, root, sweep_dir, workers, schedu
             token = uuid.uuid4().hex[:8]
             job = {"index": s.index, "label": s.label, "slug": s.slug, "overrides": s.overrides,
                    "per_stage": s.per_stage, "stages": list(sweep.stages), "keys": s.keys,
-                   "sweep_dir": str(sweep_dir), "root": str(root), "token": token}
+                   "sweep_dir": str(sweep_dir), "root": str(root), "token": token, "code": code_digest}
             f = client.submit(run_setting, job, plan, key=f"workbench-{sweep.name}-{s.index}-{token}", pure=False)
             pending[f] = s.index
             tokens[token] = s.index
@@ -687,6 +689,10 @@ def _run_on_dask(sweep, todo, states, progress, root, sweep_dir, workers, schedu
                     else:
                         progress.done += 1
                     progress.line(f"{st['label']}: finished in {r['ended'] - r['started']:.0f} s ({_headline(r['run_dir'])})")
+                    if r.get("unmarked"):
+                        st["unmarked_stages"] = r["unmarked"]
+                        out(f"note: {st['label']}: the code changed while it ran: stage(s) {', '.join(r['unmarked'])} "
+                            "finished but are not marked reusable")
                 else:
                     exc = f.exception() if f.status == "error" else WorkbenchError("cancelled by the scheduler")
                     err = _short_error(exc)
