@@ -109,3 +109,19 @@ def test_load_corrupt_model_file(tmp_path):
     msg = str(ei.value)
     assert "\n" not in msg
     assert str(path) in msg and "re-run the train stage" in msg
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [8, 32, 100, 256, 512])
+def test_stride_schedule_follows_the_input_size(name, size):
+    """Any square size from 8 to 1024 px: the last feature map stays small (≤ 8 px) and the networks at
+    28 and 64 px are those of earlier releases (same parameter count as at 28 px)."""
+    keras.utils.set_random_seed(0)
+    model = models.build(name, (size, size, 1), 30, width=4)
+    maps = [layer.output.shape for layer in model.layers if len(getattr(layer.output, "shape", ())) == 4]
+    assert 1 <= maps[-1][1] <= 8
+    assert model.output_shape == (None, 30)
+    if size <= 64:
+        assert model.count_params() == models.build(name, (28, 28, 1), 30, width=4).count_params()
+    with pytest.raises(WorkbenchError, match="square images of 8-1024 px"):
+        models.build(name, (size, size + 1, 1), 2)

@@ -226,3 +226,21 @@ def test_evaluate_intervals_calibration_and_explanations(pipeline_run):
     for text in ("Top losses", "Grad-CAM", "occlusion", "ECE after temperature", "precision-recall", "Model card",
                  "Not for clinical use", "95 % intervals"):
         assert text in html, text
+
+
+def test_run_and_the_executed_notebooks_write_the_same_artifacts(pipeline_run, tmp_path, monkeypatch):
+    """Each stage's run() executes the notebook's own code cells (workbench.cells): the same files result."""
+    import workbench  # noqa: F401
+    from workbench import annotate, evaluate, params, train
+    monkeypatch.setenv("WORKBENCH_HEADLESS", "1")
+    d, run_dir = pipeline_run["dir"], tmp_path / "direct"
+    tiny = {"dataset": str(FIXTURES / "bloodmnist_tiny.npz"), "epochs": 1, "width": 8, "batch_size": 64}
+    train.run(params.make("train", {**tiny, "run_dir": str(run_dir)}))
+    evaluate.run(params.make("evaluate", {"run_dir": str(run_dir), "gallery_size": 8}))
+    annotate.run(params.make("annotate", {"run_dir": str(run_dir), "gallery_size": 8}))
+
+    def files(root):  # complete/: the command line's markers of finished stages (workbench.cache), not the stage's
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                      if p.is_file() and p.suffix not in (".ipynb", ".html") and p.relative_to(root).parts[0] != "complete")
+    assert files(run_dir) == files(d)
+    assert len(files(d)) > 20

@@ -115,3 +115,49 @@ def test_a_folder_of_new_images_is_annotated_in_its_own_directory(breast_run, tm
     # without a resize policy, images of another size are refused in one line naming the fix
     refused = run_cli("run", "annotate", "--run", str(d), "-q", "-p", "pool", str(root), "-p", "audit_folds", "0")
     assert refused.returncode == 2 and "-p resize" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_review_of_a_folder_pool_resumes_after_a_kill_and_trains_the_next_run(breast_run, tmp_path):
+    """A review of new images killed mid-way (SIGKILL) resumes where it stopped; its export (with the images,
+    at the model's size, before preprocessing) extends the next training run's train split."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    import workbench  # noqa: F401
+    from workbench import annotate, train
+    from workbench.params import TrainParams
+    from conftest import ROOT
+    d = breast_run["dir"]
+    with np.load(BREAST) as z:
+        imgs = z["val_images"][:6]
+    root = tmp_path / "ward7"
+    root.mkdir()
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(root / f"scan{i}.png")
+    proc = run_cli("run", "annotate", "--run", str(d), "-q", "-p", "pool", str(root), "-p", "audit_folds", "0",
+                   "-p", "gallery_size", "4", "-p", "on_shift", "accept")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    queue = pd.read_csv(out / "review_queue.csv")["id"].tolist()
+    if len(queue) < 3:
+        pytest.skip("fewer than 3 items need review")
+    child = ("import os, signal\nfrom workbench import annotate\n"
+             f"s = annotate.open_review({str(out)!r}, annotator='first').session\n"
+             "s.accept(); s.label(0)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9
+    inputs = annotate.open_review(out, annotator="second")
+    s = inputs.session
+    assert s.progress()["decided"] == 2 and s.current == queue[2]  # resumed after the two saved decisions
+    assert s.decisions[queue[1]].label == 0
+    s.skip()
+    export = annotate.export_review(inputs, include_auto=False)
+    assert export["n_labelled"] == 2
+    ext, info = train.load_data(TrainParams(dataset=str(BREAST), extra_labels=str(Path(export["npz"]).parent)))
+    base = np.load(BREAST)["train_labels"].shape[0]
+    assert len(ext.labels["train"]) == base + 2 and ext.images["train"].shape[1:] == (28, 28, 1)
+    assert info["pool_source"]["kind"] == "folder" and ext.labels["train"][-1] == 0
+    first = pd.read_csv(out / "annotations.csv").set_index("id").loc[queue[0], "index"]
+    np.testing.assert_array_equal(ext.images["train"][base], imgs[int(first)][..., None])  # the raw image, 28 px
