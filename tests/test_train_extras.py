@@ -53,13 +53,21 @@ def test_recipe_fills_only_what_was_left_empty(blood):
 
 
 def test_small_training_sets_get_about_the_same_number_of_steps(blood):
-    """240 train images are 2 batches of 128: the demo recipe's 1,400 optimizer steps take 700 epochs, and the
-    patience grows in proportion; an explicit epoch count is kept as given."""
+    """240 train images are 2 batches of 128: the demo recipe's 1,400 optimizer steps are 15 epochs of 94 steps
+    (47 passes each); validation, patience and checkpoints keep the recipe's epochs. An epoch count the user
+    chose keeps one pass per epoch. On BloodMNIST (94 batches) an epoch stays one pass."""
     p = train.resolve(params.make("train", {}), blood)
-    assert p.epochs == 700 and p.patience == round(5 * 700 / 15)
+    assert (p.epochs, p.steps_per_epoch, p.patience) == (15, 94, 5)
     full = train.resolve(params.make("train", {"recipe": "full"}), blood)
-    assert full.epochs == 1000 and full.patience == full.epochs  # capped at the parameter's maximum
-    assert train.resolve(params.make("train", {"epochs": 3}), blood).epochs == 3
+    assert (full.epochs, full.steps_per_epoch, full.patience) == (36, 94, 36)
+    assert train.resolve(params.make("train", {"epochs": 3}), blood).steps_per_epoch == 2
+    big = dataclasses.replace(blood, labels={**blood.labels, "train": np.zeros(11959, int)})
+    assert train.resolve(params.make("train", {}), big).steps_per_epoch == 94  # one pass: as before
+    # the stream: every image once per pass, fixed-size batches, seeded
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    b = train.AugmentedBatches(x, np.arange(10), 4, __import__("workbench").augment.build("none", 0, 1), 0, steps=5)
+    seen = np.concatenate([b[i][1] for i in range(len(b))])
+    assert len(b) == 5 and len(seen) == 20 and sorted(seen[:10]) == list(range(10))
 
 
 def test_orientation_of_the_data_picks_augmentation_and_tta(blood, breast):

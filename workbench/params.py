@@ -41,6 +41,9 @@ class TrainParams:
                       "the data card says flips and quarter turns preserve the labels, else fixed)",
                       choices_from="augment", recipe=True)
     epochs: int = _p(-1, "(recipe) maximum number of epochs", min=1, max=1000, recipe=True)
+    steps_per_epoch: int = _p(-1, "(recipe) optimizer steps per epoch (recipe: one pass over the train split; a "
+                              "small split is passed over several times per epoch, so that the recipe makes about "
+                              "as many steps as on BloodMNIST)", min=1, max=100000, recipe=True)
     batch_size: int = _p(128, "batch size (a multiple of the number of devices when training on several)", min=1,
                          max=4096)
     learning_rate: float = _p(-1.0, "(recipe) peak learning rate of the cosine schedule", min=1e-7, max=1.0, recipe=True)

@@ -46,17 +46,18 @@ from .progress import headless, tqdm
 # statistics under the averaged weights did not win them back).
 # "auto" values come from the data (``resolve``): the augmentation preset from the data card's orientation
 # (flips and quarter turns preserve the labels → "dihedral" and the 8-way test-time augmentation inside the
-# saved model; otherwise "fixed" and no TTA). ``min_steps``: a training set smaller than BloodMNIST's gets
-# more epochs, so that the recipe still makes about as many optimizer steps (15 and 36 epochs of
-# BloodMNIST's 94 batches of 128: 1,410 and 3,384 steps); the patience grows in proportion. Measured results: bench/results/accuracy.json
-# and bench/results/datasets.json (make bench-accuracy, make bench-datasets).
+# saved model; otherwise "fixed" and no TTA). ``min_steps``: a training set smaller than BloodMNIST's is
+# passed over several times per epoch (``steps_per_epoch``), so that the recipe still makes about as many
+# optimizer steps (15 and 36 epochs of BloodMNIST's 94 batches of 128: 1,410 and 3,384 steps) while
+# validation, early stopping and checkpoints keep the recipe's number of epochs (many tiny epochs would
+# spend most of the time validating and saving). Measured results: bench/results/accuracy.json and
+# bench/results/datasets.json (make bench-accuracy, make bench-datasets).
 RECIPES: dict[str, dict] = {
-    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "auto", "epochs": 15,
+    "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "auto", "epochs": 15, "steps_per_epoch": "auto",
              "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto", "min_steps": 1400},
-    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "auto", "epochs": 36,
+    "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "auto", "epochs": 36, "steps_per_epoch": "auto",
              "learning_rate": 0.003, "patience": "epochs", "ema": "no", "tta": "auto", "min_steps": 3380},
 }
-MAX_EPOCHS = 1000   # TrainParams.epochs' own limit
 
 
 def orientation(ds: _data.Dataset) -> dict:
@@ -82,12 +83,12 @@ def resolve(params: TrainParams, ds: _data.Dataset) -> TrainParams:
     o = orientation(ds)
     if out.augment == "auto":
         out = dataclasses.replace(out, augment="dihedral" if o["free"] else "fixed")
-    if "epochs" in left:  # small training sets: about as many optimizer steps as on a large one
-        steps_per_epoch = max(1, math.ceil(len(ds.labels["train"]) / params.batch_size))
-        epochs = min(MAX_EPOCHS, max(out.epochs, math.ceil(min_steps / steps_per_epoch)))
-        if "patience" in left and out.patience != "epochs":
-            out = dataclasses.replace(out, patience=max(out.patience, round(out.patience * epochs / out.epochs)))
-        out = dataclasses.replace(out, epochs=epochs)
+    if out.steps_per_epoch == "auto":
+        one_pass = max(1, math.ceil(len(ds.labels["train"]) / params.batch_size))
+        # small training sets: several passes per epoch, about as many optimizer steps as on a large one; an
+        # epoch count the user chose keeps its meaning (one pass each)
+        steps = max(one_pass, math.ceil(min_steps / out.epochs)) if "epochs" in left else one_pass
+        out = dataclasses.replace(out, steps_per_epoch=steps)
     if out.patience == "epochs":  # no early stopping, however many epochs the user asks for
         out = dataclasses.replace(out, patience=out.epochs)
     if out.tta == "auto":
@@ -152,10 +153,14 @@ def orientation_note(params: TrainParams, ds: _data.Dataset):
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled batches, augmented on the fly; one seeded generator drives order and augmentation."""
+    """Shuffled batches, augmented on the fly; one seeded generator drives order and augmentation.
+
+    An epoch is one pass over the images (the last batch may be smaller), or, with ``steps`` beyond one
+    pass, ``steps`` full batches drawn from a stream of successive permutations (every image once per
+    pass, no image left out)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, transform, seed: int,
-                 multiple_of: int = 1):
+                 multiple_of: int = 1, steps: int | None = None):
         super().__init__(workers=1, use_multiprocessing=False)
         # multi-label targets (N, L) go to binary cross-entropy as floats; class indices stay integers
         self.images, self.labels = images, (labels.astype("float32") if labels.ndim == 2 else labels)
@@ -165,18 +170,30 @@ class AugmentedBatches(keras.utils.PyDataset):
         self.batch_size, self.transform = batch_size, transform
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images))
+        one_pass = math.ceil(len(images) / batch_size)
+        self.steps = steps if steps and steps > one_pass else None
+        self.buffer = np.zeros(0, dtype=np.int64)
 
     def __len__(self):
-        return math.ceil(len(self.images) / self.batch_size)
+        return self.steps or math.ceil(len(self.images) / self.batch_size)
+
+    def _indices(self, i: int) -> np.ndarray:
+        if self.steps is None:
+            return self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        while len(self.buffer) < self.batch_size:  # the stream: successive seeded permutations
+            self.buffer = np.concatenate([self.buffer, self.rng.permutation(len(self.images))])
+        idx, self.buffer = self.buffer[:self.batch_size], self.buffer[self.batch_size:]
+        return idx
 
     def __getitem__(self, i):
-        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self._indices(i)
         idx = idx[:len(idx) - len(idx) % self.multiple_of] if len(idx) > self.multiple_of else idx
         x = _augment.apply(self.transform, self.images[idx]).astype("float32")
         return x, self.labels[idx]
 
     def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.images))
+        if self.steps is None:
+            self.order = self.rng.permutation(len(self.images))
 
 
 class TqdmTraining(keras.callbacks.Callback):
@@ -411,8 +428,9 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         raise WorkbenchError(f"parameter 'batch_size' = {params.batch_size} must be a multiple of the {n_dev} "
                              "devices for data-parallel training")
     batches = AugmentedBatches(ds.images["train"], ds.labels["train"], params.batch_size, transform, params.seed,
-                               multiple_of=n_dev)
+                               multiple_of=n_dev, steps=params.steps_per_epoch)
     steps = len(batches)
+    per_epoch = steps * params.batch_size if batches.steps else len(ds.labels["train"])  # images per epoch
     total = params.epochs * steps
     warmup = min(params.warmup_epochs * steps, max(total - 1, 0))
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -451,7 +469,7 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         "epochs_run": int(len(hist)), "best_epoch": best + 1,
         "best_val_loss": float(hist["val_loss"][best]), "best_val_acc": float(hist["val_acc"][best]),
         "train_seconds": round(seconds, 2),
-        "train_images_per_second": round(len(hist) * len(ds.labels["train"]) / seconds, 1),
+        "train_images_per_second": round(len(hist) * per_epoch / seconds, 1), "steps_per_epoch": steps,
         "class_weight": cw, "num_params": int(model.count_params()),
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "tta": tta, "ema": params.ema == "yes", "conv_impl": params.conv_impl, "task": ds.task,
