@@ -89,6 +89,8 @@ def test_bad_sweep_spec_is_one_line_and_nothing_runs(tmp_path):
     assert not runs.exists()  # no sweep folder, no run directory, no cluster
     proc = run_cli("sweep", "-p", "epoch", "1,2", env={"WORKBENCH_RUNS_DIR": str(runs)})
     _one_line_error(proc, "unknown parameter 'epoch'", "epochs")
+    _one_line_error(run_cli("sweep", "--workers", "0", "-p", "seed", "0,1", env={"WORKBENCH_RUNS_DIR": str(runs)}),
+                    "--workers must be at least 1")
     assert not runs.exists()
 
 

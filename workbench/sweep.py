@@ -584,18 +584,13 @@ def _run_on_dask(sweep, todo, states, progress, root, sweep_dir, workers, schedu
     import logging
     cluster = None
     if scheduler:
-        if workers:
-            raise WorkbenchError("--workers sizes the embedded cluster; with --scheduler start the workers yourself "
-                                 "(dask worker ADDRESS --nthreads 1)")
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout="15s")
         except (OSError, TimeoutError) as e:
             raise WorkbenchError(f"cannot reach the Dask scheduler {scheduler} ({e}): start it with "
                                  "'dask scheduler' or check the address (option --scheduler)") from None
     else:
-        n = workers or default_workers(len(todo))
-        if n < 1:
-            raise WorkbenchError(f"--workers must be ≥ 1, got {n}")
+        n = workers if workers is not None else default_workers(len(todo))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=_dashboard_address(), silence_logs=logging.CRITICAL,
                                scheduler_kwargs={"allowed_failures": sweep.retries})
@@ -933,6 +928,11 @@ def write_report(sweep_dir: Path) -> Path:
 
 def main_sweep(args, out=print) -> int:
     """``workbench sweep``: check, run, report; the sweep directory is the last line printed."""
+    if args.workers is not None and args.workers < 1:
+        raise WorkbenchError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None and args.scheduler:
+        raise WorkbenchError("--workers sizes the embedded cluster; with --scheduler start the workers yourself "
+                             "(dask worker ADDRESS --nthreads 1)")
     sweep = check(build(args.param, args.config, args.name, args.stages, args.retries))
     try:
         result = run_sweep(sweep, workers=args.workers, scheduler=args.scheduler, out=out)
