@@ -26,7 +26,7 @@ costs that PyTorch does not pay; ``conv_impl="fast"`` (the default) removes all 
    the stage runner puts it in the kernel's environment (``workbench.runtime.kernel_env``).
 
 What remains of the gap to PyTorch is the convolution kernels themselves (``make bench`` times each
-convolution of the benchmarked models alone in both frameworks); README "Performance" lists what else
+convolution of the benchmarked models alone in both frameworks); docs/results.md "Performance" lists what else
 was tried.
 """
 
