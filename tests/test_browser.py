@@ -296,3 +296,72 @@ def test_review_widget_multilabel_toggles_and_save(lab, browser, tmp_path):
     decisions = _wait_decisions(log, 1)
     page.screenshot(path=str(tmp_path / "review_ml.png"), full_page=True)
     assert decisions[0]["action"] == "label" and decisions[0]["labels"] == want
+
+
+# ---------------------------------------------------------------------- embedding map (plotly WebGL)
+MAP_SETUP = '''
+import time
+import numpy as np
+from workbench import features as F
+rng = np.random.default_rng(0)
+n = 100_000
+with np.load({tiny!r}) as z:          # thumbnails: the real fixture images
+    imgs = z["train_images"]
+# positions and categories are a control test of the widget (100,000 points), not data
+xy = rng.normal(size=(n, 2)).astype("float32")
+data = F.MapData(xy=xy, source=np.full(n, "pool", dtype=object), position=np.arange(n),
+                 colourings={{"label": np.array([f"class {{i % 8}}" for i in range(n)], dtype=object),
+                             "split": np.full(n, "pool", dtype=object), "confidence": rng.uniform(size=n)}},
+                 images={{"pool": lambda pos: imgs[np.asarray(pos) % len(imgs)]}}, method="control")
+t0 = time.perf_counter()
+m = F.EmbeddingMap(data, colour="label")
+print(f"built in {{time.perf_counter() - t0:.2f}} s")
+m
+'''
+WEBGL_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+
+def test_embedding_map_100k_points_box_selection_shows_images(lab, tmp_path):
+    """100,000 points in one WebGL trace: the map renders, a box selection in the browser reaches the kernel
+    and the selected points' images appear (a sample of at most 32), and the colour menu recolours."""
+    from playwright.sync_api import sync_playwright
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "map-0", "metadata": {}, "outputs": [],
+                     "source": MAP_SETUP.format(tiny=str(TINY))}],
+          "metadata": {"kernelspec": {"name": "workbench", "display_name": "Python 3 (workbench)", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (lab["home"] / "map.ipynb").write_text(json.dumps(nb))
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=WEBGL_ARGS)
+        page = b.new_page(viewport={"width": 1500, "height": 1000})
+        _open_and_run_all(page, lab, "map.ipynb")
+        _assert_no_errors(page)
+        plot = page.locator(".wb-embedding-map .js-plotly-plot")
+        plot.wait_for(timeout=60_000)
+        page.wait_for_selector(".wb-embedding-map canvas", timeout=60_000)   # the WebGL layer
+        assert page.locator(".wb-embedding-map", has_text="WebGL is not supported").count() == 0
+        page.screenshot(path=str(tmp_path / "map_before.png"), full_page=True)
+        page.locator(".wb-embedding-map .modebar-btn[data-title='Box Select']").click()
+        box = page.locator(".wb-embedding-map .nsewdrag").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        t0 = time.time()
+        page.mouse.move(cx - 40, cy - 40)
+        page.mouse.down()
+        page.mouse.move(cx, cy, steps=5)
+        page.mouse.move(cx + 40, cy + 40, steps=5)
+        page.mouse.up()
+        info = page.locator(".wb-map-info")
+        info.filter(has_text="selected").wait_for(timeout=60_000)
+        page.wait_for_function("() => { const i = document.querySelector('img.wb-map-thumbs');"
+                               " return i && i.complete && i.naturalWidth > 100; }", timeout=60_000)
+        took = time.time() - t0
+        page.screenshot(path=str(tmp_path / "map_selected.png"), full_page=True)
+        n_sel = int(re.search(r"(\d+) selected", info.inner_text()).group(1))
+        assert 100 < n_sel < 100_000, n_sel                      # a central box of a 2-D normal cloud
+        assert "showing 32 (a random sample)" in info.inner_text()
+        assert took < 30, f"selection to images took {took:.1f} s"
+        select = page.locator(".wb-embedding-map .widget-dropdown select")
+        select.select_option(label="confidence")
+        page.wait_for_selector(".wb-embedding-map .colorbar", timeout=30_000)
+        _assert_no_errors(page)
+        page.screenshot(path=str(tmp_path / "map_confidence.png"), full_page=True)
+        b.close()

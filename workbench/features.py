@@ -990,7 +990,7 @@ class EmbeddingMap:
         self.menu = W.Dropdown(options=list(data.colourings), value=colour, description="colour by")
         self.info = W.HTML("Select points (lasso or box in the toolbar, or click one) to see their images.")
         self.info.add_class("wb-map-info")
-        self.thumbs = W.Image(format="png", layout=W.Layout(max_width="520px"))
+        self.thumbs = W.Image(format="png", layout=W.Layout(max_width="520px", display="none"))
         self.thumbs.add_class("wb-map-thumbs")
         self.figure = go.FigureWidget(layout=dict(
             height=height, width=620, dragmode="lasso", margin=dict(l=10, r=10, t=40, b=10),
@@ -1047,7 +1047,7 @@ class EmbeddingMap:
         if not len(pts):
             self.shown = pts
             self.info.value = "nothing selected"
-            self.thumbs.value = b""
+            self.thumbs.layout.display = "none"
             return
         rng = np.random.default_rng(self.seed)
         shown = pts if len(pts) <= self.max_thumbnails else np.sort(rng.choice(pts, self.max_thumbnails, replace=False))
@@ -1060,6 +1060,7 @@ class EmbeddingMap:
                            f"{len(shown) if len(shown) < len(pts) else 'all'}"
                            f"{' (a random sample)' if len(shown) < len(pts) else ''}")
         self.thumbs.value = to_png(image_grid(images, caps, ncols=8, cell=1.0))
+        self.thumbs.layout.display = ""
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
