@@ -21,6 +21,8 @@
    (``CHOICE_RULE``), on val ACC only.
 
 Writes bench/results/annotate.json, annotate.md (the table, also printed) and annotate.png (curves).
+``--quick`` writes annotate_quick.* instead: smoke results on small subsets that say nothing about the
+method; git ignores them and they are never committed or quoted.
 """
 
 from __future__ import annotations
