@@ -321,17 +321,17 @@ m
 WEBGL_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 
 
-def test_embedding_map_100k_points_box_selection_shows_images(lab, tmp_path):
+def test_embedding_map_100k_points_box_selection_shows_images(lab, browser, tmp_path):
     """100,000 points in one WebGL trace: the map renders, a box selection in the browser reaches the kernel
     and the selected points' images appear (a sample of at most 32), and the colour menu recolours."""
-    from playwright.sync_api import sync_playwright
     nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "map-0", "metadata": {}, "outputs": [],
                      "source": MAP_SETUP.format(tiny=str(TINY))}],
           "metadata": {"kernelspec": {"name": "workbench", "display_name": "Python 3 (workbench)", "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
     (lab["home"] / "map.ipynb").write_text(json.dumps(nb))
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=WEBGL_ARGS)
+    # a browser of the fixture's Playwright with WebGL on (software rendering: SwiftShader)
+    b = browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=WEBGL_ARGS)
+    try:
         page = b.new_page(viewport={"width": 1500, "height": 1000})
         _open_and_run_all(page, lab, "map.ipynb")
         _assert_no_errors(page)
@@ -364,4 +364,5 @@ def test_embedding_map_100k_points_box_selection_shows_images(lab, tmp_path):
         page.wait_for_selector(".wb-embedding-map .colorbar", timeout=30_000)
         _assert_no_errors(page)
         page.screenshot(path=str(tmp_path / "map_confidence.png"), full_page=True)
+    finally:
         b.close()
