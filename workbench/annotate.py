@@ -269,10 +269,11 @@ def shift_banner(shift: dict):
 
 
 def decide(run: _runs.Run, trained, pool, probs: np.ndarray, choice: dict, shift: dict | None,
-           params: AnnotateParams) -> pd.DataFrame:
+           params: AnnotateParams, extra: dict | None = None) -> pd.DataFrame:
     """Auto-accepted or needs-review for every item → annotations.csv (ids, predicted label and class name,
     confidence, status, threshold). Multi-label: a label decision is accepted when its confidence reaches
-    its label's threshold; an item is auto-accepted when all its label decisions are."""
+    its label's threshold; an item is auto-accepted when all its label decisions are. ``extra``: more
+    per-item columns appended at the end (workbench.features: knn_label, knn_agree, ood_score)."""
     thr_all = np.asarray(choice["thresholds"], dtype=np.float64)
     hold = bool(shift and shift["fired"] and params.on_shift == "review")
     names = trained.class_names
@@ -299,6 +300,8 @@ def decide(run: _runs.Run, trained, pool, probs: np.ndarray, choice: dict, shift
             "predicted_class": [names[i] for i in pred], "confidence": np.round(conf, 6),
             "status": np.where((conf >= thr) & ~hold, AUTO, REVIEW), "threshold": np.round(thr, 6),
         })
+    for name, values in (extra or {}).items():
+        table[name] = values
     table.to_csv(run.file("annotations.csv"), index=False)
     return table
 
@@ -328,7 +331,7 @@ def achieved(labels: np.ndarray, pred: np.ndarray, accepted: np.ndarray, n_resam
 
 
 def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, choice: dict, table: pd.DataFrame,
-              probs: np.ndarray, shift: dict | None) -> dict:
+              probs: np.ndarray, shift: dict | None, extra: dict | None = None) -> dict:
     accepted = (table["status"] == AUTO).to_numpy()
     summary = {"pool": pool.name, "pool_kind": pool.kind, "pool_source": pool.source, "pool_id": pool.pool_id,
                "pool_size": int(len(table)), "rejected": len(pool.rejected),
@@ -355,6 +358,7 @@ def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, choice: dic
             summary["achieved"] = achieved(y[known], table["predicted_label"].to_numpy()[known], accepted[known],
                                            params.bootstrap, params.seed)
         summary["achieved"]["n_labelled"] = int(known.sum())
+    summary.update(extra or {})    # workbench.features: knn, ood, train_near_duplicates
     run.write_json("annotation_summary.json", summary)
     return summary
 
@@ -665,7 +669,7 @@ NOTEBOOK = _cells.Stage(
             "append-only log) and `review/export-*/` (annotations.csv, COCO JSON, labelled.npz for "
             "`10_train -p extra_labels`)",
     cells=(
-        _cells.code('import workbench as wb\nfrom workbench import annotate, widgets\n\n'
+        _cells.code('import workbench as wb\nfrom workbench import annotate, features, widgets\n\n'
                     'P = wb.params.collect("annotate", globals())\n'
                     "run, trained, pool = annotate.open_stage(P)"),
         _cells.md("## Pool\nEvery file is read once through the run's own input path; unreadable files are listed "
@@ -689,11 +693,25 @@ NOTEBOOK = _cells.Stage(
                   "fails. The precision on new data like val then reaches the target with probability at least g."),
         _cells.show("annotate.thresholds_table(choice, trained.class_names)"),
         _cells.show('wb.viz.per_class_thresholds(choice, trained.class_names, val_probs, trained.dataset().labels["val"])'),
+        _cells.md("## Features: a second opinion, unusual items, near-duplicates\nEmbeddings (the network's pooled "
+                  "penultimate layer, cached in the run's `features/`) of the train split, val and the pool "
+                  "(workbench.features). Each pool item gets the label of its 11 nearest labelled train images "
+                  "(cosine; `knn_label`, `knn_agree` in `annotations.csv`), an out-of-distribution score (Mahalanobis "
+                  "distance to the train classes; `ood_score`, flagged above val's 99th percentile) and its "
+                  "near-duplicates in the train split (`train_near_duplicates.csv`)."),
+        _cells.code("fx = features.annotate_pool(run, trained, pool, P, pool_probs)"),
         _cells.md("## Label the pool"),
-        _cells.code("table = annotate.decide(run, trained, pool, pool_probs, choice, shift, P)\n"
-                    "summary = annotate.summarise(run, trained, pool, P, choice, table, pool_probs, shift)"),
+        _cells.code("table = annotate.decide(run, trained, pool, pool_probs, choice, shift, P, extra=fx.columns())\n"
+                    "summary = annotate.summarise(run, trained, pool, P, choice, table, pool_probs, shift,\n"
+                    "                             extra=fx.summary(table, pool, P.bootstrap, P.seed))"),
         _cells.show("table.head(10)"),
         _cells.show("annotate.achieved_table(summary)"),
+        _cells.md("## kNN second opinion\nAuto-accept precision and coverage as decided, and when the kNN label must "
+                  "also agree with the model (where the pool's labels are known)."),
+        _cells.show("features.agreement_table(summary)"),
+        _cells.md("## Most unusual items\nThe pool items farthest from the training data in feature space "
+                  "(highest OOD score first)."),
+        _cells.show("features.ood_gallery(fx, pool, trained, P.gallery_size)"),
         _cells.md("## Auto-accepted"),
         _cells.show("annotate.gallery(table, pool, trained, P, annotate.AUTO)"),
         _cells.md("## Needs review, ranked\nThe needs-review items ordered by the chosen uncertainty strategy "
@@ -706,6 +724,10 @@ NOTEBOOK = _cells.Stage(
         _cells.code("issues = annotate.audit_labels(run, trained, P)"),
         _cells.show("issues.head(10) if issues is not None else None"),
         _cells.show("annotate.audit_gallery(issues, trained, P)"),
+        _cells.md("## Embedding map\nTrain, val and pool in one 2-D projection of the features (UMAP; t-SNE for small "
+                  "sets), coloured by label, prediction, confidence, split, audit flag or OOD score. In JupyterLab, "
+                  "select points (lasso, box or click) to see their images."),
+        _cells.show("features.annotate_map(fx, trained, pool, table, issues, P)"),
         _cells.md("## Review\nAccept the model's label, pick a class (or toggle labels), skip or undo; every decision "
                   "is saved at once to `review/decisions.jsonl` and the review resumes where it stopped (also later, "
                   "with `workbench.widgets.review_run(POOL_DIR, annotator=NAME)`). Export writes the labels and their "

@@ -185,6 +185,8 @@ def compute(run: _runs.Run, trained, ds, params: EvaluateParams) -> dict:
     result["variants"] = variants
     published = dict(ds.card.published_baselines) if ds.card else {}
     result["published_baselines"] = compare_baselines(published, test)
+    from . import features as _features
+    result["feature_baselines"] = _features.baselines(trained, ds, n_boot, seed, params.batch_size)
 
     np.savez_compressed(run.file("predictions.npz"), **arrays)
     result = _strict_json(result)
@@ -552,7 +554,8 @@ NOTEBOOK = _cells.Stage(
             "operating points, TTA/ensemble gains, published baselines), `predictions.npz`, `calibration.json` "
             "(temperature fitted on val), `model_card.md`",
     cells=(
-        _cells.code('import workbench as wb\nfrom workbench import evaluate\n\nP = wb.params.collect("evaluate", globals())\n'
+        _cells.code('import workbench as wb\nfrom workbench import evaluate, features\n\n'
+                    'P = wb.params.collect("evaluate", globals())\n'
                     "run, trained, ds = evaluate.open_stage(P)"),
         _cells.md("## Headline with 95 % intervals\nACC and AUC by the MedMNIST protocol (multi-label: means over "
                   "labels), balanced accuracy (ordinal tasks also mean absolute error and quadratic-weighted kappa) and "
@@ -589,6 +592,10 @@ NOTEBOOK = _cells.Stage(
                   "published test result, and where our interval lies relative to it."),
         _cells.show("evaluate.baselines(ds, result, trained.params.model)"),
         _cells.show("evaluate.baseline_figure(result, trained.params.model)"),
+        _cells.md("## Baselines on this run's features\nkNN (k = 11, cosine) and a linear probe (logistic regression, "
+                  "C chosen on val) on the network's pooled penultimate features of the train split, scored on test "
+                  "with 95 % bootstrap intervals, beside the network itself (`feature_baselines` in metrics.json)."),
+        _cells.show("features.baselines_table(result)"),
         _cells.md("## Model card\nWritten to `model_card.md` in the run directory."),
         _cells.code("card = evaluate.write_model_card(run, ds)"),
         _cells.show("card"),

@@ -549,6 +549,10 @@ def _notebook():
                  "filter to errors or to the most confident errors. The model sees the images through the run's "
                  "own input path."),
             C.show("explore.prediction_inspector(P.predictions_run)"),
+            C.md("## Embedding map\nThe same run's features (the network's pooled penultimate layer) of train, val and "
+                 "test in 2-D (UMAP; t-SNE for small sets), coloured by label, prediction, confidence, split or label-audit "
+                 "flag. Select points (lasso, box or click) to see their images."),
+            C.show("from workbench import features\n\nfeatures.explore_map(P.predictions_run, seed=P.seed)"),
         ),
         result=("ds",),
     )
