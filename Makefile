@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-features clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-shift bench-features clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -111,6 +111,12 @@ bench-sweep: $(STAMP) ## 4 demo runs on BreastMNIST: 1 worker vs the default wor
 
 bench-datasets: $(STAMP) ## full + demo recipes, untuned, 3 seeds on every embedded MedMNIST file vs the cards' baselines → bench/results/datasets.* (BENCH_ARGS='--datasets breastmnist --add')
 	$(BIN)/python -m bench.datasets $(BENCH_ARGS)
+
+bench-pools: $(STAMP) ## annotate pools streamed from disk: files/s and peak memory for 10,000 and 100,000 PNGs → bench/results/pools.*
+	$(BIN)/python -m bench.pools $(BENCH_ARGS)
+
+bench-shift: $(STAMP) ## the shift check before auto-accept: false alarms on exchangeable splits, real and shifted BloodMNIST pools → bench/results/shift.*
+	$(BIN)/python -m bench.shift $(BENCH_ARGS)
 
 bench-features: $(STAMP) ## kNN / linear probe on a demo run's features, OOD AUROC (other modalities, corruptions), kNN agreement → bench/results/features.*
 	$(BIN)/python -m bench.features $(BENCH_ARGS)

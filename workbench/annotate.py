@@ -100,24 +100,25 @@ def open_stage(params: AnnotateParams):
     if out.parent.parent != trained.path or out.parent.name != POOLS_DIR:
         raise WorkbenchError(f"parameter 'out_dir' = {out} is not a pool directory of {trained.path} "
                              f"({trained.path / POOLS_DIR}/<pool>): leave it empty")
-    if any(p.name != ".ipynb_checkpoints" for p in out.glob("*")) if out.is_dir() else False:
-        if (out / "params" / "annotate.json").exists():
-            raise WorkbenchError(f"pool directory {out} already holds results: pool directories are write-once")
     out.mkdir(parents=True, exist_ok=True)
-    run = _runs.open_stage("annotate", params, path=out)
+    run = _runs.open_stage("annotate", params, path=out)   # refuses a directory that already holds results
     _runs.add_provenance(run, trained_run=str(trained.path), model_hash=trained.model_hash,
                          input=spec.to_dict(), pool={"name": pool.name, "kind": pool.kind, "source": pool.source})
     if params.pool == "val":
         print("warning: the pool is the val split, on which the thresholds are also chosen: "
               "the achieved precision below is optimistic")
-    run.spec = spec
     return run, trained, pool
 
 
-def scan_pool(run: _runs.Run, pool, params: AnnotateParams):
+def input_spec(trained, params: AnnotateParams):
+    """The run's input path for this pool (``resize`` may choose another policy for images of another size)."""
+    return trained.input.with_resize(params.resize)
+
+
+def scan_pool(run: _runs.Run, trained, pool, params: AnnotateParams):
     """Read every item once (streamed): ids, content hashes, rejected files and duplicates are final
     after it; rejected.csv and duplicates.csv are written. Returns a one-row summary table."""
-    pool.scan(run.spec)
+    pool.scan(input_spec(trained, params))
     pool.write_rejected(run.file("rejected.csv"))
     pool.write_duplicates(run.file("duplicates.csv"))
     n_dup = sum(len(g) - 1 for g in pool.duplicates)
@@ -233,7 +234,7 @@ def thresholds_table(choice: dict, class_names: list[str]) -> pd.DataFrame:
 def predict_pool(run: _runs.Run, trained, pool, params: AnnotateParams, temp=None) -> np.ndarray:
     """Probabilities of every pool item (streamed in batches, never all images in memory), calibrated like
     val; saved as pool_predictions.npz with the ids and the pool's fingerprint."""
-    probs = _predict.predict_stream(trained.model, pool.batches(run.spec, params.batch_size), len(pool),
+    probs = _predict.predict_stream(trained.model, pool.batches(input_spec(trained, params), params.batch_size), len(pool),
                                     params.batch_size, desc=f"predict pool ({pool.name})")
     probs = _predict.calibrated(probs, temp, trained.task)
     np.savez_compressed(run.file("pool_predictions.npz"), probs=probs.astype(np.float32),
@@ -391,7 +392,7 @@ def rank_for_review(run: _runs.Run, trained, pool, table: pd.DataFrame, probs: n
             if params.strategy == "tta":
                 transform = _augment.build(trained.params.augment, params.seed, n_channels=trained.input.channels)
             scores = np.concatenate([
-                active.uncertainty(params.strategy, trained.model, pool.images(need[i:i + chunk], run.spec),
+                active.uncertainty(params.strategy, trained.model, pool.images(need[i:i + chunk], input_spec(trained, params)),
                                    transform=transform, n_passes=params.n_passes, seed=params.seed + i,
                                    batch_size=params.batch_size, temperature=temp, task=task)["score"]
                 for i in range(0, len(need), chunk)])
@@ -507,12 +508,12 @@ def gallery(table: pd.DataFrame, pool, trained, params: AnnotateParams, status: 
                 cap += "" if ok else f"\n(true: {true[:12]})"
         caps.append(cap)
         colors.append(color)
-    images = conform(pool.raw(idx), run_spec_for_display(trained)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
+    images = conform(pool.raw(idx), display_spec(trained)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
     title = f"{status}: {len(sub)} of {len(table)} (showing {len(idx)})"
     return image_grid(images, caps, ncols=8, title=title, caption_colors=colors, cell=1.5)
 
 
-def run_spec_for_display(trained):
+def display_spec(trained):
     """The images a person looks at: the model's size and channels, before preprocessing (the resize
     policy of the run, else stretched: a gallery must show every item)."""
     from dataclasses import replace
@@ -566,7 +567,7 @@ class ReviewInputs:
     def display(self, positions) -> np.ndarray:
         """What the reviewer sees: the items at the model's size and channels, before preprocessing."""
         from .inputs import conform
-        return conform(self.pool.raw(np.asarray(positions, dtype=int)), run_spec_for_display(self.trained))
+        return conform(self.pool.raw(np.asarray(positions, dtype=int)), display_spec(self.trained))
 
     def model_input(self, positions) -> np.ndarray:
         """What the model saw: through the run's input path."""
@@ -675,7 +676,7 @@ NOTEBOOK = _cells.Stage(
         _cells.md("## Pool\nEvery file is read once through the run's own input path; unreadable files are listed "
                   "in `rejected.csv`, identical files in `duplicates.csv`. Labels, where the pool has them, are used "
                   "only to report what was achieved, never shown to the model."),
-        _cells.code("scan = annotate.scan_pool(run, pool, P)"),
+        _cells.code("scan = annotate.scan_pool(run, trained, pool, P)"),
         _cells.show("scan"),
         _cells.show("annotate.rejected_table(pool)"),
         _cells.code("temperature = annotate.temperature(trained, P)\n"
