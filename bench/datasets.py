@@ -24,11 +24,11 @@ Layout of bench/results/datasets.json, one entry per dataset name::
         "test_acc_mean", "test_acc_sd", "test_auc_mean", "test_auc_sd", "n_seeds",
         "train_seconds_mean", "train_seconds_sd", "wall_seconds_mean", "val_acc_mean",
         "test_mae_mean", "test_mae_sd", "test_qwk_mean", "test_qwk_sd",          # ordinal tasks only
-        "augment", "tta", "epochs",     # effective values from params/train.json (a list if seeds differ)
+        "augment", "tta", "epochs", "steps_per_epoch",   # effective values, params/train.json (a list if seeds differ)
         "resnet18_28": {...},           # comparison with MedMNIST v2 ResNet-18 (28), see below
         "recipe": "full", "overrides": {}, "quick": false, "time_utc", "cores", "note",
         "seeds": [{"seed", "test_acc", "test_auc", "val_acc", "train_seconds", "wall_seconds",
-                   "epochs_run", "best_epoch", "epochs", "patience", "augment", "tta",
+                   "epochs_run", "best_epoch", "epochs", "steps_per_epoch", "patience", "augment", "tta",
                    "test_mae", "test_qwk",                       # ordinal tasks only
                    "train_images_per_second", "loadavg_1min": [before, after], "git": {"sha", "dirty"},
                    "run_dir"}, ...],
@@ -70,6 +70,7 @@ QUICK_RESULTS = Path(tempfile.gettempdir()) / "workbench-bench-datasets-quick" /
 QUICK_DATASETS = ("tests/fixtures/breastmnist_tiny.npz", "tests/fixtures/retinamnist_tiny.npz")
 QUICK_OVERRIDES = {"max_per_split": "20", "epochs": "1"}
 RECIPE_NAMES = ("full", "demo")
+ROW_PARAMS = ("epochs", "steps_per_epoch", "patience", "augment", "tta")   # effective values, params/train.json
 TOP_RECIPE = "full"            # its entry lies at the top level of the dataset's entry
 META = ("dataset", "card", "task")
 REFERENCE = "ResNet-18 (28)"   # the MedMNIST v2 baseline the goal is stated against
@@ -105,17 +106,28 @@ def one_seed(recipe: str, seed: int, spec: str, overrides: dict, env: dict, log)
     """bench.accuracy.one_seed (train + evaluate through the CLI, machine load), plus what this benchmark
     needs from the run: the effective augmentation and TTA, ordinal MAE/QWK, the card and task."""
     name = f"ds-{dataset_name(spec)}-{recipe}-s{seed}"
-    row = accuracy.one_seed(recipe, seed, spec, overrides, env, log, name=name)
-    run_dir = Path(row["run_dir"]) if Path(row["run_dir"]).is_absolute() else ROOT / row["run_dir"]
+    row = from_run(accuracy.one_seed(recipe, seed, spec, overrides, env, log, name=name))
+    prov = json.loads((_run_dir(row) / "provenance.json").read_text())["train"]
+    return row, {"card": prov["data"].get("card"), "task": prov["data"].get("task")}
+
+
+def _run_dir(row: dict) -> Path:
+    return Path(row["run_dir"]) if Path(row["run_dir"]).is_absolute() else ROOT / row["run_dir"]
+
+
+def from_run(row: dict) -> dict:
+    """The row with what its run directory says: the effective recipe values (``ROW_PARAMS``, those the
+    parameters hold), ordinal MAE/QWK and the git commit. Also fills rows measured before a field was added."""
+    run_dir = _run_dir(row)
     params = json.loads((run_dir / "params" / "train.json").read_text())
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     prov = json.loads((run_dir / "provenance.json").read_text())["train"]
-    row.update({k: params[k] for k in ("epochs", "patience", "augment", "tta")})
+    row = {**row, **{k: params[k] for k in ROW_PARAMS if k in params}}
     for k in ("mae", "qwk"):
         if k in test:
             row[f"test_{k}"] = test[k]
     row["git"] = prov.get("git")
-    return row, {"card": prov["data"].get("card"), "task": prov["data"].get("task")}
+    return row
 
 
 def _same_or_list(rows: list[dict], key: str):
@@ -145,8 +157,9 @@ def summarise(rows: list[dict]) -> dict:
     for key in keys:
         mean, sd = accuracy._stats([r[key] for r in rows])
         out[f"{key}_mean"], out[f"{key}_sd"] = round(mean, 5), round(sd, 5)
-    for key in ("augment", "tta", "epochs"):
-        out[key] = _same_or_list(rows, key)
+    for key in ("augment", "tta", "epochs", "steps_per_epoch"):
+        if any(key in r for r in rows):
+            out[key] = _same_or_list(rows, key)
     return out
 
 
@@ -240,15 +253,16 @@ def render_md(doc: dict) -> str:
                 lines.append(f"| {REFERENCE} | | {extra['acc']:.3f} | {extra['auc']:.3f} |{dash} project page, "
                              "unverified (not on the card) |")
         lines += ["", "| recipe | seed | test ACC | test AUC |" + (" MAE | QWK |" if ordinal else "")
-                  + " val ACC | epochs run / set | augment | TTA | training s | load avg 1 min |",
+                  + " val ACC | epochs run / set | steps per epoch | augment | TTA | training s | load avg 1 min |",
                   "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if ordinal else "")
-                  + " ---: | ---: | --- | --- | ---: | --- |"]
+                  + " ---: | ---: | ---: | --- | --- | ---: | --- |"]
         for recipe in RECIPE_NAMES:
             for s in recipe_entry(e, recipe).get("seeds", []):
                 lines.append(f"| {recipe} | {s['seed']} | {s['test_acc']:.4f} | {s['test_auc']:.4f} |"
                              + (f" {s.get('test_mae', float('nan')):.3f} | {s.get('test_qwk', float('nan')):.3f} |"
                                 if ordinal else "")
-                             + f" {s['val_acc']:.4f} | {s['epochs_run']} / {s['epochs']} | {s['augment']} | {s['tta']} |"
+                             + f" {s['val_acc']:.4f} | {s['epochs_run']} / {s.get('epochs', '—')} | {s.get('steps_per_epoch', '—')} |"
+                             f" {s['augment']} | {s['tta']} |"
                              f" {s['train_seconds']:.0f} | {s['loadavg_1min'][0]:.1f} → {s['loadavg_1min'][1]:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -272,7 +286,8 @@ def main(argv=None) -> int:
                     f"results to a temporary path (default {QUICK_RESULTS})")
     ap.add_argument("--out", default="", help=f"results file (default {RESULTS.relative_to(ROOT)}); the .md goes beside it")
     ap.add_argument("--note", default="", help="free text stored with each entry (e.g. machine contention)")
-    ap.add_argument("--report-only", action="store_true", help="only rewrite the .md from the existing .json")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the .md from the existing .json (after "
+                    "filling per-seed fields missing from a row from its run directory, where it still exists)")
     args = ap.parse_args(argv)
     out = Path(args.out or (QUICK_RESULTS if args.quick else RESULTS)).resolve()
     if args.quick and out.is_relative_to(RESULTS_DIR.resolve()):
@@ -283,8 +298,19 @@ def main(argv=None) -> int:
         if not out.is_file():
             print(f"error: {out} does not exist: run the benchmark first", file=sys.stderr)
             return 2
-        out.with_suffix(".md").write_text(render_md(json.loads(out.read_text())))
-        print(f"wrote {out.with_suffix('.md')}")
+        doc = json.loads(out.read_text())
+        for name, e in doc.items():
+            for recipe in RECIPE_NAMES:
+                r = recipe_entry(e, recipe)
+                rows = r.get("seeds", [])
+                if rows and any(k not in row for row in rows for k in ROW_PARAMS) \
+                        and all((_run_dir(row) / "metrics.json").is_file() for row in rows):
+                    rows = [from_run(row) for row in rows]
+                    e = put_recipe(e, recipe, {**r, **{k: v for k, v in summarise(rows).items()
+                                                       if k in ROW_PARAMS}, "seeds": rows})
+            doc[name] = e
+        write(doc, out)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
         return 0
     try:
         seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",") if s.strip()]

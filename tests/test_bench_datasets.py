@@ -163,3 +163,24 @@ def test_an_interrupted_benchmark_keeps_the_finished_seeds(tmp_path, monkeypatch
         datasets.main(["--datasets", "breastmnist", "--recipes", "full", "--seeds", "0,1,2", "--out", str(out)])
     b = json.loads(out.read_text())["breastmnist"]
     assert b["n_seeds"] == 1 and b["test_acc_mean"] == 0.86
+
+
+def test_report_only_fills_fields_from_the_run_directory(tmp_path, fake):
+    table, _ = fake
+    run = tmp_path / "runs" / "r0"
+    (run / "params").mkdir(parents=True)
+    (run / "params" / "train.json").write_text(json.dumps(
+        {"epochs": 36, "steps_per_epoch": 94, "patience": 36, "augment": "dihedral", "tta": "yes", "width": 32}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"acc": 0.5, "auc": 0.7, "mae": 0.8, "qwk": 0.4}}))
+    (run / "provenance.json").write_text(json.dumps({"train": {"git": {"sha": "abc", "dirty": False}}}))
+    old = {k: v for k, v in _row(0, 0.5, 0.7, augment="dihedral", tta="yes").items() if k != "epochs"}
+    table[("retinamnist", "full", 0)] = {**old, "run_dir": str(run)}
+    out = tmp_path / "datasets.json"
+    datasets.main(["--datasets", "retinamnist", "--recipes", "full", "--seeds", "0", "--out", str(out)])
+    assert "steps_per_epoch" not in json.loads(out.read_text())["retinamnist"]   # the fake row had none
+    assert datasets.main(["--report-only", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["retinamnist"]
+    assert r["steps_per_epoch"] == 94 and r["epochs"] == 36 and r["test_acc_mean"] == 0.5
+    assert r["seeds"][0]["test_mae"] == 0.8 and r["seeds"][0]["git"] == {"sha": "abc", "dirty": False}
+    assert "| full | 0 | 0.5000 | 0.7000 | 0.800 | 0.400 | 0.5100 | 40 / 36 | 94 | dihedral | yes |" in \
+        out.with_suffix(".md").read_text()
