@@ -89,6 +89,7 @@ def ood_part(trained, log_) -> dict:
                 "kNN cosine distance, plain": cos_p.ood_scores(f.embeddings),
                 "1 - max softmax (network, one view)": 1.0 - f.probs.max(1)}
     inside = scores(test)
+    val_q99 = float(np.quantile(maha.scores(F.split_features(trained, "val").embeddings), 0.99))
     sets = {}
     for name, path in FOREIGN.items():
         if not path.is_file():
@@ -104,11 +105,10 @@ def ood_part(trained, log_) -> dict:
     out = {}
     for name, (kind, f) in sets.items():
         s = scores(f)
-        out[name] = {"kind": kind, "n": len(f), "auroc": auroc(inside["mahalanobis (product)"], s["mahalanobis (product)"]),
+        main = "mahalanobis (product)"
+        out[name] = {"kind": kind, "n": len(f), "auroc": auroc(inside[main], s[main]),
                      "auroc_by_score": {k: auroc(inside[k], s[k]) for k in inside},
-                     "share_flagged_at_val_q99": float((s["mahalanobis (product)"]
-                                                        > np.quantile(maha.scores(F.split_features(trained, "val")
-                                                                                  .embeddings), 0.99)).mean())}
+                     "share_flagged_at_val_q99": float((s[main] > val_q99).mean())}
         log_(f"OOD {name}: AUROC {out[name]['auroc']:.4f}")
     return {"in_distribution": f"BloodMNIST test ({len(test)} images)", "sets": out,
             "val_share_flagged": 0.01}
@@ -188,7 +188,8 @@ def markdown(res: dict) -> str:
              f"{res['machine']}; {res['elapsed_s']:.0f} s.", "",
              "## Baselines on the features (test, 95 % bootstrap intervals)", "",
              "| | ACC | AUC |", "| --- | ---: | ---: |",
-             f"| network (TTA model, metrics.json) | {_f(net['acc'])}{_ci(net['acc_ci95'])} | {_f(net['auc'])}{_ci(net['auc_ci95'])} |",
+             f"| network (TTA model, metrics.json) | {_f(net['acc'])}{_ci(net['acc_ci95'])} | "
+             f"{_f(net['auc'])}{_ci(net['auc_ci95'])} |",
              f"| kNN (k = {b['k']}, cosine) | {_f(b['knn']['acc'])}{_ci(b['knn']['acc_ci95'])} | "
              f"{_f(b['knn']['auc'])}{_ci(b['knn']['auc_ci95'])} |",
              f"| linear probe (C = {b['linear_probe']['C']:g}) | {_f(b['linear_probe']['acc'])}"

@@ -126,7 +126,8 @@ def embed_images(model, images: np.ndarray, batch_size: int = 512, desc: str = "
     return np.concatenate(embs).astype(np.float32), np.concatenate(probs).astype(np.float32)
 
 
-def embed_stream(model, batches, total: int, batch_size: int = 512, desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
+def embed_stream(model, batches, total: int, batch_size: int = 512,
+                 desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and probabilities of images arriving as ``(positions, images)`` batches (a pool streamed
     from disk); rows in position order."""
     from .progress import tqdm
@@ -491,7 +492,8 @@ def mahalanobis_scores(train: np.ndarray, labels: np.ndarray, queries: np.ndarra
     return OODScorer(train, labels, task).scores(queries)
 
 
-def near_duplicate_pairs(sims: np.ndarray, idx: np.ndarray, threshold: float = NEAR_DUPLICATE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_duplicate_pairs(sims: np.ndarray, idx: np.ndarray,
+                         threshold: float = NEAR_DUPLICATE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query rows, train indices, similarities) of every neighbour at or above ``threshold``."""
     r, c = np.nonzero(sims >= threshold)
     return r, idx[r, c], sims[r, c]
@@ -539,7 +541,8 @@ def linear_probe(train_x, train_y, val_x, val_y, task: str, num_classes: int, se
         fns[c] = fit(c)
         scores[c] = float(_metrics.medmnist_acc_auc(val_y, fns[c](vx), task)["acc"])
     best = max(grid, key=lambda c: (scores[c], -c))     # ties: the stronger regularisation
-    return (lambda x: fns[best](scaler.transform(x))), {"C": float(best), "val_acc": {str(c): s for c, s in scores.items()}}
+    info = {"C": float(best), "val_acc": {str(c): s for c, s in scores.items()}}
+    return (lambda x: fns[best](scaler.transform(x))), info
 
 
 _HEAD_KEYS = ("acc", "auc", "balanced_acc", "exact_match", "mae", "qwk")
