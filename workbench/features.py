@@ -1043,7 +1043,6 @@ class EmbeddingMap:
 
     def select(self, points) -> None:
         """Show the images of these points (indices into the map)."""
-        from .viz import image_grid, to_png
         pts = np.unique(np.asarray(points, dtype=int).reshape(-1))
         pts = pts[(pts >= 0) & (pts < len(self.data))]
         self.selected = pts
@@ -1062,11 +1061,39 @@ class EmbeddingMap:
         self.info.value = (f"<b>{len(pts)} selected</b> ({counts}); showing "
                            f"{len(shown) if len(shown) < len(pts) else 'all'}"
                            f"{' (a random sample)' if len(shown) < len(pts) else ''}")
-        self.thumbs.value = to_png(image_grid(images, caps, ncols=8, cell=1.0))
+        self.thumbs.value = thumbnail_png(images, caps)
         self.thumbs.layout.display = ""
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def thumbnail_png(images: np.ndarray, captions: list[str] | None = None, ncols: int = 8, tile: int = 84) -> bytes:
+    """A PNG mosaic of images with captions under each, drawn with Pillow: about 20 ms for 32 images where a
+    matplotlib grid takes 2-3 s, so that a selection on the map answers at once."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    band = 24 if captions else 0
+    sheet = Image.new("RGB", (ncols * (tile + 4), nrows * (tile + band + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, im in enumerate(images):
+        a = np.asarray(im)
+        a = np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
+        pil = Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8)).resize(
+            (tile, tile), Image.NEAREST if a.shape[0] * 2 <= tile else Image.BILINEAR)
+        x, y = (i % ncols) * (tile + 4) + 2, (i // ncols) * (tile + band + 4) + 2
+        sheet.paste(pil, (x, y))
+        if captions:
+            for j, line in enumerate(str(captions[i]).split("\n")[:2]):
+                draw.text((x, y + tile + 1 + 11 * j), line[:16], fill="black", font=font)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def show_map(data: MapData, colour: str = "", seed: int = 0):
