@@ -15,7 +15,8 @@ from .errors import WorkbenchError  # noqa: E402
 
 _SUBMODULES = ("active", "annotate", "audit", "augment", "calibration", "cards", "data", "deid", "dicom", "evaluate", "execute", "explain",
                "explore", "fetch", "imagefolder", "ingest", "metrics", "models", "params", "paths", "preprocess",
-               "progress", "report", "review", "runs", "train", "viz", "widgets", "inputs", "runtime")
+               "progress", "report", "review", "runs", "train", "viz", "widgets", "inputs", "runtime", "features", "pools",
+               "predict", "runload", "shift", "tasks", "cells", "notebooks", "sweep", "cache", "mosaic", "layers")
 __all__ = ["WorkbenchError", "__version__", *_SUBMODULES]
 
 
