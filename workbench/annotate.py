@@ -307,28 +307,7 @@ def decide(run: _runs.Run, trained, pool, probs: np.ndarray, choice: dict, shift
     return table
 
 
-def _precision(y, pred, accepted):
-    accepted = accepted.astype(bool)
-    return float((pred[accepted] == y[accepted]).mean()) if accepted.any() else float("nan")
-
-
-def _coverage(y, accepted):
-    return float(accepted.astype(bool).mean())
-
-
-def achieved(labels: np.ndarray, pred: np.ndarray, accepted: np.ndarray, n_resamples: int = 1000,
-             seed: int = 0) -> dict:
-    """Precision and coverage of the auto-accepted set against ground truth, with 95 % bootstrap
-    intervals (seeded percentile bootstrap, stratified by the true class)."""
-    accepted = np.asarray(accepted, dtype=bool)
-    out = _metrics.precision_coverage(accepted, pred == labels)
-    acc = accepted.astype(np.int8)
-    p = _metrics.bootstrap_ci(_precision, labels, pred, acc, n_resamples=n_resamples, seed=seed)
-    c = _metrics.bootstrap_ci(_coverage, labels, acc, n_resamples=n_resamples, seed=seed)
-    out["precision_ci95"] = [p["low"], p["high"]]
-    out["coverage_ci95"] = [c["low"], c["high"]]
-    out["bootstrap"] = {"n_resamples": n_resamples, "method": p["method"], "seed": seed}
-    return out
+achieved = _metrics.accepted_precision_coverage   # precision and coverage with intervals, where labels are known
 
 
 def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, choice: dict, table: pd.DataFrame,

@@ -9,7 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 
 from .errors import WorkbenchError
 
@@ -17,16 +16,8 @@ from .errors import WorkbenchError
 def _overrides(args) -> dict:
     values: dict = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise WorkbenchError(f"config file {path} not found (option -f)")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise WorkbenchError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise WorkbenchError(f"config file {path} must be a mapping of parameter: value")
-        values.update(loaded)
+        from .params import read_yaml_mapping
+        values.update(read_yaml_mapping(args.config))
     for name, value in args.param or []:
         values[name] = value
     # paths given relative to the caller stay valid whatever the kernel's working directory

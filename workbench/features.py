@@ -621,26 +621,7 @@ def _label_text(row, task: str, sep: str = ";") -> str | int:
     return int(row)
 
 
-def _precision(y, pred, accepted):
-    accepted = accepted.astype(bool)
-    return float((pred[accepted] == y[accepted]).mean()) if accepted.any() else float("nan")
-
-
-def _coverage(y, accepted):
-    return float(accepted.astype(bool).mean())
-
-
-def precision_coverage(labels, pred, accepted, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Precision and coverage of an accepted set with 95 % stratified bootstrap intervals (as the annotate
-    stage reports them)."""
-    labels, pred, accepted = np.asarray(labels), np.asarray(pred), np.asarray(accepted, dtype=bool)
-    out = _metrics.precision_coverage(accepted, pred == labels)
-    acc = accepted.astype(np.int8)
-    p = _metrics.bootstrap_ci(_precision, labels, pred, acc, n_resamples=n_resamples, seed=seed)
-    c = _metrics.bootstrap_ci(_coverage, labels, acc, n_resamples=n_resamples, seed=seed)
-    out["precision_ci95"] = [p["low"], p["high"]]
-    out["coverage_ci95"] = [c["low"], c["high"]]
-    return out
+precision_coverage = _metrics.accepted_precision_coverage
 
 
 @dataclass

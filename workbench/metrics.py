@@ -249,6 +249,29 @@ def _method(y_true: np.ndarray, stratify: bool) -> str:
     return "percentile bootstrap, stratified by class"
 
 
+def _accepted_precision(y, pred, accepted):
+    accepted = accepted.astype(bool)
+    return float((pred[accepted] == y[accepted]).mean()) if accepted.any() else float("nan")
+
+
+def _accepted_coverage(y, accepted):
+    return float(accepted.astype(bool).mean())
+
+
+def accepted_precision_coverage(labels, pred, accepted, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Precision and coverage of an auto-accepted set against ground truth, with 95 % bootstrap intervals
+    (seeded percentile bootstrap, stratified by the true class): what the annotate stage reports."""
+    labels, pred, accepted = np.asarray(labels), np.asarray(pred), np.asarray(accepted, dtype=bool)
+    out = precision_coverage(accepted, pred == labels)
+    acc = accepted.astype(np.int8)
+    p = bootstrap_ci(_accepted_precision, labels, pred, acc, n_resamples=n_resamples, seed=seed)
+    c = bootstrap_ci(_accepted_coverage, labels, acc, n_resamples=n_resamples, seed=seed)
+    out["precision_ci95"] = [p["low"], p["high"]]
+    out["coverage_ci95"] = [c["low"], c["high"]]
+    out["bootstrap"] = {"n_resamples": n_resamples, "method": p["method"], "seed": seed}
+    return out
+
+
 def bootstrap_ci(metric, y_true: np.ndarray, *arrays: np.ndarray, n_resamples: int = 1000, seed: int = 0,
                  stratify: bool = True, confidence: float = 0.95) -> dict:
     """Seeded (stratified by ``y_true``) percentile bootstrap interval of ``metric(y_true, *arrays)``.

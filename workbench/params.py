@@ -198,5 +198,22 @@ def to_dict(params) -> dict:
     return dataclasses.asdict(params)
 
 
+def read_yaml_mapping(path, what: str = "config file", expect: str = "parameter: value") -> dict:
+    """A YAML file of ``parameter: value`` pairs (the command line's ``-f``); one-line errors name the file."""
+    from pathlib import Path
+
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"{what} {path} not found (option -f)")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise WorkbenchError(f"{what} {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise WorkbenchError(f"{what} {path} must be a mapping of {expect}")
+    return doc
+
+
 def help_text(stage: str) -> str:
     return "\n".join(f"  {n} ({f.type}, default {f.default!r}): {f.metadata['help']}" for n, f in fields(stage).items())

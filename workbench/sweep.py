@@ -118,16 +118,9 @@ def split_values(name: str, text: str) -> list:
 
 
 def _load_file(path: Path) -> dict:
-    import yaml
+    from .params import read_yaml_mapping
     path = Path(path)
-    if not path.is_file():
-        raise WorkbenchError(f"sweep file {path} not found (option -f)")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise WorkbenchError(f"sweep file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise WorkbenchError(f"sweep file {path} must be a mapping: parameter: value or [values], settings: [...]")
+    doc = read_yaml_mapping(path, "sweep file", "parameter: value or [values], settings: [...]")
     settings = doc.get("settings", [])
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
         raise WorkbenchError(f"sweep file {path}: 'settings' must be a list of mappings parameter: value")
