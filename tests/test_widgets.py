@@ -356,3 +356,32 @@ def test_class_box_enter_never_names_another_class_than_the_full_text(tmp_path):
         for i in range(1, len(full)):
             part = w.resolve(full[:i])
             assert part is None or part == whole, (full[:i], part, whole)
+
+
+def test_class_box_enter_that_overtook_its_text_takes_the_rest_of_it(tmp_path, monkeypatch):
+    """Enter can reach the kernel while it holds only "finding 0" of "finding 05" (the browser test saw
+    this): the next text update, extending that text at once, is resolved as if Enter followed it; a
+    late one, a text that does not extend it, or a second update never is."""
+    from workbench import widgets
+    inputs = fake_inputs(tmp_path, 30)
+    w = widgets.ReviewWidget(inputs, overlay=None)
+    log = tmp_path / "log.jsonl"
+    w.class_box.value = "finding 0"                                        # finding 00..09: ambiguous
+    w.class_box._handle_custom_msg({"event": "submit"}, [])
+    assert not inputs.session.decisions and "part of 10 names" in w.message.value
+    w.class_box.value = "finding 05"                                       # the rest of the text arrives
+    assert logged(log)[-1]["label"] == 5 and w.class_box.value == ""
+    w.class_box._handle_custom_msg({"event": "submit"}, [])                # Enter before any text arrived
+    w.class_box.value = "finding 2"                                        # 20..29: still ambiguous
+    w.class_box.value = "finding 27"                                       # a second update: no Enter for it
+    assert len(inputs.session.decisions) == 1
+    w.class_box.value = ""
+    w.class_box.value = "finding 1"
+    w.class_box._handle_custom_msg({"event": "submit"}, [])
+    w.class_box.value = "nodule"                                           # does not extend "finding 1"
+    assert len(inputs.session.decisions) == 1
+    w.class_box.value = "finding 1"
+    w.class_box._handle_custom_msg({"event": "submit"}, [])
+    monkeypatch.setattr(widgets, "ENTER_CATCH_UP_S", -1.0)                  # the rest came too late
+    w.class_box.value = "finding 12"
+    assert len(inputs.session.decisions) == 1

@@ -30,7 +30,9 @@ Enter is never a commit key. Its "submit" message is not throttled like the box'
 text then), so an Enter pressed quickly after ``2`` ``8`` can reach the kernel before the ``8``: acting
 on it would record class 2. Everything that records a decision therefore travels in the text itself
 (the class box's Enter resolves only text that names a single class, which the rest of the text can
-no longer change to another class).
+no longer change to another class). Where the kernel holds too little of the class box's text when
+Enter arrives ("finding 0" of "finding 05"), the next text update, if it extends that text within
+``ENTER_CATCH_UP_S`` seconds, is resolved as if Enter followed it.
 
 The buttons' tooltips name their key. Under papermill (``WORKBENCH_HEADLESS=1``) ``review_run``
 returns a static summary instead (queue size, progress, the first items as a gallery).
@@ -47,6 +49,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +60,7 @@ from .review import is_multilabel
 
 MAX_CLASS_BUTTONS = 12   # more classes than this: the class box only
 ENTER = "\n"
+ENTER_CATCH_UP_S = 3.0   # class box: how long an Enter that overtook its text waits for the rest of it
 
 
 def _png(image: np.ndarray, size: int = 224, overlay: np.ndarray | None = None) -> bytes:
@@ -155,6 +159,7 @@ class ReviewWidget:
         self._last_keys = ""  # the key box's text as last received from the browser (see _on_keys)
         self._number = ""     # digits of a class number typed in the keys box, not complete yet
         self._shown = None    # the item the label toggles were last set for
+        self._enter_at = None  # (class-box text, time) of an Enter that named no single class yet
         self.keys.observe(self._on_keys, names="value")
         self.keys.on_msg(self._on_keys_msg)
         self.class_box.observe(self._on_class_box, names="value")
@@ -375,7 +380,7 @@ class ReviewWidget:
             self.press(ENTER)
 
     # -------------------------------------------------------------- class box
-    def resolve(self, text: str) -> int | None:
+    def resolve(self, text: str, quiet: bool = False) -> int | None:
         """The class (0-based) a class-box text names: an option of the list, or text that is part of one
         class's "number · name" (any case) and of no other; None (with a message) otherwise.
 
@@ -390,6 +395,8 @@ class ReviewWidget:
         hits = [c for c, n in enumerate(self.names) if low and low in f"{self._keys_for(c)} · {n}".lower()]
         if len(hits) == 1:
             return hits[0]
+        if quiet:
+            return None
         if hits:
             shown = ", ".join(self.names[c] for c in hits[:6]) + (" …" if len(hits) > 6 else "")
             self._say(f"{t!r} is part of {len(hits)} names ({shown}): type more, or pick one from the list",
@@ -400,22 +407,34 @@ class ReviewWidget:
 
     def _on_class_box(self, change):
         """An option picked from the list (the text is exactly an option): act at once. Other text is
-        still being typed: wait for Enter (``_on_class_box_msg``)."""
-        c = self._option_index.get(change["new"])
+        still being typed: wait for Enter (``_on_class_box_msg``), or, where Enter overtook the text
+        (``_enter_at``), resolve the text that was behind it."""
+        new, enter, self._enter_at = change["new"], self._enter_at, None
+        c = self._option_index.get(new)
+        if c is None and enter is not None and new.startswith(enter[0]) and len(new) > len(enter[0]) \
+                and time.monotonic() - enter[1] <= ENTER_CATCH_UP_S:
+            c = self.resolve(new)
         if c is not None:
             self.class_box.value = ""
             self.pick(c)
 
     def _on_class_box_msg(self, _widget, content, _buffers):
+        """Enter in the class box. The kernel may hold only the beginning of the text typed (module
+        docstring): where that names no single class yet, the next text update (if it comes at once
+        and extends it) is resolved as if Enter followed it."""
         if not (isinstance(content, dict) and content.get("event") == "submit"):
             return
         text = self.class_box.value
-        if not text.strip() or text in self._option_index:  # an option was acted on when it arrived
+        if text in self._option_index:  # an option was acted on when it arrived
             return
-        c = self.resolve(text)
-        if c is not None:
-            self.class_box.value = ""
-            self.pick(c)
+        c = self.resolve(text, quiet=True) if text.strip() else None
+        if c is None:
+            self._enter_at = (text, time.monotonic())
+            if text.strip():
+                self.resolve(text)  # the message: candidates, or no class contains it
+            return
+        self.class_box.value = ""
+        self.pick(c)
 
     def export(self):
         from .annotate import export_review
