@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import workbench  # noqa: E402,F401  (JAX backend first)
+from workbench.runs import strict_json  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 RUN = ROOT / "runs" / "bench-features" / "run-demo-seed0"
@@ -236,19 +237,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def strict(obj):
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -284,7 +272,7 @@ def main(argv=None) -> dict:
                          if agreement and agreement["equal_coverage"].get("reachable") else None},
            "elapsed_s": time.perf_counter() - t0,
            "machine": f"{platform.machine()}, Python {platform.python_version()}, {__import__('os').cpu_count()} CPUs"}
-    res = strict(res)
+    res = strict_json(res)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "features.json").write_text(json.dumps(res, indent=1) + "\n")

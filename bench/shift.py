@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import workbench  # noqa: E402,F401  (JAX backend first)
 from workbench import calibration, metrics, shift  # noqa: E402
+from workbench.runs import strict_json  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 WORK = Path(tempfile.gettempdir()) / "workbench-bench-shift"
@@ -392,20 +393,6 @@ def markdown(res: dict) -> str:
 ALPHA = 0.01
 
 
-def strict(obj):
-    """NaN / inf → None so shift.json stays strict JSON (e.g. the precision of an empty accepted set)."""
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -471,7 +458,7 @@ def main(argv=None) -> dict:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "shift.json").write_text(json.dumps(strict(res), indent=2, allow_nan=False) + "\n")
+    (out / "shift.json").write_text(json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n")
     md = markdown(res)
     (out / "shift.md").write_text(md)
     print(md)

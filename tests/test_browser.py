@@ -193,14 +193,7 @@ def test_review_widget_accept_key_writes_decisions(lab, browser, pipeline_run, t
     for n in range(1, 4):
         keys.click()
         keys.press("a")
-        # each key is one durable decision: wait until the log holds n of them
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-            decisions = [r for r in recs if r.get("type") == "decision"]
-            if len(decisions) >= n:
-                break
-            time.sleep(0.2)
+        decisions = _wait_decisions(log, n)  # each key is one durable decision: wait until the log holds n
         assert len(decisions) == n, f"after {n} key presses the log holds {len(decisions)} decisions"
     page.screenshot(path=str(tmp_path / "review_after.png"), full_page=True)
     assert [d["action"] for d in decisions] == ["accept"] * 3

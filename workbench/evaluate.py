@@ -189,22 +189,10 @@ def compute(run: _runs.Run, trained, ds, params: EvaluateParams) -> dict:
     result["feature_baselines"] = _features.baselines(trained, ds, n_boot, seed, params.batch_size)
 
     np.savez_compressed(run.file("predictions.npz"), **arrays)
-    result = _strict_json(result)
+    result = _runs.strict_json(result)
     run.write_json("metrics.json", result)
     return result
 
-
-def _strict_json(obj):
-    """NaN/inf (an empty reliability bin, an undefined AUC) → None: metrics.json stays strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict_json(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def load_predictions(run: _runs.Run) -> dict[str, np.ndarray]:

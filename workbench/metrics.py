@@ -360,6 +360,14 @@ def per_class_rates(y_true, y_pred, num_classes: int) -> pd.DataFrame:
     """
     labels = list(range(num_classes))
     y_true = np.asarray(y_true).reshape(-1)
+    sens, spec, ppv, npv, f1, support = _one_vs_rest_rates(y_true, y_pred, labels)
+    return pd.DataFrame({"sensitivity": sens, "specificity": spec, "ppv": ppv, "npv": npv, "f1": f1,
+                         "support": support.astype(int)})
+
+
+def _one_vs_rest_rates(y_true, y_pred, labels):
+    """Per class (or label) of ``labels``: sensitivity, specificity, PPV, NPV, F1 and support, by
+    scikit-learn's one-vs-rest confusion matrices; an undefined rate is NaN."""
     ppv, sens, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
                                                                   zero_division=np.nan)
     mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)
@@ -367,8 +375,7 @@ def per_class_rates(y_true, y_pred, num_classes: int) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
         npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
-    return pd.DataFrame({"sensitivity": sens, "specificity": spec, "ppv": ppv, "npv": npv, "f1": f1,
-                         "support": support.astype(int)})
+    return sens, spec, ppv, npv, f1, support
 
 
 def per_label_rates(y_true, y_pred, probs=None) -> pd.DataFrame:
@@ -378,13 +385,7 @@ def per_label_rates(y_true, y_pred, probs=None) -> pd.DataFrame:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n_labels = y_true.shape[1]
     labels = list(range(n_labels))
-    ppv, sens, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
-                                                                  zero_division=np.nan)
-    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)
-    tn, fp, fn = mcm[:, 0, 0].astype(float), mcm[:, 0, 1].astype(float), mcm[:, 1, 0].astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
-        npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
+    sens, spec, ppv, npv, f1, support = _one_vs_rest_rates(y_true, y_pred, labels)
     acc = [skm.accuracy_score(y_true[:, c], y_pred[:, c]) if len(y_true) else np.nan for c in labels]
     auc = [skm.roc_auc_score(y_true[:, c], probs[:, c]) if probs is not None and 0 < y_true[:, c].sum() < len(y_true)
            else np.nan for c in labels]

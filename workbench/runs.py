@@ -97,6 +97,23 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def strict_json(obj):
+    """NaN/inf (an empty reliability bin, an undefined AUC) → None, numpy scalars → Python: what json.dumps
+    writes of it stays strict JSON (``allow_nan=False``)."""
+    import numpy as np
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
 POOLS_DIR = "annotate"   # RUN/annotate/<pool>/: one write-once directory per annotated pool
 
 
