@@ -233,7 +233,7 @@ def render_md(doc: dict) -> str:
         card = card_of(e)
         ordinal = e.get("task") == "ordinal-regression"
         title = card.pretty_name if card else name
-        lines += ["", f"## {title} (`{name}`, {e.get('task')} task)", ""]
+        lines += ["", f"## {title} — `{name}`, {e.get('task')} task", ""]
         head = "| | seeds | test ACC | test AUC |" + (" test MAE | test QWK |" if ordinal else "") + " source |"
         lines += [head, "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if ordinal else "") + " --- |"]
         for recipe in RECIPE_NAMES:

@@ -143,7 +143,7 @@ def test_quick_mode_through_the_stages(tmp_path):
     assert r["seeds"][0]["test_mae"] == m["mae"] and r["seeds"][0]["test_qwk"] == m["qwk"]
     assert r["test_mae_mean"] == pytest.approx(m["mae"], abs=1e-5)
     md = out.with_suffix(".md").read_text()
-    assert "Quick mode" in md and "## RetinaMNIST (tiny test subset): `retinamnist_tiny`, ordinal-regression" in md
+    assert "Quick mode" in md and "## RetinaMNIST (tiny test subset) — `retinamnist_tiny`, ordinal-regression task" in md
     assert f"| breastmnist_tiny | full | 1 | {b['test_acc_mean']:.4f} ± 0.0000 | not on the card |" in md
 
 
