@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -67,7 +68,9 @@ def _phi_values(src: Path) -> dict[str, str]:
 def _search(paths, phi: dict[str, str]) -> list[tuple[str, str, str]]:
     """Every file searched for every value: text (CSV, card, JSON, YAML, zip member names) case-
     insensitively; binary data (zip members, npz arrays as bytes) exactly and for values of 8+
-    characters, since uniform pixel regions spell short runs like 'sssssss' by chance."""
+    characters, since uniform pixel regions spell short runs like 'sssssss' by chance. A value of digits
+    only counts as a whole number in text (as ``deid.audit`` matches it): papermill's timestamps hold
+    every 6-digit run by chance."""
     hits = []
     for base in paths:
         for f in sorted(Path(base).rglob("*")) if Path(base).is_dir() else [Path(base)]:
@@ -86,8 +89,11 @@ def _search(paths, phi: dict[str, str]) -> list[tuple[str, str, str]]:
                 texts.append(f.read_bytes())
             for value, kw in phi.items():
                 needle = value.encode()
-                if any(needle.lower() in t.lower() for t in texts) or (
-                        len(value) >= 8 and any(needle in b for b in binaries)):
+                if value.isdigit():  # a number only as a whole number: "25641" is not in "10:40:57.325641Z"
+                    in_text = any(re.search(rb"(?<![0-9])" + needle + rb"(?![0-9])", t) for t in texts)
+                else:
+                    in_text = any(needle.lower() in t.lower() for t in texts)
+                if in_text or (len(value) >= 8 and any(needle in b for b in binaries)):
                     hits.append((str(f), kw, value))
     return hits
 
