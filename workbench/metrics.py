@@ -355,7 +355,7 @@ def _rates(tp, fp, fn, tn) -> tuple[np.ndarray, ...]:
 def per_class_rates(y_true, y_pred, num_classes: int) -> pd.DataFrame:
     """One-vs-rest sensitivity (recall), specificity, PPV (precision), NPV and F1 per class, with support.
 
-    scikit-learn's ``precision_recall_fscore_support`` and ``multilabel_confusion_matrix``; a rate whose
+    scikit-learn's ``multilabel_confusion_matrix`` counts (``_rates``); a rate whose
     denominator is zero (e.g. the PPV of a class never predicted) is undefined and reported as NaN, not 0.
     """
     labels = list(range(num_classes))
@@ -366,16 +366,11 @@ def per_class_rates(y_true, y_pred, num_classes: int) -> pd.DataFrame:
 
 
 def _one_vs_rest_rates(y_true, y_pred, labels):
-    """Per class (or label) of ``labels``: sensitivity, specificity, PPV, NPV, F1 and support, by
-    scikit-learn's one-vs-rest confusion matrices; an undefined rate is NaN."""
-    ppv, sens, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
-                                                                  zero_division=np.nan)
-    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)
-    tn, fp, fn = mcm[:, 0, 0].astype(float), mcm[:, 0, 1].astype(float), mcm[:, 1, 0].astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
-        npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
-    return sens, spec, ppv, npv, f1, support
+    """Per class (or label) of ``labels``: ``_rates`` of scikit-learn's one-vs-rest confusion matrices, and
+    the support (images of that class)."""
+    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels).astype(float)
+    tn, fp, fn, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
+    return (*_rates(tp, fp, fn, tn), tp + fn)
 
 
 def per_label_rates(y_true, y_pred, probs=None) -> pd.DataFrame:

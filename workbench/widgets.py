@@ -380,7 +380,7 @@ class ReviewWidget:
             self.press(ENTER)
 
     # -------------------------------------------------------------- class box
-    def resolve(self, text: str, quiet: bool = False) -> int | None:
+    def resolve(self, text: str) -> int | None:
         """The class (0-based) a class-box text names: an option of the list, or text that is part of one
         class's "number · name" (any case) and of no other; None (with a message) otherwise.
 
@@ -395,8 +395,6 @@ class ReviewWidget:
         hits = [c for c, n in enumerate(self.names) if low and low in f"{self._keys_for(c)} · {n}".lower()]
         if len(hits) == 1:
             return hits[0]
-        if quiet:
-            return None
         if hits:
             shown = ", ".join(self.names[c] for c in hits[:6]) + (" …" if len(hits) > 6 else "")
             self._say(f"{t!r} is part of {len(hits)} names ({shown}): type more, or pick one from the list",
@@ -427,11 +425,9 @@ class ReviewWidget:
         text = self.class_box.value
         if text in self._option_index:  # an option was acted on when it arrived
             return
-        c = self.resolve(text, quiet=True) if text.strip() else None
+        c = self.resolve(text) if text.strip() else None  # None: a message names the candidates
         if c is None:
             self._enter_at = (text, time.monotonic())
-            if text.strip():
-                self.resolve(text)  # the message: candidates, or no class contains it
             return
         self.class_box.value = ""
         self.pick(c)
