@@ -247,3 +247,43 @@ def test_run_and_the_executed_notebooks_write_the_same_artifacts(pipeline_run, t
                       if p.is_file() and p.suffix not in (".ipynb", ".html") and p.relative_to(root).parts[0] != "complete")
     assert files(run_dir) == files(d)
     assert len(files(d)) > 20
+
+
+def test_the_stages_share_one_kernel_each_numbered_from_one(pipeline_run):
+    """workbench pipeline runs its stages in one kernel (workbench.execute.StageKernel), each on a clean slate."""
+    d = pipeline_run["dir"]
+    prov = read_json(d / "provenance.json")
+    pool = read_json(_pool(d) / "provenance.json")["annotate"]
+    assert prov["train"]["kernel"]["pid"] == prov["evaluate"]["kernel"]["pid"] == pool["kernel"]["pid"]
+    assert [prov["train"]["kernel"]["earlier_stages"], prov["evaluate"]["kernel"]["earlier_stages"],
+            pool["kernel"]["earlier_stages"]] == [[], ["train"], ["train", "evaluate"]]
+    for nb in (d / "10_train.ipynb", d / "20_evaluate.ipynb", _pool(d) / "30_annotate.ipynb"):
+        counts = [c.execution_count for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
+        assert counts == list(range(1, len(counts) + 1)), nb.name
+
+
+def test_a_fresh_kernel_per_stage_gives_the_same_results(pipeline_run, tmp_path):
+    """evaluate and annotate, each in a kernel of its own (workbench run) on the pipeline's trained model, write
+    what they wrote in the kernel shared with the earlier stages: nothing of train leaks into them."""
+    from workbench import cache
+    from conftest import run_cli
+    d, fresh = pipeline_run["dir"], tmp_path / "fresh"
+    fresh.mkdir()
+    key = read_json(cache.marker_path(d, "train"))["key"]
+    cache.reuse(d, fresh, ["train"], {"train": key})
+    for stage, done in (("evaluate", d), ("annotate", _pool(d))):   # the parameters the pipeline gave the stage
+        given = {k: v for k, v in read_json(done / "params" / f"{stage}.json").items() if k not in ("run_dir", "out_dir")}
+        proc = run_cli("run", stage, "--run", str(fresh), "-q", *[a for k, v in given.items() for a in ("-p", k, str(v))])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(fresh / "provenance.json")["evaluate"]["kernel"]["earlier_stages"] == []
+
+    def metrics(run):  # features/<source>-<key>.npz: the key hashes the model file (a copy: same bytes here)
+        m = read_json(run / "metrics.json")
+        for k in ("seconds", "time_utc"):
+            m.pop(k, None)
+        return m
+    assert metrics(fresh) == metrics(d)
+    for name in ("predictions.npz", "calibration.json"):
+        assert (fresh / name).read_bytes() == (d / name).read_bytes(), name
+    for name in ("annotations.csv", "review_queue.csv", "label_issues.csv", "pool_predictions.npz", "audit_probs.npz"):
+        assert (_pool(fresh) / name).read_bytes() == (_pool(d) / name).read_bytes(), name

@@ -196,7 +196,7 @@ def test_only_complete_stages_count_and_reuse_copies_them(tmp_path):
 def test_a_stage_is_not_marked_when_the_code_changed_while_it_ran(tmp_path, monkeypatch):
     import workbench.execute as ex
 
-    def fake_run_stage(stage, run_dir, values, progress=False):
+    def fake_run_stage(stage, run_dir, values, progress=False, kernel=None):
         for name in ("10_train.ipynb", "10_train.html", "model.keras"):
             (run_dir / name).write_text(name)
         return run_dir / "10_train.html"

@@ -41,6 +41,7 @@ def cross_val_probs(images: np.ndarray, labels: np.ndarray, build_model, folds: 
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     probs, fold_of = None, np.full(len(labels), -1)
     cfg = ALConfig(batch_size=batch_size, learning_rate=learning_rate)
+    keras.utils.set_random_seed(seed)  # the initial weights: seeded, not whatever the process drew before
     model = build_model()  # one model, re-initialised per fold: one compilation for all folds
     initial = model.get_weights()
     for f, (tr, te) in enumerate(tqdm(list(skf.split(np.zeros(len(labels)), labels)), desc="audit folds", unit="fold")):

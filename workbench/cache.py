@@ -333,14 +333,14 @@ def _read_json(path: Path):
 # --- a pipeline through the cache ------------------------------------------------------------------------
 
 def run_stage_marked(stage: str, run_dir: Path, values: dict, key: str, progress: bool = False,
-                     code_digest: str | None = None, log=print) -> Path:
+                     code_digest: str | None = None, log=print, kernel=None) -> Path:
     """``workbench.execute.run_stage`` followed by the stage's completion marker, unless the code changed
     while the stage ran (then the key, computed before, does not describe what ran: no marker, so the stage
     is never reused; the run itself is complete)."""
     from .execute import run_stage
     before = snapshot(run_dir)
     t0 = time.perf_counter()
-    report = run_stage(stage, run_dir, values, progress=progress)
+    report = run_stage(stage, run_dir, values, progress=progress, kernel=kernel)
     now = code_identity(fresh=True)
     if code_digest is not None and now["digest"] != code_digest:
         log(f"note: the code (workbench/, notebooks/, data_cards/) changed while stage {stage} ran: "
@@ -369,15 +369,17 @@ def run_pipeline(run_dir: Path, per_stage: dict[str, dict], stages, progress: bo
         reuse(source, run_dir, stages[:n], keys)
         info["seconds"]["reuse"] = round(time.perf_counter() - t0, 2)
         log(f"== {', '.join(stages[:n])}: reused from {source} (finished with the same parameters, data and code)")
-    for s in stages[n:]:
-        log(f"== {s}")
-        if on_stage:
-            on_stage(s)
-        t0 = time.perf_counter()
-        run_stage_marked(s, run_dir, per_stage.get(s, {}), keys[s], progress=progress, code_digest=code_digest,
-                         log=log)
-        info["seconds"][s] = round(time.perf_counter() - t0, 2)
-        info["computed"].append(s)
-        if not marker_path(run_dir, s).exists():
-            info["unmarked"].append(s)
+    from .execute import StageKernel
+    with StageKernel() as kernel:  # one kernel (one start, one import of Keras/JAX) for the stages computed here
+        for s in stages[n:]:
+            log(f"== {s}")
+            if on_stage:
+                on_stage(s)
+            t0 = time.perf_counter()
+            run_stage_marked(s, run_dir, per_stage.get(s, {}), keys[s], progress=progress, code_digest=code_digest,
+                             log=log, kernel=kernel)
+            info["seconds"][s] = round(time.perf_counter() - t0, 2)
+            info["computed"].append(s)
+            if not marker_path(run_dir, s).exists():
+                info["unmarked"].append(s)
     return info

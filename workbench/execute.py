@@ -7,6 +7,7 @@ valid ones (papermill itself only warns).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -22,6 +23,12 @@ KERNEL_NAME = "workbench"
 # sys.__stderr__) reach the terminal that runs the stage, never the shared HTML report
 HEADLESS_KERNEL_NAME = "workbench-headless"
 PIPELINE = ("train", "evaluate", "annotate")
+# the environment variables that set a kernel up: its backend, threads, devices and Python (workbench.runtime's
+# kernel_env, a sweep's CPU budget, the user's own). A shared kernel serves a later stage only if these are as
+# they were when it started; other variables change as this process imports libraries (OpenCV extends
+# LD_LIBRARY_PATH, Keras and JAX add TF_* and TPU_* settings) and the kernel's own imports do the same.
+SETUP_ENV_PREFIXES = ("XLA_", "JAX_", "KERAS_", "WORKBENCH_", "MALLOC_", "OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_",
+                      "VECLIB_", "CUDA_", "NVIDIA_", "PYTHON")
 
 
 def _install_kernel(name: str, display: str, extra_argv: tuple[str, ...] = ()) -> str:
@@ -100,9 +107,137 @@ def _error_line(nb_path: Path, exc) -> str:
     return f"{ename}: {evalue} (see {nb_path})"
 
 
-def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress: bool = True) -> Path:
+class StageKernel:
+    """One notebook kernel for the stages of one run (train → evaluate → annotate): a pipeline pays one kernel
+    start and one import of workbench, Keras and JAX (seconds each, more on a loaded machine) instead of one
+    per stage, the bulk of what a short run costs beyond its work (``make bench-sweep``).
+
+    Each stage still starts from a clean slate: before it, a silent execute (no execution count, no output in
+    the notebook) clears Keras's global state and resets IPython's user namespace and execution count, so the
+    stage's notebook sees only its own parameters, its cells numbered from 1. What stays is what was imported
+    (that is the saving) and JAX's compilation cache. Every stage seeds its own randomness
+    (``keras.utils.set_random_seed``, ``default_rng(seed)``), so its results are those of a fresh kernel: a test
+    compares them. A kernel is reused only if the stage would have started its own with the same environment
+    and working directory (the train stage's XLA/allocator settings, a sweep's CPU budget); otherwise a fresh
+    one starts. Each stage's provenance names the earlier stages its kernel ran (``kernel.earlier_stages``).
+
+    Use as a context manager (the kernel is shut down at the end, also on error or Ctrl-C); pass it to
+    ``run_stage(..., kernel=...)``."""
+
+    PRELOAD = "import workbench\nfrom workbench import train, evaluate, annotate, features, widgets\n"
+
+    def __init__(self):
+        self.km = None
+        self.started_with = None
+        self.stages: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def pid(self) -> int | None:
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(proc, "pid", None)
+
+    def _run_silent(self, code: str, what: str) -> None:
+        from jupyter_core.utils import run_sync
+
+        async def go():
+            kc = self.km.client()
+            kc.start_channels()
+            try:
+                await kc.wait_for_ready(timeout=120)
+                return await kc.execute_interactive(code, silent=True, store_history=False, timeout=600,
+                                                    output_hook=lambda msg: None)
+            finally:
+                kc.stop_channels()
+        reply = run_sync(go)()
+        content = reply.get("content", {})
+        if content.get("status") != "ok":
+            raise WorkbenchError(f"could not {what} in the notebook kernel: "
+                                 f"{content.get('ename', 'error')}: {content.get('evalue', '')}")
+
+    def _differs(self, wanted) -> bool:
+        """Would a kernel started now be set up otherwise than this one? Its working directory, its kernel, or
+        a variable of its set-up (SETUP_ENV_PREFIXES) added, removed or changed since it started."""
+        def setup(env):
+            return {k: v for k, v in env.items() if k.startswith(SETUP_ENV_PREFIXES)}
+        return wanted[1:] != self.started_with[1:] or setup(wanted[0]) != setup(self.started_with[0])
+
+    def for_stage(self, stage: str, kernel_name: str):
+        """The kernel manager to run ``stage`` on, its namespace reset (started now if needed)."""
+        from jupyter_core.utils import run_sync
+        wanted = (dict(os.environ), os.getcwd(), kernel_name)
+        if self.km is not None and (self._differs(wanted) or not run_sync(self.km.is_alive)()):
+            self.close()
+        if self.km is None:
+            km = _tracking_kernel_manager()(kernel_name=kernel_name)
+            run_sync(km.start_kernel)(env=wanted[0], cwd=wanted[1])
+            self.km, self.started_with, self.stages = km, wanted, []
+            self._run_silent(self.PRELOAD, "import workbench")
+        self._run_silent(
+            "import keras as _keras, workbench.runtime as _runtime\n"
+            "_keras.backend.clear_session(free_memory=False)\n"
+            f"_runtime.KERNEL['earlier_stages'] = {list(self.stages)!r}\n"
+            "get_ipython().reset(new_session=True)\n"
+            "__import__('gc').collect()\n", f"reset the kernel for stage {stage}")
+        self.stages.append(stage)
+        return self.km
+
+    def after_stage(self) -> None:
+        """Close the connections papermill opened to the kernel (it does not, for a kernel it does not own)."""
+        if self.km is not None:
+            self.km.close_clients()
+
+    def close(self) -> None:
+        if self.km is None:
+            return
+        from jupyter_core.utils import run_sync
+        km, self.km = self.km, None
+        km.close_clients()
+        try:
+            run_sync(km.shutdown_kernel)(now=False)
+        except Exception:  # noqa: BLE001 - already dead: nothing to shut down; its resources are freed below
+            run_sync(km.cleanup_resources)()
+
+
+@functools.lru_cache(maxsize=None)
+def _tracking_kernel_manager():  # built on first use: importing this module stays light
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackingKernelManager(AsyncKernelManager):
+        """Remembers the clients handed out so they can be closed (each holds sockets and a zmq context)."""
+
+        def client(self, **kw):
+            kc = super().client(**kw)
+            self.__dict__.setdefault("_clients", []).append(kc)
+            return kc
+
+        def close_clients(self) -> None:
+            for kc in self.__dict__.pop("_clients", []):
+                if kc.channels_running:
+                    kc.stop_channels()
+    return TrackingKernelManager
+
+
+def _trained_conv_impl(run_dir: Path) -> str:
+    """The ``conv_impl`` the run was trained with (its params/train.json; the default when unreadable: the
+    stage itself then says what is missing)."""
+    try:
+        return json.loads((Path(run_dir) / "params" / "train.json").read_text()).get("conv_impl", "fast")
+    except (OSError, ValueError, AttributeError):
+        return _params.fields("train")["conv_impl"].default
+
+
+def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress: bool = True,
+              kernel: StageKernel | None = None) -> Path:
     """Execute one stage notebook into ``run_dir`` (annotate: into a new pool directory inside it);
-    returns the HTML report's path."""
+    returns the HTML report's path. ``kernel``: a ``StageKernel`` shared with the run's other stages (default:
+    a kernel of its own, started and shut down by papermill)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
     if stage not in STAGES:
@@ -121,19 +256,28 @@ def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress
         raise WorkbenchError(f"stage {stage} already ran in {out_dir}: run directories are write-once; start a new run")
     os.environ["WORKBENCH_HEADLESS"] = "1"
     os.environ["KERAS_BACKEND"] = "jax"
-    if stage == "train":  # the fast CPU path's process settings must be there when the kernel starts
-        from .runtime import kernel_env
+    # the fast CPU path's process settings must be there when the kernel starts; the later stages run the model
+    # on the backend settings it was trained with, whether in the pipeline's kernel or in one of their own
+    from .runtime import kernel_env
+    if stage == "train":
         os.environ.update(kernel_env(values.get("conv_impl", "fast")))
+    elif stage in ("evaluate", "annotate"):
+        os.environ.update(kernel_env(_trained_conv_impl(run_dir)))
+    kernel_name = ensure_kernel(headless=True)
+    shared = {"km": kernel.for_stage(stage, kernel_name)} if kernel is not None else {}
     try:
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out), parameters={**values, "run_dir": str(run_dir)},
-            kernel_name=ensure_kernel(headless=True), progress_bar=progress, cwd=os.getcwd(),
+            kernel_name=kernel_name, progress_bar=progress, cwd=os.getcwd(),
             # the notebook's own printed lines (e.g. one line per training epoch) reach the terminal too
-            stdout_file=sys.stdout if progress else None,
+            stdout_file=sys.stdout if progress else None, **shared,
         )
     except PapermillExecutionError as e:
         export_html(out)
         raise WorkbenchError(f"stage {stage} failed: {_error_line(out, e)}") from None
+    finally:
+        if kernel is not None:
+            kernel.after_stage()
     html = export_html(out)
     if stage == "annotate":  # DICOM pools: the executed notebook and its report are searched too
         from .annotate import phi_check

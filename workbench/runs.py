@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from . import runtime
 from .errors import WorkbenchError
 from .paths import ROOT, runs_root
 
@@ -194,6 +195,8 @@ def provenance(seed: int, extra: dict | None = None) -> dict:
         "git": {"sha": sha, "dirty": bool(dirty) if dirty is not None else None},
         "argv": sys.argv if not any("ipykernel" in a for a in sys.argv) else None,
         "env": {k: os.environ[k] for k in ("KERAS_BACKEND", "XLA_FLAGS", "WORKBENCH_HEADLESS") if k in os.environ},
+        # the process; earlier_stages: those of the run it executed before this one (workbench.execute.StageKernel)
+        "kernel": {"pid": os.getpid(), "earlier_stages": list(runtime.KERNEL["earlier_stages"])},
     }
     info.update(extra or {})
     return info

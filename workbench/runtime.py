@@ -81,3 +81,8 @@ def kernel_env(conv_impl: str = "fast") -> dict[str, str]:
     if "xla_cpu_experimental_ynn_fusion_type" not in flags:
         env["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
     return {k: v for k, v in env.items() if k == "XLA_FLAGS" or k not in os.environ}
+
+
+# the notebook kernel this process is, when workbench.execute.StageKernel runs several stages of a run in it:
+# the stages it ran before the current one (recorded in each stage's provenance)
+KERNEL: dict = {"earlier_stages": []}
