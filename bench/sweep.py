@@ -11,8 +11,9 @@ one invocation:
 Each arm has its own empty runs folder (no arm reuses another's work). Per arm: wall time of the command,
 runs per hour, and per run the overhead = the scheduler's latency (from the moment the run could start,
 its worker free, to its start) + everything
-around the notebooks' work: run directory and budget set-up, each stage's kernel start, the imports cell
-(workbench, Keras, JAX), papermill's bookkeeping and the HTML export. The work is the time the stage
+around the notebooks' work: run directory and budget set-up, the run's kernel (one for its three stages: its
+start, its imports of workbench, Keras and JAX, a reset before each later stage, its shutdown), papermill's
+bookkeeping and the HTML export. The work is the time the stage
 notebooks' other cells took (papermill records every cell's duration). Goals: overhead ≤ 10 s per run,
 cached repeat ≤ 30 s, default workers no slower than sequential.
 
@@ -115,8 +116,9 @@ def scheduling_latency(settings: list[dict]) -> dict[int, float]:
 
 
 def run_breakdown(run_dir: Path, st: dict, imports: dict[str, float]) -> dict:
-    """Where one run's time went (seconds): scheduling latency, per-stage overhead (kernel start, imports,
-    papermill, HTML export, marker) and work (every cell's time but the imports)."""
+    """Where one run's time went (seconds): scheduling latency, per-stage overhead (outside the cells: the kernel's
+    start and imports or its reset, papermill, HTML export; imports left in the first cell) and work (every cell's
+    time but those imports)."""
     stages = {}
     for marker in sorted((run_dir / "complete").glob("*.json")):
         m = json.loads(marker.read_text())
@@ -179,8 +181,8 @@ def markdown(doc: dict) -> str:
     lines = [f"# Sweep machinery: {doc['runs']} runs ({doc['params']})", "",
              f"Measured {doc['time_utc']} on {doc['cpus']} CPU core(s), {doc['machine_note']}", "",
              "| arm | workers | wall s | runs/h | start-up s | computed | cached | overhead s/run | of which "
-             "scheduling | kernel start + papermill + export (of which export) | imports | sweep's own | work s/run | "
-             "load (1 min) before → after |",
+             "scheduling | kernel start and imports, resets, papermill, export (of which export) | imports in cells | "
+             "sweep's own | work s/run | load (1 min) before → after |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for a in arms.values():
         def g(k, d=1):
@@ -199,14 +201,16 @@ def markdown(doc: dict) -> str:
               f"- default workers no slower than sequential: {v['default_wall_s']:.0f} s vs "
               f"{v['sequential_wall_s']:.0f} s ({v['speedup']:.2f}×): **{'met' if v['default_met'] else 'NOT met'}**",
               "", "Per run (means over the computed runs): overhead = the scheduler's latency (worker free → run "
-              "started) + the run's wall time − its work. It is made of: each stage's kernel start, papermill and HTML "
-              "export (the stage's time outside its cells; the export alone timed again afterwards on one run's "
-              "notebooks), the imports of each stage's first cell (workbench, Keras, "
-              "JAX: what a fresh interpreter takes to import them, measured before the arm under the same load; the "
-              "rest of that cell opens the stage and counts as work) and the sweep's own (run directory, CPU budget, "
-              "markers). Work = the cells' durations as papermill recorded them, less those imports. Start-up = "
-              "command start → first run started (imports, checks of every setting, cache look-up, cluster start); "
-              "it is paid once per sweep."]
+              "started) + the run's wall time − its work. The three stages of a run share one notebook kernel "
+              "(workbench.execute.StageKernel). The overhead is made of: the stages' time outside their cells (the "
+              "kernel's start and its import of workbench, Keras and JAX before the first stage, the reset before "
+              "each later one, papermill and the HTML export; the export alone timed again afterwards on one run's "
+              "notebooks), what imports remain in each stage's first cell (what a fresh interpreter takes to import "
+              "them, measured before the arm under the same load, at most the cell's time; the rest of that cell "
+              "opens the stage and counts as work) and the sweep's own (run directory, CPU budget, markers, the "
+              "kernel's shutdown). Work = the cells' durations as papermill recorded them, less those imports. "
+              "Start-up = command start → first run started (imports, checks of every setting, cache look-up, "
+              "cluster start); it is paid once per sweep."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,8 @@
 import ast
 import dataclasses
 import math
+import subprocess
+import sys
 
 import papermill
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from workbench import WorkbenchError, params
 from workbench.augment import PRESETS
 from workbench.models import MODELS
-from workbench.paths import notebook_path
+from workbench.paths import ROOT, notebook_path
 
 STAGES = tuple(params.STAGE_PARAMS)
 
@@ -159,3 +161,13 @@ def test_notebook_parameters_cell_matches_dataclass(stage):
         if isinstance(default, float):
             assert not math.isnan(default)
         assert nb["help"] == f.metadata["help"], name
+
+
+def test_choice_names_are_the_registries_and_checking_imports_no_keras():
+    """params holds the registries' names so that a check imports neither Keras nor albumentations."""
+    assert params.MODEL_NAMES == tuple(MODELS) and params.AUGMENT_PRESETS == tuple(PRESETS)
+    code = ("import sys; from workbench import params; params.make('train', {'model': 'resnet18', 'augment': 'light'}); "
+            "print(sorted(m for m in ('keras', 'jax', 'albumentations', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -137,14 +137,19 @@ def fields(stage: str) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(STAGE_PARAMS[stage])}
 
 
+# the names of workbench.models.MODELS and workbench.augment.PRESETS, here so that checking a parameter imports
+# neither Keras nor albumentations (a second or more in every process that only checks: the command line, a
+# sweep's driver); a test keeps them equal to the registries
+MODEL_NAMES = ("cnn", "resnet18")
+AUGMENT_PRESETS = ("none", "light", "microscopy", "dihedral", "fixed")
+
+
 def _choices(f: dataclasses.Field):
     src = f.metadata.get("choices_from")
     if src == "models":
-        from .models import MODELS
-        return tuple(MODELS)
+        return MODEL_NAMES
     if src == "augment":
-        from .augment import PRESETS
-        return tuple(PRESETS)
+        return AUGMENT_PRESETS
     return f.metadata.get("choices")
 
 
