@@ -225,25 +225,31 @@ def _tracking_kernel_manager():  # built on first use: importing this module sta
     class TrackingKernelManager(AsyncKernelManager):
         """Remembers the clients handed out so they can be closed (each holds sockets and a zmq context)."""
 
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.clients = []
+
         def client(self, **kw):
             kc = super().client(**kw)
-            self.__dict__.setdefault("_clients", []).append(kc)
+            self.clients.append(kc)
             return kc
 
         def close_clients(self) -> None:
-            for kc in self.__dict__.pop("_clients", []):
+            for kc in self.clients:
                 if kc.channels_running:
                     kc.stop_channels()
+            self.clients = []
     return TrackingKernelManager
 
 
 def _trained_conv_impl(run_dir: Path) -> str:
     """The ``conv_impl`` the run was trained with (its params/train.json; the default when unreadable: the
     stage itself then says what is missing)."""
+    default = _params.fields("train")["conv_impl"].default
     try:
-        return json.loads((Path(run_dir) / "params" / "train.json").read_text()).get("conv_impl", "fast")
+        return json.loads((Path(run_dir) / "params" / "train.json").read_text()).get("conv_impl", default)
     except (OSError, ValueError, AttributeError):
-        return _params.fields("train")["conv_impl"].default
+        return default
 
 
 def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress: bool = True,
