@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import workbench  # noqa: E402,F401  (JAX backend first)
-from workbench import calibration, metrics, shift  # noqa: E402
+from workbench import calibration, corrupt, metrics, shift  # noqa: E402
 from workbench.runs import strict_json  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
@@ -83,34 +83,9 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------- shifts (pure, deterministic)
-def blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
-    return np.stack([cv2.GaussianBlur(im, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
-                     .reshape(im.shape) for im in images])
-
-
-def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
-    import cv2
-    out = []
-    for im in images:
-        bgr = im[..., ::-1] if im.shape[-1] == 3 else im
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        dec = cv2.imdecode(buf, cv2.IMREAD_COLOR if im.shape[-1] == 3 else cv2.IMREAD_GRAYSCALE)
-        out.append((dec[..., ::-1] if im.shape[-1] == 3 else dec).reshape(im.shape))
-    return np.stack(out)
-
-
-def stain(images: np.ndarray, gains) -> np.ndarray:
-    """Optical density OD = -log((I + 1) / 256) scaled per channel (Beer-Lambert: more or less stain, or a
-    different dye balance), then back to intensities."""
-    od = -np.log((images.astype(np.float64) + 1.0) / 256.0)
-    out = 256.0 * np.exp(-od * np.asarray(gains, dtype=np.float64)[: images.shape[-1]]) - 1.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def noise(images: np.ndarray, sigma: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(np.rint(images + rng.normal(0.0, sigma, images.shape)), 0, 255).astype(np.uint8)
+# the corruption primitives live in workbench.corrupt (the corruption suite of bench/robustness.py); the
+# names stay here for bench/features.py and tests/test_shift.py
+blur, jpeg, stain, noise = corrupt.blur, corrupt.jpeg, corrupt.stain, corrupt.noise
 
 
 def apply_shift(images: np.ndarray, shift_id: str, seed: int = 0) -> np.ndarray:

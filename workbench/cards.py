@@ -73,6 +73,13 @@ class Card:
         o = self.extra.get("orientation")
         return dict(o) if o is not None else None
 
+    @property
+    def acquisition(self) -> dict | None:
+        """``{family, changes: {kind: range}, reason}`` from the front matter (the plausible acquisition
+        changes between sites: workbench.corrupt, workbench.augment), or None when the card does not say."""
+        a = self.extra.get("acquisition")
+        return {**a, "changes": dict(a["changes"])} if a is not None else None
+
     def md5_for_size(self, size: int) -> str | None:
         entry = self.files.get(int(size))
         return entry["md5"] if entry else None
@@ -130,6 +137,38 @@ def _check_orientation(o, where: str) -> None:
         _fail(where, f"orientation.reason must be a non-empty one-line string ({form})")
     if "\n" in o["reason"].strip():
         _fail(where, "orientation.reason must be one line")
+
+
+ACQUISITION_FORM = "acquisition: {family: <family>, changes: {<kind>: <range>, ...}, reason: \"...\"}"
+
+
+def _check_acquisition(a, where: str, n_channels) -> None:
+    """``acquisition``: the modality's family (workbench.corrupt.FAMILIES: its corruption suite) and the
+    plausible acquisition changes between sites with their ranges (workbench.corrupt.CHANGES: the
+    photometric training augmentation), and a one-line reason."""
+    from .corrupt import CHANGES, FAMILIES
+    form = ACQUISITION_FORM
+    if not isinstance(a, dict):
+        _fail(where, f"field 'acquisition' must be a mapping ({form})")
+    unknown = sorted(set(map(str, a)) - {"family", "changes", "reason"})
+    if unknown:
+        _fail(where, f"field 'acquisition' has unknown key(s) {', '.join(unknown)} ({form})")
+    if a.get("family") not in FAMILIES:
+        _fail(where, f"acquisition.family is {a.get('family')!r}; expected one of {', '.join(FAMILIES)}")
+    ch = a.get("changes")
+    if not isinstance(ch, dict) or not ch:
+        _fail(where, f"acquisition.changes must be a non-empty mapping of change: range (changes: {', '.join(CHANGES)})")
+    for kind, value in ch.items():
+        if kind not in CHANGES:
+            _fail(where, f"acquisition.changes has unknown change {kind!r}; known: {', '.join(CHANGES)}")
+        lo, hi = CHANGES[kind]["min"], CHANGES[kind]["max"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            _fail(where, f"acquisition.changes.{kind} is {value!r}; expected a number in [{lo}, {hi}] "
+                         f"({CHANGES[kind]['unit']})")
+        if n_channels == 1 and "RGB only" in CHANGES[kind]["unit"]:
+            _fail(where, f"acquisition.changes.{kind} applies to RGB images only; this card has 1 channel")
+    if not isinstance(a.get("reason"), str) or not a["reason"].strip() or "\n" in a["reason"].strip():
+        _fail(where, f"acquisition.reason must be a non-empty one-line string ({form})")
 
 
 def split_front_matter(text: str, where: str) -> tuple[dict, str]:
@@ -190,6 +229,8 @@ def validate(meta: dict, body: str, where: str) -> Card:
         parsed_files[int(size)] = dict(entry)
     if "orientation" in meta:
         _check_orientation(meta["orientation"], where)
+    if "acquisition" in meta:
+        _check_acquisition(meta["acquisition"], where, meta["n_channels"])
     baselines = meta.get("published_baselines") or {}
     if not isinstance(baselines, dict):
         _fail(where, "field 'published_baselines' must be a mapping {method: {acc, auc}}")
