@@ -172,12 +172,13 @@ def test_explore_notebook_widgets_render_and_react(lab, browser, pipeline_run, t
 def test_review_widget_accept_key_writes_decisions(lab, browser, pipeline_run, tmp_path):
     """Press the review widget's Accept key (a) on three images in the browser: three decisions on disk."""
     from workbench import annotate, runs
+    from workbench.review import annotator_log
     run = lab["home"] / "review_run"
     shutil.copytree(pipeline_run["dir"], run)
     pools = runs.pool_dirs(run)
     assert [p.name for p in pools] == ["test"]              # the pipeline annotated its test split
-    log = annotate.default_log(pools[0])                     # the review log belongs to the pool
-    assert log == run / "annotate" / "test" / "review" / "decisions.jsonl"
+    log = annotator_log(annotate.review_dir(pools[0]), "browser-test")   # the annotator's own log, in the pool
+    assert log == run / "annotate" / "test" / "review" / "annotators" / "browser-test.jsonl"
     assert not log.exists()
     nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "review-0", "metadata": {}, "outputs": [],
                      "source": f"from workbench import widgets\nwidgets.review_run({str(run)!r}, annotator='browser-test')"}],

@@ -298,3 +298,76 @@ def test_multilabel_export_csv_coco_and_npz(tmp_path):
         assert z["labels"].dtype == np.uint8 and z["labels"].tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
         assert z["ids"].tolist() == ["f0.png", "f1.png", "f2.png"] and str(z["task"]) == ML_TASK
         np.testing.assert_array_equal(z["images"], images[:3])
+
+
+# ---------------------------------------------------------------------- several annotators, blind certification
+def _annotator(pool_dir, name, queue, labels, blind=True, names=NAMES, task="multi-class"):
+    """``name`` labels ``queue`` in their own log of ``pool_dir`` (review/annotators/<name>.jsonl)."""
+    from workbench.review import annotator_log
+    predicted = {q: 0 if task == "multi-class" else [0] for q in queue}
+    s = ReviewSession(annotator_log(pool_dir / "review", name), list(queue), predicted, names, "pool1", "model1",
+                      task=task, owner=name, blind=frozenset(queue) if blind else frozenset())
+    for lab in labels:
+        s.label(lab) if lab is not None else s.skip()
+    return s
+
+
+def test_annotator_logs_are_separate_and_named(tmp_path):
+    from workbench.review import annotator_file, log_for, pool_decisions, review_logs
+    assert annotator_file("ana") == "ana.jsonl"
+    odd = annotator_file("Dr. Ana Pérez")
+    assert odd.startswith("Dr._Ana_P") and odd.endswith(".jsonl") and odd != annotator_file("Dr. Ana Perez")
+    with pytest.raises(WorkbenchError, match="annotator name is needed"):
+        annotator_file("  ")
+    a = _annotator(tmp_path, "ana", ["x0", "x1"], [1, 2])
+    before = a.log_path.read_bytes()
+    b = _annotator(tmp_path, "ben", ["x0", "x1"], [1, 0])
+    b.undo()                                                     # ben resumes and undoes: ana's log untouched
+    _annotator(tmp_path, "ben", ["x0", "x1"], [0])
+    assert a.log_path.read_bytes() == before
+    assert [p.name for p in review_logs(tmp_path / "review")] == ["ana.jsonl", "ben.jsonl"]
+    got = {n: {i: d.label for i, d in decs.items()} for n, decs in pool_decisions(tmp_path / "review").items()}
+    assert got == {"ana": {"x0": 1, "x1": 2}, "ben": {"x0": 1, "x1": 0}}
+    # a single log of an earlier version: its one annotator resumes it, anyone else gets their own
+    legacy = tmp_path / "old" / "review" / "decisions.jsonl"
+    session(legacy, annotator="cleo").accept()
+    assert log_for(legacy.parent, "cleo") == legacy
+    assert log_for(legacy.parent, "dan") == legacy.parent / "annotators" / "dan.jsonl"
+    assert {n: list(d) for n, d in pool_decisions(legacy.parent).items()} == {"cleo": ["x0"]}
+
+
+def test_certification_labels_one_and_several_annotators(tmp_path):
+    from workbench.review import certification_labels
+    pool = tmp_path / "pool"
+    (pool / "review").mkdir(parents=True)
+    queue = ["i3", "i1", "i4", "i2"]
+    pd.DataFrame({"id": queue}).to_csv(pool / "certification_queue.csv", index=False)
+    (pool / "annotation_summary.json").write_text(json.dumps({"pool_id": "pool1", "model_hash": "model1",
+                                                              "task": "multi-class"}))
+    with pytest.raises(WorkbenchError, match="no certification_queue.csv"):
+        certification_labels(tmp_path)
+    _annotator(pool, "ana", queue, [2, 0, 1])                    # i2 not labelled yet
+    one = certification_labels(pool)
+    assert list(one.columns) == ["id", "label"] and one["label"].dtype.kind == "i"
+    assert one.values.tolist() == [["i3", 2], ["i1", 0], ["i4", 1]] and one.attrs["unlabelled"] == ["i2"]
+    _annotator(pool, "ben", queue, [2, 1, 1, 2])
+    _annotator(pool, "cleo", queue, [2, 1, 0, None])             # cleo skips i2
+    # a decision made while the model's label was shown does not count for certification
+    _annotator(pool, "dan", queue, [0, 0, 0, 0], blind=False)
+    three = certification_labels(pool)
+    assert three.attrs["annotators"] == ["ana", "ben", "cleo"]
+    assert dict(three.values.tolist()) == {"i3": 2, "i1": 1, "i4": 1, "i2": 2}   # majorities; i2: ben alone
+    assert three.attrs["tied"] == [] and three["id"].tolist() == queue
+
+
+def test_certification_labels_multilabel_majority_per_label(tmp_path):
+    from workbench.review import certification_labels
+    pool = tmp_path / "pool"
+    (pool / "review").mkdir(parents=True)
+    pd.DataFrame({"id": ["a", "b"]}).to_csv(pool / "certification_queue.csv", index=False)
+    (pool / "annotation_summary.json").write_text(json.dumps({"pool_id": "pool1", "model_hash": "model1",
+                                                              "task": ML_TASK}))
+    for name, sets in (("ana", [[0, 1], []]), ("ben", [[0], [3]]), ("cleo", [[0, 1, 2], [3]])):
+        _annotator(pool, name, ["a", "b"], sets, names=ML_NAMES, task=ML_TASK)
+    got = certification_labels(pool)
+    assert got.values.tolist() == [["a", "0;1"], ["b", "3"]]

@@ -385,3 +385,192 @@ def test_class_box_enter_that_overtook_its_text_takes_the_rest_of_it(tmp_path, m
     monkeypatch.setattr(widgets, "ENTER_CATCH_UP_S", -1.0)                  # the rest came too late
     w.class_box.value = "finding 12"
     assert len(inputs.session.decisions) == 1
+
+
+# ---------------------------------------------------------------------- blind items (certification, overlap)
+def _shown(w) -> list:
+    """Everything the widget shows: the synced state of every widget in its tree (values, descriptions,
+    tooltips, options, images, disabled and hidden flags), model references left out."""
+    import ipywidgets as W
+    out = []
+
+    def walk(x):
+        state = {k: v for k, v in x.get_state().items()
+                 if not k.startswith("_") and k not in ("layout", "style", "children")}
+        state["layout"] = {k: v for k, v in x.layout.get_state().items() if not k.startswith("_")} \
+            if hasattr(x, "layout") else None
+        out.append((type(x).__name__, state))
+        for child in getattr(x, "children", ()):
+            if isinstance(child, W.Widget):
+                walk(child)
+
+    walk(w.box)
+    return out
+
+
+def _blind_inputs(tmp_path, k, task, probs_seed, blind=True, n=4):
+    """Two pools alike in all but the model's output (``probs_seed``)."""
+    rng = np.random.default_rng(probs_seed)
+    names = [f"finding {c:02d}" for c in range(k)]
+    ids = [f"img/{i}.png" for i in range(n)]
+    if task.startswith("multi-label"):
+        probs = rng.uniform(0, 1, (n, k))
+        predicted = {i: np.flatnonzero(p > 0.5).tolist() for i, p in zip(ids, probs)}
+    else:
+        probs = rng.dirichlet(np.ones(k) * 0.3, n)
+        predicted = {i: int(p.argmax()) for i, p in zip(ids, probs)}
+    table = pd.DataFrame({"index": range(n), "id": ids, "status": "needs-review",
+                          "predicted_label": [int(p.argmax()) for p in probs], "confidence": probs.max(1)})
+    queue = pd.DataFrame({"rank": range(1, n + 1), "id": ids})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    session = ReviewSession(tmp_path / "log.jsonl", ids, predicted, names, "pool", "model", task=task,
+                            owner="ana", blind=frozenset(ids) if blind else frozenset())
+    images = np.random.default_rng(99).integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)   # the same images
+    return FakeInputs(session, ids, probs, names, task, table, queue, tmp_path, images=images)
+
+
+@pytest.mark.parametrize("k,task", [(5, "multi-class"), (30, "multi-class"), (6, "multi-label, binary-class")])
+def test_blind_queue_never_shows_the_model_prediction(tmp_path, k, task):
+    """Blind items (the certification sample, the overlap): what the widget shows, through a whole queue,
+    is identical for two models that predict differently; no overlay is drawn, Accept is refused and the
+    log records no prediction. The same widgets without blindness differ (the check can fail)."""
+    from workbench import widgets
+    calls = []
+
+    def overlay(image, cls):
+        calls.append(cls)
+        return image[..., 0].astype(float)
+
+    views = []
+    for seed in (1, 2):
+        inputs = _blind_inputs(tmp_path / f"m{seed}", k, task, seed)
+        w = widgets.ReviewWidget(inputs, overlay=overlay)
+        seen = [_shown(w)]
+        if task.startswith("multi-label"):
+            assert w.selected_labels() == []                   # toggles start off, not at the model's set
+            w.keys.value = "a"                                 # Save: the set shown (none present), a label
+            assert inputs.session.decisions["img/0.png"].action == "label"
+            w.label_toggles[1].value = True
+            w.save_button.click()
+            seen.append(_shown(w))
+            w.label_toggles[0].value = True
+            w.save_button.click()
+        else:
+            w.keys.value = "a"                                 # accept: refused on a blind item
+            assert not inputs.session.decisions and "blind" in w.message.value
+            seen.append(_shown(w))
+            assert w.accept_button.layout.display == "none" and w.accept_button.disabled
+            w.keys.value = "2"
+            w.class_box.value = w.class_box.options[0]
+        seen.append(_shown(w))
+        w.keys.value = "u"
+        seen.append(_shown(w))
+        views.append(seen)
+        recs = logged(tmp_path / f"m{seed}" / "log.jsonl")
+        assert recs and all(r["predicted"] is None and r["blind"] is True for r in recs)
+        assert all(r["annotator"] == "ana" for r in recs)
+        probs_text = {f"{p:.2f}" for p in inputs.probs.reshape(-1)} | {f"{p:.3f}" for p in inputs.probs.reshape(-1)}
+        text = json.dumps([st for view in seen for _, st in view], default=str)
+        assert not any(n in w.info.value for n in inputs.class_names)   # the item's text names no class
+        assert not any(f">{t}<" in text or f" {t}" in text for t in probs_text)
+    assert calls == []                                         # no Grad-CAM of a blind item
+    assert views[0] == views[1]
+
+    a = widgets.ReviewWidget(_blind_inputs(tmp_path / "s1", k, task, 1, blind=False), overlay=None)
+    b = widgets.ReviewWidget(_blind_inputs(tmp_path / "s2", k, task, 2, blind=False), overlay=None)
+    assert _shown(a) != _shown(b)                              # shown with the model: the views differ
+
+
+def test_blind_session_holds_no_prediction_and_refuses_accept(tmp_path):
+    s = ReviewSession(tmp_path / "l.jsonl", ["x", "y"], {"x": 1, "y": 2}, ["a", "b", "c"], "p", "m",
+                      blind=frozenset({"x"}), owner="ben")
+    assert "x" not in s.predicted and s.predicted == {"y": 2}
+    with pytest.raises(WorkbenchError, match="blind"):
+        s.accept()
+    d = s.label(2)
+    assert d.blind and d.predicted is None and s.progress()["corrected"] == 0
+    assert s.accept().label == 2 and not s.decisions["y"].blind          # y is shown with the model's label
+    s.annotator = "eve"
+    with pytest.raises(WorkbenchError, match="log of 'ben'"):
+        s.undo()
+    header = json.loads((tmp_path / "l.jsonl").read_text().splitlines()[0])
+    assert header["annotator"] == "ben"
+    with pytest.raises(WorkbenchError, match="log of annotator 'ben', not of 'eve'"):
+        ReviewSession(tmp_path / "l.jsonl", ["x"], {"x": 1}, ["a", "b", "c"], "p", "m", owner="eve")
+
+
+@pytest.fixture()
+def pool_copy(pipeline_run, tmp_path):
+    """A copy of the pipeline's run (its trained model and its annotated test pool): the pool directory."""
+    import shutil
+
+    from workbench import runs
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run["dir"], run)
+    return runs.pool_dirs(run)[0]
+
+
+@pytest.mark.slow
+def test_certification_queue_blind_in_order_two_annotators(pool_copy):
+    """queue="certification": certification_queue.csv in its order, every item blind (no prediction, no
+    probabilities, no overlay, no Accept), in each annotator's own log; one annotator's review leaves the
+    other's log untouched; certification_labels gives their consensus."""
+    from workbench import annotate, widgets
+    from workbench.review import certification_labels
+    table = pd.read_csv(pool_copy / "annotations.csv", dtype={"id": str})
+    cert = table["id"].sample(6, random_state=3).tolist()
+    pd.DataFrame({"id": cert}).to_csv(pool_copy / "certification_queue.csv", index=False)
+    with pytest.raises(WorkbenchError, match="not one of review, certification"):
+        annotate.review_inputs(pool_copy, queue="audit")
+    predicted = dict(zip(table["id"], table["predicted_class"]))
+    logs = {}
+    for name, keys in (("ana", "123456"), ("ben", "124456")):
+        w = widgets.review_run(pool_copy, annotator=name, queue="certification", headless=False)
+        assert w.session.queue == cert and w.overlay is None and w.annotator.value == name
+        assert w.session.predicted.keys().isdisjoint(cert)               # the session holds no prediction
+        for key in keys:
+            item = w.session.current
+            assert "<table>" not in w.info.value and predicted[item] not in w.info.value and "blind" in w.info.value
+            assert w.accept_button.layout.display == "none"
+            w.keys.value = "a"                                           # refused: nothing recorded
+            w.keys.value = key
+            assert w.session.decisions[item].label == int(key) - 1
+        assert w.session.done
+        logs[name] = w.session.log_path
+        assert logs[name] == pool_copy / "review" / "annotators" / f"{name}.jsonl"
+        if name == "ana":
+            ana_bytes = logs["ana"].read_bytes()
+    assert logs["ana"].read_bytes() == ana_bytes
+    recs = [json.loads(line) for line in logs["ben"].read_text().splitlines()[1:]]
+    assert all(r["blind"] and r["predicted"] is None and r["annotator"] == "ben" for r in recs if r["type"] == "decision")
+    got = certification_labels(pool_copy)
+    assert got["id"].tolist() == cert and got.attrs["annotators"] == ["ana", "ben"]
+    agree = got["label"].tolist()
+    assert [agree[i] for i in (0, 1, 3, 4, 5)] == [0, 1, 3, 4, 5] and got.attrs["tied"] == [cert[2]]
+    # the same items in the ranked review queue stay blind there too
+    inputs = annotate.open_review(pool_copy, annotator="cleo")
+    blind_in_queue = [i for i in inputs.session.queue if inputs.session.is_blind(i)]
+    assert set(blind_in_queue) == set(cert) & set(inputs.session.queue)
+
+
+@pytest.mark.slow
+def test_widget_asks_for_a_name_then_opens_that_annotators_log(pool_copy):
+    """Opened without a name (the notebook's default) the widget records nothing until a name is given;
+    each name then gets its own log and queue, and a second annotator's queue leaves out what the first
+    labelled (the ranked queue is shared out)."""
+    from workbench import widgets
+    w = widgets.review_run(pool_copy, headless=False, overlay=None)
+    assert w.session is None and w.accept_button.disabled and "Type your name" in w.info.value
+    w.keys.value = "1"
+    assert not (pool_copy / "review").exists()
+    w.annotator.value = "ana"
+    first = w.session.queue[:2]
+    w.keys.value = "a"
+    w.keys.value = "2"
+    assert (pool_copy / "review" / "annotators" / "ana.jsonl").is_file()
+    w.annotator.value = "ben"                                            # another annotator takes over the widget
+    assert w.session.owner == "ben" and not w.session.decisions
+    assert w.session.queue[:1] != first[:1] and set(first).isdisjoint(w.session.queue)
+    w.keys.value = "3"
+    w.annotator.value = "ana"                                            # ana again: resumes her own log
+    assert list(w.session.decisions) == first and w.session.position == 2

@@ -522,7 +522,36 @@ def phi_check(out_dir, params: dict | AnnotateParams) -> int:
 
 # ---------------------------------------------------------------------- review
 def default_log(run_dir) -> Path:
+    """The pool's single review log of earlier versions (still opened, and written by a review opened
+    without an annotator name through the API); annotators write ``review/annotators/<name>.jsonl``."""
     return Path(run_dir) / "review" / "decisions.jsonl"
+
+
+QUEUES = ("review", "certification")
+CERTIFICATION_QUEUE = "certification_queue.csv"   # written by the annotate stage when the pool is certified on its own labels
+
+
+def review_dir(pool_dir) -> Path:
+    return Path(pool_dir) / "review"
+
+
+def certification_ids(pool_dir) -> list[str]:
+    """The ids of ``certification_queue.csv`` (column ``id``), in its (seeded random) order; [] without it."""
+    path = Path(pool_dir) / CERTIFICATION_QUEUE
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    if "id" not in df:
+        raise WorkbenchError(f"{path} has no column 'id': it is not a certification queue")
+    return df["id"].astype(str).tolist()
+
+
+def blind_items(pool_dir, ids: list[str], params: dict) -> tuple[list[str], frozenset]:
+    """(the blind overlap in its order, every blind item of the pool): the overlap (``overlap``, seeded by
+    ``seed``) and the certification sample are labelled without the model's opinion, in every queue."""
+    from .review import overlap_items
+    overlap = overlap_items(ids, float(params.get("overlap", 0) or 0), int(params.get("seed", 0)))
+    return overlap, frozenset(overlap) | frozenset(certification_ids(pool_dir))
 
 
 @dataclass
@@ -538,6 +567,10 @@ class ReviewInputs:
     task: str = "multi-class"
     trained: object = None   # workbench.runload.TrainedRun
     session: object = None   # review.ReviewSession once opened
+    queue_kind: str = "review"            # review (the ranked queue, after the blind overlap) or certification
+    blind: frozenset = frozenset()        # items labelled without the model's opinion (overlap, certification)
+    overlap: tuple = ()                   # the blind overlap, in the order every annotator reads it
+    all_queue: object = None              # the queue before it was fitted to one annotator (open_session)
 
     @property
     def ids(self) -> list[str]:
@@ -560,9 +593,14 @@ class ReviewInputs:
                        self.trained.input.with_resize(self.params.get("resize", "")))
 
 
-def review_inputs(pool_dir) -> ReviewInputs:
+def review_inputs(pool_dir, queue: str = "review") -> ReviewInputs:
     """What a review of an annotated pool needs, read back from its directory (nothing is written). The
-    pool is re-opened from its source; items whose content changed since are refused."""
+    pool is re-opened from its source; items whose content changed since are refused.
+
+    ``queue`` "review": the blind overlap (parameter ``overlap``) first, then ``review_queue.csv``;
+    "certification": ``certification_queue.csv`` in its order, every item blind."""
+    if queue not in QUEUES:
+        raise WorkbenchError(f"queue {queue!r} is not one of {', '.join(QUEUES)}")
     pool_dir = Path(pool_dir)
     if not (pool_dir / "annotations.csv").is_file():
         pools_found = pool_dirs(pool_dir)
@@ -576,7 +614,7 @@ def review_inputs(pool_dir) -> ReviewInputs:
     ap = json.loads((pool_dir / "params" / "annotate.json").read_text())
     table = pd.read_csv(pool_dir / "annotations.csv", dtype={"id": str, "predicted_label": str},
                         keep_default_na=False, na_values=[""])
-    queue = pd.read_csv(pool_dir / "review_queue.csv", dtype={"id": str}, keep_default_na=False, na_values=[""])
+    queue_df = pd.read_csv(pool_dir / "review_queue.csv", dtype={"id": str}, keep_default_na=False, na_values=[""])
     with np.load(pool_dir / "pool_predictions.npz", allow_pickle=False) as z:
         probs, ids, saved_pool_id = z["probs"], z["ids"].tolist(), str(z["pool_id"])
     trained = _runload.load(pool_dir.parent.parent)
@@ -588,8 +626,26 @@ def review_inputs(pool_dir) -> ReviewInputs:
     if pool.pool_id != saved_pool_id or list(pool.ids) != ids:
         raise WorkbenchError(f"the pool's images changed since {pool_dir} was annotated (pool {pool.pool_id}, "
                              f"annotated {saved_pool_id}): restore the data or annotate it again")
-    return ReviewInputs(pool, table, queue, probs, list(trained.class_names), pool_dir, ap, task=trained.task,
-                        trained=trained)
+    overlap, blind = blind_items(pool_dir, table["id"].astype(str).tolist(), ap)
+    known = set(table["id"].astype(str))
+    if queue == "certification":
+        cert = certification_ids(pool_dir)
+        if not cert:
+            raise WorkbenchError(f"{pool_dir} has no {CERTIFICATION_QUEUE}: the annotate stage writes it when the pool "
+                                 "must be certified on its own labels; review the ranked queue instead (queue 'review')")
+        unknown = [i for i in cert if i not in known]
+        if unknown:
+            raise WorkbenchError(f"{pool_dir / CERTIFICATION_QUEUE} lists {len(unknown)} id(s) that are not items of the "
+                                 f"pool (first: {unknown[0]!r}): it belongs to another pool")
+        review_queue = pd.DataFrame({"rank": np.arange(1, len(cert) + 1), "id": cert, "blind": True})
+    else:   # the blind overlap first, then the ranked queue (where certification items stay blind)
+        first = pd.DataFrame({"id": overlap, "blind": True})
+        rest = queue_df[~queue_df["id"].astype(str).isin(set(overlap))].drop(columns=["rank"], errors="ignore")
+        rest = rest.assign(blind=rest["id"].astype(str).isin(blind))
+        review_queue = pd.concat([first, rest], ignore_index=True) if len(first) else rest.reset_index(drop=True)
+        review_queue.insert(0, "rank", np.arange(1, len(review_queue) + 1))
+    return ReviewInputs(pool, table, review_queue, probs, list(trained.class_names), pool_dir, ap, task=trained.task,
+                        trained=trained, queue_kind=queue, blind=blind, overlap=tuple(overlap))
 
 
 def _predicted(inputs: ReviewInputs) -> dict:
@@ -600,15 +656,53 @@ def _predicted(inputs: ReviewInputs) -> dict:
     return dict(zip(t["id"].astype(str), t["predicted_label"].astype(int)))
 
 
-def open_review(pool_dir, annotator: str = "", log: str | Path = "") -> ReviewInputs:
-    """A resumable review session over an annotated pool's review_queue.csv (see workbench.review)."""
-    from .review import ReviewSession
-    inputs = review_inputs(pool_dir)
+def open_review(pool_dir, annotator: str = "", log: str | Path = "", queue: str = "review") -> ReviewInputs:
+    """A resumable review session over an annotated pool (see workbench.review).
+
+    ``annotator`` NAME: NAME's own log (``review/annotators/<NAME>.jsonl``; or ``review/decisions.jsonl``
+    when that log of an earlier version is NAME's alone). NAME's queue: the items every annotator reads
+    (the blind overlap, the certification sample) and the ranked review queue less the items another
+    annotator has labelled. ``log`` PATH: that log and the whole queue, the name free to change (as
+    before). Neither: ``review/decisions.jsonl`` (earlier versions' single log).
+
+    ``queue`` "certification": ``certification_queue.csv`` in its order, blind (no model prediction)."""
+    return open_session(review_inputs(pool_dir, queue), annotator=annotator, log=log)
+
+
+def open_session(inputs: ReviewInputs, annotator: str = "", log: str | Path = "") -> ReviewInputs:
+    """Open (or re-open under another name) the review session of ``inputs`` (``open_review``)."""
+    from .review import ReviewSession, annotator_queue, check_annotator, labelled, log_for, logged_decisions
+    if inputs.all_queue is None:
+        inputs.all_queue = inputs.queue
+    inputs.queue = inputs.all_queue
+    ids = inputs.queue["id"].astype(str).tolist()
+    owner = ""
+    if log:
+        path = Path(log)
+    elif annotator:
+        owner = check_annotator(annotator)
+        path = log_for(review_dir(inputs.run_dir), owner)
+    else:
+        path = default_log(inputs.run_dir)
+    if owner:
+        logs = logged_decisions(review_dir(inputs.run_dir), pool_id=inputs.pool.pool_id,
+                                model_hash=inputs.trained.model_hash)
+        here = {i for p, _, decs in logs if p.resolve() == path.resolve() for i in decs}
+        taken = {i for p, name, decs in logs if name != owner for i in labelled(decs)} - here - inputs.blind
+        elsewhere = {i for p, name, decs in logs if name == owner and p.resolve() != path.resolve()
+                     for i in labelled(decs)} - here
+        everyone = [i for i in ids if i in inputs.blind] if inputs.queue_kind == "certification" else \
+            [i for i in inputs.overlap if i in set(ids)]
+        mine = annotator_queue(everyone, [i for i in ids if i not in set(everyone)], taken, elsewhere)
+        pos = {i: k for k, i in enumerate(ids)}
+        inputs.queue = inputs.queue.iloc[[pos[i] for i in mine]].reset_index(drop=True)
+        inputs.queue["rank"] = np.arange(1, len(inputs.queue) + 1)
     inputs.session = ReviewSession(
-        log_path=Path(log) if log else default_log(inputs.run_dir), queue=inputs.queue["id"].astype(str).tolist(),
+        log_path=path, queue=inputs.queue["id"].astype(str).tolist(),
         predicted=_predicted(inputs), class_names=inputs.class_names, pool_id=inputs.pool.pool_id,
-        model_hash=inputs.trained.model_hash, annotator=annotator, task=inputs.task,
-        meta={"pool_dir": str(inputs.run_dir), "strategy": inputs.params.get("strategy")})
+        model_hash=inputs.trained.model_hash, annotator=owner or annotator, task=inputs.task, blind=inputs.blind,
+        owner=owner, meta={"pool_dir": str(inputs.run_dir), "strategy": inputs.params.get("strategy"),
+                           "queue": inputs.queue_kind})
     return inputs
 
 

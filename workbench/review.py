@@ -27,6 +27,18 @@ Single-label reviews keep writing ``/1`` (the header's ``task`` field is new and
 without it is single-label), so their logs stay readable by earlier versions; ``/2`` exists so that an
 earlier version refuses a multi-label log instead of misreading it. Both open here.
 
+**Several annotators.** Each annotator of a pool writes their own log,
+``review/annotators/<name>.jsonl`` (``annotator_log``), whose header names them (``"annotator"``);
+``review/decisions.jsonl``, the one log of earlier versions, is still read (and resumed by the one
+annotator who wrote it: ``log_for``). ``pool_decisions`` reads every log of a pool, by annotator.
+
+**Blind items** (``ReviewSession.blind``: the blind overlap every annotator reads, the certification
+sample) are labelled without the model's opinion: the session holds no prediction for them, "accept"
+is refused, and their decisions carry ``"blind": true`` and ``"predicted": null``::
+
+    {"type": "decision", "seq": 4, "item": "test:9", "action": "label", "label": 2, "predicted": null,
+     "blind": true, "annotator": "ana", "time": ...}
+
 A log belongs to one pool and one model (``pool_id``, ``model_hash`` in the header): opening it for
 another is refused. A last line cut short (a crash or a full disk mid-write) is reported, skipped and
 acknowledged by a ``recovered`` record before anything new is appended; an unreadable line anywhere
@@ -36,8 +48,10 @@ else is corruption and refused.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,6 +66,9 @@ FORMAT_MULTILABEL = "workbench-review/2"    # multi-label reviews: decisions car
 FORMATS = (FORMAT, FORMAT_MULTILABEL)
 ACTIONS = ("accept", "label", "skip")
 LABEL_SEPARATOR = ";"                       # joins label names in the CSV export's ``labels`` column
+LEGACY_LOG = "decisions.jsonl"              # the one log of a pool before per-annotator logs (still read)
+ANNOTATORS_DIR = "annotators"               # review/annotators/<name>.jsonl: one log per annotator
+UNNAMED = "(unnamed)"                       # the annotator of a decision recorded without a name
 
 
 def is_multilabel(task: str | None) -> bool:
@@ -137,6 +154,36 @@ def read_log(path: Path) -> LogContents:
     return LogContents(header, records, problems, len(raw), pending, ends_nl, recovered)
 
 
+def _apply(rec: dict, decisions: dict, stack: list, path) -> None:
+    """Replay one log record onto the effective decisions (``decisions``: item -> Decision) and the undo
+    ``stack`` (effective decisions, oldest first)."""
+    kind = rec.get("type")
+    if kind == "decision":
+        if rec.get("action") not in ACTIONS:
+            raise WorkbenchError(f"review log {path}: unknown action {rec.get('action')!r} (seq {rec.get('seq')})")
+        pred, labels = rec.get("predicted"), rec.get("labels")
+        if isinstance(pred, list):
+            pred = tuple(int(x) for x in pred)
+        if labels is not None:
+            labels = tuple(int(x) for x in labels)
+        d = Decision(int(rec["seq"]), str(rec["item"]), rec["action"], rec.get("label"), pred,
+                     rec.get("annotator", ""), rec.get("time", ""), labels, bool(rec.get("blind", False)),
+                     str(rec.get("origin", "")))
+        if d.item in decisions:
+            raise WorkbenchError(f"review log {path}: item {d.item} decided twice without an undo "
+                                 f"(seq {d.seq}): the log was edited by hand")
+        decisions[d.item] = d
+        stack.append(d)
+    elif kind == "undo":
+        if not stack or stack[-1].seq != rec.get("undoes"):
+            raise WorkbenchError(f"review log {path}: undo (seq {rec.get('seq')}) does not undo the latest "
+                                 "decision: the log was edited by hand")
+        d = stack.pop()
+        del decisions[d.item]
+    elif kind != "recovered":
+        raise WorkbenchError(f"review log {path}: unknown record type {kind!r}")
+
+
 @dataclass
 class Decision:
     seq: int
@@ -147,6 +194,8 @@ class Decision:
     annotator: str
     time: str
     labels: tuple[int, ...] | None = None   # multi-label: the set of labels present (None for a skip)
+    blind: bool = False                     # labelled without seeing the model's prediction
+    origin: str = ""                        # "" (the widget / API) or "import:<file name>"
 
 
 @dataclass
@@ -157,6 +206,12 @@ class ReviewSession:
     multi-label ``task`` the predicted label set (label indices, or a boolean vector of length L). The
     session resumes from the log if it exists. Methods ``accept``, ``label``, ``skip``, ``undo`` return
     only once the record is on disk.
+
+    ``blind``: items labelled without the model's opinion (module docstring): their predictions are
+    dropped from ``predicted``, so nothing that reads the session can show them. ``owner``: the annotator
+    whose own log this is (``annotator_log``): the header records them, a log of another annotator is
+    refused, and every decision is theirs. Without an owner (a log given by path, or the log of earlier
+    versions) ``annotator`` may change between decisions, as before.
     """
     log_path: Path
     queue: list[str]
@@ -167,14 +222,22 @@ class ReviewSession:
     annotator: str = ""
     meta: dict = field(default_factory=dict)
     task: str = "multi-class"
+    blind: frozenset = frozenset()
+    owner: str = ""
 
     def __post_init__(self):
         self.log_path = Path(self.log_path)
         self.queue = [str(q) for q in self.queue]
         self.multilabel = is_multilabel(self.task)
+        self.blind = frozenset(str(b) for b in self.blind)
+        self._in_queue = frozenset(self.queue)
+        if self.owner:
+            self.owner = check_annotator(self.owner)
+            self.annotator = self.owner
         if len(set(self.queue)) != len(self.queue):
             raise WorkbenchError("the review queue lists an item twice: item ids must be unique")
-        missing = [q for q in self.queue if q not in self.predicted]
+        self.predicted = {str(k): v for k, v in self.predicted.items() if str(k) not in self.blind}
+        missing = [q for q in self.queue if q not in self.predicted and q not in self.blind]
         if missing:
             raise WorkbenchError(f"no predicted label for queue item(s) {missing[:3]}")
         if self.multilabel:
@@ -216,7 +279,8 @@ class ReviewSession:
         return {"type": "header", "format": FORMAT_MULTILABEL if self.multilabel else FORMAT,
                 "pool_id": self.pool_id, "model_hash": self.model_hash, "class_names": list(self.class_names),
                 "task": self.task, "queue_size": len(self.queue), "created": _now(),
-                "workbench": __version__, **({"meta": self.meta} if self.meta else {})}
+                "workbench": __version__, **({"annotator": self.owner} if self.owner else {}),
+                **({"meta": self.meta} if self.meta else {})}
 
     def _open(self) -> None:
         p = self.log_path
@@ -274,6 +338,10 @@ class ReviewSession:
         if list(h.get("class_names", [])) != list(self.class_names):
             raise WorkbenchError(f"review log {p} names classes {h.get('class_names')} but the model has "
                                  f"{list(self.class_names)}: it belongs to another dataset")
+        if self.owner and h.get("annotator") not in (None, self.owner):
+            raise WorkbenchError(f"review log {p} is the log of annotator {h.get('annotator')!r}, not of "
+                                 f"{self.owner!r}: every annotator writes their own log (open the review under your "
+                                 "own name)")
 
     def _write(self, records: list[dict], expect_size: int | None, newline_first: bool = False) -> None:
         data = ("\n" if newline_first else "") + "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
@@ -293,31 +361,8 @@ class ReviewSession:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _replay(self, rec: dict) -> None:
-        kind = rec.get("type")
         self._seq = max(self._seq, int(rec.get("seq", 0)))
-        if kind == "decision":
-            if rec.get("action") not in ACTIONS:
-                raise WorkbenchError(f"review log {self.log_path}: unknown action {rec.get('action')!r} (seq {rec.get('seq')})")
-            pred, labels = rec.get("predicted"), rec.get("labels")
-            if isinstance(pred, list):
-                pred = tuple(int(x) for x in pred)
-            if labels is not None:
-                labels = tuple(int(x) for x in labels)
-            d = Decision(int(rec["seq"]), str(rec["item"]), rec["action"], rec.get("label"), pred,
-                         rec.get("annotator", ""), rec.get("time", ""), labels)
-            if d.item in self.decisions:
-                raise WorkbenchError(f"review log {self.log_path}: item {d.item} decided twice without an undo "
-                                     f"(seq {d.seq}): the log was edited by hand")
-            self.decisions[d.item] = d
-            self._stack.append(d)
-        elif kind == "undo":
-            if not self._stack or self._stack[-1].seq != rec.get("undoes"):
-                raise WorkbenchError(f"review log {self.log_path}: undo (seq {rec.get('seq')}) does not undo the latest "
-                                     "decision: the log was edited by hand")
-            d = self._stack.pop()
-            del self.decisions[d.item]
-        elif kind != "recovered":
-            raise WorkbenchError(f"review log {self.log_path}: unknown record type {kind!r}")
+        _apply(rec, self.decisions, self._stack, self.log_path)
 
     # ------------------------------------------------------------------ state
     @property
@@ -338,29 +383,49 @@ class ReviewSession:
         return self.current is None
 
     def progress(self) -> dict:
+        """Counts over the queue. ``corrected`` counts labels that differ from the model's, for items shown
+        with the model's label only: a blind decision is never compared (that would tell the annotator)."""
         in_queue = [self.decisions[q] for q in self.queue if q in self.decisions]
         counts = {a: sum(d.action == a for d in in_queue) for a in ACTIONS}
         return {"decided": len(in_queue), "total": len(self.queue), **counts,
-                "corrected": sum(d.action == "label" and not agrees_with_model(d) for d in in_queue)}
+                "corrected": sum(d.action == "label" and not d.blind and not agrees_with_model(d) for d in in_queue)}
+
+    def is_blind(self, item: str | None = None) -> bool:
+        """True when ``item`` (default: the current one) is labelled without the model's opinion."""
+        item = self.current if item is None else item
+        return item is not None and item in self.blind
 
     # ------------------------------------------------------------------ actions
+    def _label_record(self, label) -> dict:
+        """The label part of a decision record (checked), without the prediction."""
+        if self.multilabel:
+            labels = None if label is None else self._label_set(label)
+            return {"label": None, "labels": None if labels is None else list(labels)}
+        if label is not None:
+            if isinstance(label, (list, tuple, set, frozenset, np.ndarray)):
+                raise WorkbenchError(f"label {label!r} is a set of labels, but a single-label review (task "
+                                     f"{self.task!r}) records one class index 0..{len(self.class_names) - 1}")
+            if not 0 <= int(label) < len(self.class_names):
+                raise WorkbenchError(f"label {label} is not a class index 0..{len(self.class_names) - 1}")
+        return {"label": None if label is None else int(label)}
+
+    def _check_annotator(self) -> None:
+        if self.owner and self.annotator != self.owner:
+            raise WorkbenchError(f"this is the review log of {self.owner!r}: {self.annotator!r} cannot decide in it "
+                                 "(open the review under your own name)")
+
     def _decide(self, action: str, label=None) -> Decision:
         item = self.current
         if item is None:
             raise WorkbenchError("the review queue is done: nothing left to decide (undo to change a decision)")
-        rec = {"type": "decision", "seq": self._seq + 1, "item": item, "action": action}
-        if self.multilabel:
-            labels = None if label is None else self._label_set(label)
-            rec.update({"label": None, "labels": None if labels is None else list(labels),
-                        "predicted": list(self.predicted[item])})
+        self._check_annotator()
+        rec = {"type": "decision", "seq": self._seq + 1, "item": item, "action": action, **self._label_record(label)}
+        if item in self.blind:
+            rec.update({"predicted": None, "blind": True})
+        elif self.multilabel:
+            rec["predicted"] = list(self.predicted[item])
         else:
-            if label is not None:
-                if isinstance(label, (list, tuple, set, frozenset, np.ndarray)):
-                    raise WorkbenchError(f"label {label!r} is a set of labels, but a single-label review (task "
-                                         f"{self.task!r}) records one class index 0..{len(self.class_names) - 1}")
-                if not 0 <= int(label) < len(self.class_names):
-                    raise WorkbenchError(f"label {label} is not a class index 0..{len(self.class_names) - 1}")
-            rec.update({"label": None if label is None else int(label), "predicted": int(self.predicted[item])})
+            rec["predicted"] = int(self.predicted[item])
         rec.update({"annotator": self.annotator, "time": _now()})
         self._write([rec], expect_size=self._size)
         self._seq += 1
@@ -368,11 +433,38 @@ class ReviewSession:
         return self.decisions[item]
 
     def accept(self) -> Decision:
-        """Confirm the model's label (multi-label: its predicted label set) for the current item."""
+        """Confirm the model's label (multi-label: its predicted label set) for the current item. Refused for
+        a blind item: it is labelled without the model's opinion."""
         if self.current is None:
             return self._decide("accept", None)
+        if self.current in self.blind:
+            raise WorkbenchError(f"item {self.current} is labelled blind (the model's label is not shown): give "
+                                 "its label (a class number, the class box)")
         pred = self.predicted[self.current]
         return self._decide("accept", pred if self.multilabel else int(pred))
+
+    def record(self, items: list[str], labels: list, origin: str) -> int:
+        """Append "label" decisions for ``items`` (any items of the pool, not only the queue) in one durable
+        write: labels given elsewhere (``workbench review import``). Items already decided in this log are
+        refused by the caller. Returns the number of records written."""
+        self._check_annotator()
+        recs, seq = [], self._seq
+        for item, label in zip(items, labels):
+            item = str(item)
+            if item in self.decisions:
+                raise WorkbenchError(f"item {item} already has a decision in {self.log_path}")
+            seq += 1
+            pred = None if item in self.blind or item not in self.predicted else self.predicted[item]
+            if pred is not None:
+                pred = list(pred) if self.multilabel else int(pred)
+            recs.append({"type": "decision", "seq": seq, "item": item, "action": "label", **self._label_record(label),
+                         "predicted": pred, **({"blind": True} if item in self.blind else {}), "origin": origin,
+                         "annotator": self.annotator, "time": _now()})
+        if recs:
+            self._write(recs, expect_size=self._size)
+            for rec in recs:
+                self._replay(rec)
+        return len(recs)
 
     def label(self, label) -> Decision:
         """Give the current item class ``label`` (a correction when it differs from the prediction).
@@ -385,10 +477,16 @@ class ReviewSession:
         return self._decide("skip", None)
 
     def undo(self) -> Decision | None:
-        """Revert the latest decision (the review goes back to that item); None when there is none."""
+        """Revert the latest decision (the review goes back to that item); None when there is none. A
+        latest decision made in another queue of this log (the review queue, the certification queue) is
+        undone there, not here."""
         if not self._stack:
             return None
         d = self._stack[-1]
+        if d.item not in self._in_queue:
+            raise WorkbenchError(f"the latest decision in this log ({d.item}, {d.action}) was made outside this queue "
+                                 "(another queue or an import): undo it there")
+        self._check_annotator()
         rec = {"type": "undo", "seq": self._seq + 1, "undoes": d.seq, "item": d.item,
                "annotator": self.annotator, "time": _now()}
         self._write([rec], expect_size=self._size)
@@ -398,14 +496,157 @@ class ReviewSession:
 
 
 def agrees_with_model(d: Decision) -> bool:
-    """True when a decision's label (or label set) is the model's prediction."""
+    """True when a decision's label (or label set) is the model's prediction (False when the decision
+    recorded none: a blind one)."""
+    if d.predicted is None:
+        return False
     if d.labels is not None:
         return set(d.labels) == set(d.predicted or ())
     return d.label == d.predicted
 
 
+# ---------------------------------------------------------------------- several annotators
+_NAME_OK = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_annotator(name: str) -> str:
+    """An annotator's name as recorded (surrounding spaces removed); one-line error when unusable."""
+    text = str(name or "").strip()
+    if not text:
+        raise WorkbenchError("an annotator name is needed: every decision records who made it (parameter annotator)")
+    if len(text) > 100 or any(ord(ch) < 32 for ch in text) or text == UNNAMED:
+        raise WorkbenchError(f"annotator name {text[:40]!r} is not usable: at most 100 printable characters")
+    return text
+
+
+def annotator_file(name: str) -> str:
+    """The file name of an annotator's log: the name itself when it is safe as a file name (letters, digits,
+    ``._-``), else a safe form plus a hash of the exact name (two names never share a file)."""
+    name = check_annotator(name)
+    if _NAME_OK.fullmatch(name) and not name.startswith("."):
+        return f"{name}.jsonl"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:40] or "annotator"
+    return f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}.jsonl"
+
+
+def annotator_log(review_dir, name: str) -> Path:
+    """``review/annotators/<name>.jsonl``: the log of one annotator of a pool."""
+    return Path(review_dir) / ANNOTATORS_DIR / annotator_file(name)
+
+
+def review_logs(review_dir) -> list[Path]:
+    """Every review log of a pool: ``decisions.jsonl`` (earlier versions' one log) and the annotators' logs."""
+    review_dir = Path(review_dir)
+    legacy = [review_dir / LEGACY_LOG] if (review_dir / LEGACY_LOG).is_file() else []
+    return legacy + sorted((review_dir / ANNOTATORS_DIR).glob("*.jsonl"))
+
+
+def read_decisions(path) -> tuple[dict | None, dict[str, Decision]]:
+    """The header and the effective decisions (item -> Decision, undos applied) of one log, read only."""
+    contents = read_log(Path(path))
+    decisions, stack = {}, []
+    for rec in contents.records:
+        _apply(rec, decisions, stack, path)
+    return contents.header, decisions
+
+
+def _check_pool(path, header: dict | None, pool_id: str | None, model_hash: str | None) -> None:
+    if header is None or pool_id is None:
+        return
+    if header.get("pool_id") != pool_id or (model_hash is not None and header.get("model_hash") != model_hash):
+        raise WorkbenchError(f"review log {path} was written for pool {header.get('pool_id')} and model "
+                             f"{header.get('model_hash')}, not this pool ({pool_id}, model {model_hash}): move it out "
+                             "of the pool's review folder")
+
+
+def logged_decisions(review_dir, extra_logs=(), pool_id: str | None = None,
+                     model_hash: str | None = None) -> list[tuple[Path, str, dict[str, Decision]]]:
+    """(log, annotator, item -> Decision) for every annotator in every log of a pool (``review_logs`` and
+    ``extra_logs``). An annotator's own log names them in its header; the decisions of ``decisions.jsonl``
+    (or a log given by path) go to the name each records. Logs of another pool or model are refused."""
+    out, seen = [], set()
+    for path in [*review_logs(review_dir), *[Path(p) for p in extra_logs]]:
+        key = Path(path).resolve()
+        if key in seen or not Path(path).is_file():
+            continue
+        seen.add(key)
+        header, decisions = read_decisions(path)
+        _check_pool(path, header, pool_id, model_hash)
+        owner = (header or {}).get("annotator")
+        by_name: dict[str, dict[str, Decision]] = {}
+        for item, d in decisions.items():
+            by_name.setdefault(owner or d.annotator or UNNAMED, {})[item] = d
+        out.extend((Path(path), name, decs) for name, decs in by_name.items())
+    return out
+
+
+def pool_decisions(review_dir, extra_logs=(), pool_id: str | None = None,
+                   model_hash: str | None = None) -> dict[str, dict[str, Decision]]:
+    """Every annotator's effective decisions on a pool, from all its logs: annotator -> item -> Decision
+    (``logged_decisions``). A name with decisions in two logs keeps, per item, the later decision."""
+    out: dict[str, dict[str, Decision]] = {}
+    for _, name, decisions in logged_decisions(review_dir, extra_logs, pool_id, model_hash):
+        mine = out.setdefault(name, {})
+        for item, d in decisions.items():
+            if item not in mine or mine[item].time <= d.time:
+                mine[item] = d
+    return out
+
+
+def labelled(decisions: dict[str, Decision]) -> dict[str, Decision]:
+    """The decisions that give a label (accept or label; not skip)."""
+    return {i: d for i, d in decisions.items() if d.action in ("accept", "label")}
+
+
+def log_for(review_dir, name: str) -> Path:
+    """Where annotator ``name`` writes: their own log; or ``decisions.jsonl`` when that log of an earlier
+    version holds decisions by ``name`` alone (they resume it) and they have no own log yet."""
+    own = annotator_log(review_dir, name)
+    legacy = Path(review_dir) / LEGACY_LOG
+    if own.exists() or not legacy.is_file():
+        return own
+    _, decisions = read_decisions(legacy)
+    names = {d.annotator for d in decisions.values()}
+    return legacy if names == {check_annotator(name)} else own
+
+
+def overlap_items(ids: list[str], share: float, seed: int) -> list[str]:
+    """The blind overlap: a seeded random ``share`` of the pool's items (at least one when share > 0), in a
+    seeded random order; every annotator reads them, blind."""
+    ids = [str(i) for i in ids]
+    if share <= 0 or not ids:
+        return []
+    n = min(len(ids), max(1, int(round(share * len(ids)))))
+    order = np.random.default_rng([int(seed), 27]).permutation(len(ids))[:n]
+    return [ids[i] for i in order]
+
+
+def annotator_queue(first: list[str], ranked: list[str], taken: set, done_elsewhere: set) -> list[str]:
+    """One annotator's queue: ``first`` (items every annotator reads: the blind overlap, in its order),
+    then ``ranked`` (the review queue, most useful first) less ``first`` and less ``taken`` (items another
+    annotator has labelled: the rest of the queue is shared out, not read twice); items this annotator
+    decided in another log (``done_elsewhere``) are left out of both."""
+    out, seen = [], set(done_elsewhere)
+    for item in first:
+        if item not in seen:
+            out.append(item)
+            seen.add(item)
+    for item in ranked:
+        if item not in seen and item not in taken:
+            out.append(item)
+            seen.add(item)
+    return out
+
+
 # ---------------------------------------------------------------------- export
-LABELLED_SOURCES = ("auto-accepted", "accepted", "corrected")
+LABELLED_SOURCES = ("auto-accepted", "accepted", "corrected", "blind", "consensus")
+
+
+def _source(d: Decision) -> str:
+    """label_source of a human label: blind (given without the model's label), accepted or corrected."""
+    if d.blind:
+        return "blind"
+    return "accepted" if agrees_with_model(d) else "corrected"
 
 
 def label_column(name: str) -> str:
@@ -440,7 +681,7 @@ def _labelled_table_multilabel(session: ReviewSession, table, id_column: str, in
         d = session.decisions.get(item)
         if d is not None and d.action in ("accept", "label"):
             sets.append(tuple(d.labels or ()))
-            source.append("accepted" if agrees_with_model(d) else "corrected")
+            source.append(_source(d))
             who.append(d.annotator)
             when.append(d.time)
         elif d is not None:
@@ -478,7 +719,8 @@ def label_sets(session: ReviewSession, labelled) -> np.ndarray:
 
 def labelled_table(session: ReviewSession, table, id_column: str = "id", include_auto: bool = True):
     """``table`` (annotations.csv rows) with the final labels: columns label, label_class, label_source,
-    annotator, decided_at added. label_source: auto-accepted | accepted | corrected | skipped | unreviewed.
+    annotator, decided_at added. label_source: auto-accepted | accepted | corrected | blind (labelled without
+    the model's label) | skipped | unreviewed.
 
     Multi-label: instead of label/label_class, ``labels`` (the label names present, joined by ``;``;
     empty when none is present or the item has no label set) and one 0/1 column ``label:<name>`` per
@@ -492,7 +734,7 @@ def labelled_table(session: ReviewSession, table, id_column: str = "id", include
         d = session.decisions.get(str(row[id_column]))
         if d is not None and d.action in ("accept", "label"):
             label.append(int(d.label))
-            source.append("accepted" if d.label == d.predicted else "corrected")
+            source.append(_source(d))
             who.append(d.annotator)
             when.append(d.time)
         elif d is not None:
@@ -614,3 +856,72 @@ def export(session: ReviewSession, table, out_dir: Path, images=None,
         paths["npz"] = out_dir / "labelled.npz"
     return {k: str(v) for k, v in paths.items()} | {"n_labelled": int(has.sum()),
                                                      "sources": labelled["label_source"].value_counts().to_dict()}
+
+
+# ---------------------------------------------------------------------- certification sample
+CERTIFICATION_QUEUE = "certification_queue.csv"
+
+
+def certification_labels(pool_dir, seed: int = 0):
+    """The labels given, blind, to the certification sample of an annotated pool (``certification_queue.csv``,
+    labelled in the widget with ``queue="certification"``, or imported): a DataFrame with columns ``id``
+    and ``label`` (the class index; multi-label: the label indices present, joined by ``;``), in the
+    queue's order, one row per item that has a label.
+
+    One annotator: their label. Several: the consensus of their blind labels by majority vote without the
+    model (``agreement.majority_vote``), since labels that certify the model must not lean on it. Only
+    blind decisions count (an item someone labelled while seeing the model's label does not). ``attrs``:
+    ``annotators``, ``n_queue`` (the sample's size), ``unlabelled`` (ids without a label yet), ``tied`` (ids
+    whose majority was a tie, broken as ``majority_vote`` says: worth a third reader)."""
+    import pandas as pd
+
+    from .agreement import majority_vote
+    pool_dir = Path(pool_dir)
+    path = pool_dir / CERTIFICATION_QUEUE
+    if not path.is_file():
+        raise WorkbenchError(f"{pool_dir} has no {CERTIFICATION_QUEUE}: this pool was not sent for certification on "
+                             "its own labels")
+    ids = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)["id"].astype(str).tolist()
+    summary_path = pool_dir / "annotation_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    decisions = pool_decisions(pool_dir / "review", pool_id=summary.get("pool_id"), model_hash=summary.get("model_hash"))
+    headers = [read_log(p).header or {} for p in review_logs(pool_dir / "review")]
+    class_names = next((h["class_names"] for h in headers if h.get("class_names")), [])
+    summary.setdefault("task", next((h.get("task") for h in headers if h.get("task")), None))
+    summary["class_names"] = class_names
+    in_sample = set(ids)
+    names = sorted(n for n, decs in decisions.items()
+                   if any(i in in_sample and d.blind for i, d in labelled(decs).items()))
+    multilabel = is_multilabel(summary.get("task"))
+    given = {i: [labelled(decisions[n]).get(i) for n in names] for i in ids}
+    given = {i: [d if d is not None and d.blind else None for d in ds] for i, ds in given.items()}
+    rows, tied_ids = [], []
+    todo = [i for i in ids if any(d is not None for d in given[i])]
+    if multilabel:
+        n_labels = len(summary.get("class_names") or []) or 1 + max(
+            [max(d.labels or (0,)) for i in todo for d in given[i] if d is not None] or [0])
+        present = np.full((len(todo), len(names), n_labels), np.nan)
+        for r, i in enumerate(todo):
+            for a, d in enumerate(given[i]):
+                if d is not None:
+                    present[r, a] = 0
+                    present[r, a, list(d.labels or ())] = 1
+        votes = np.zeros((len(todo), n_labels), dtype=int)
+        any_tie = np.zeros(len(todo), dtype=bool)
+        for j in range(n_labels):
+            votes[:, j], tied = majority_vote(present[:, :, j], 2, seed=seed + j)
+            any_tie |= tied
+        rows = [(i, LABEL_SEPARATOR.join(str(j) for j in np.flatnonzero(v))) for i, v in zip(todo, votes)]
+        tied_ids = [i for i, t in zip(todo, any_tie) if t]
+    else:
+        m = np.array([[np.nan if d is None else float(d.label) for d in given[i]] for i in todo]).reshape(len(todo), len(names))
+        k = max(len(summary.get("class_names") or []), int(np.nanmax(m)) + 1 if m.size else 1)
+        labels, tied = majority_vote(m, k, seed=seed)
+        rows = list(zip(todo, labels.tolist()))
+        tied_ids = [i for i, t in zip(todo, tied) if t]
+    out = pd.DataFrame(rows, columns=["id", "label"])
+    if not multilabel:
+        out["label"] = out["label"].astype(int)
+    out.attrs.update({"annotators": names, "n_queue": len(ids), "unlabelled": [i for i in ids if i not in set(todo)],
+                      "tied": tied_ids})
+    return out

@@ -34,6 +34,14 @@ no longer change to another class). Where the kernel holds too little of the cla
 Enter arrives ("finding 0" of "finding 05"), the next text update, if it extends that text within
 ``ENTER_CATCH_UP_S`` seconds, is resolved as if Enter followed it.
 
+**Several annotators, blind items.** Opened under a name (``review_run(POOL, annotator=NAME)``, or a
+name typed into *Annotator* and confirmed with Enter), the widget writes that annotator's own log and
+walks their queue; typing another name switches to that annotator's log. An item labelled blind (the
+blind overlap, the certification sample, ``queue="certification"``) is shown without anything of the
+model: no prediction, no probabilities, no Grad-CAM overlay, no Accept (and ``a`` does nothing); label
+toggles start all off; the progress line counts no corrections. What the widget shows of a blind item
+is the same whatever the model predicted (tests/test_widgets.py checks this).
+
 The buttons' tooltips name their key. Under papermill (``WORKBENCH_HEADLESS=1``) ``review_run``
 returns a static summary instead (queue size, progress, the first items as a gallery).
 
@@ -102,15 +110,17 @@ class ReviewWidget:
     """Image (+ Grad-CAM), top-k probabilities, Accept / class / Skip / Undo, class box, keys, progress,
     annotator; for a multi-label task, one toggle per label and Save. See the module docstring."""
 
-    def __init__(self, inputs, top_k: int = 3, overlay=None, export_dir=None):
+    def __init__(self, inputs, top_k: int = 3, overlay=None, export_dir=None, open_session=None):
+        """``open_session(name) -> session``: opens an annotator's own session when a name is typed (the
+        widget may then start without a session: it asks for the name first)."""
         import ipywidgets as W
-        self.inputs, self.session = inputs, inputs.session
-        if self.session is None:
+        self.inputs, self.session, self.open_session = inputs, inputs.session, open_session
+        if self.session is None and open_session is None:
             raise WorkbenchError("open the review first (workbench.annotate.open_review)")
         self.top_k, self.overlay, self.export_dir = top_k, overlay, export_dir
         self.names = names = [str(n) for n in inputs.class_names]
         self.multilabel = is_multilabel(inputs.task)
-        if self.multilabel != bool(getattr(self.session, "multilabel", False)):
+        if self.session is not None and self.multilabel != bool(getattr(self.session, "multilabel", False)):
             raise WorkbenchError(f"the review session and its inputs disagree on the task ({inputs.task!r}): "
                                  "open the review again (workbench.annotate.open_review)")
         self._pos = {str(i): k for k, i in enumerate(inputs.ids)}
@@ -120,7 +130,8 @@ class ReviewWidget:
         self.info = W.HTML()
         self.message = W.HTML()
         self.pending = W.HTML()   # a class number typed in the keys box, not complete yet
-        self.annotator = W.Text(value=self.session.annotator, description="Annotator", placeholder="your name")
+        self.annotator = W.Text(value=self.session.annotator if self.session else "", description="Annotator",
+                                placeholder="your name, then Enter", continuous_update=False)
         self.keys = W.Text(value="", description="Keys", continuous_update=True, placeholder=self._key_help(short=True))
         self.accept_button = W.Button(
             description="Save" if self.multilabel else "Accept", button_style="success",
@@ -148,10 +159,11 @@ class ReviewWidget:
             self.class_buttons = [W.Button(description=self._option(c, 18), layout=W.Layout(width="auto"),
                                            tooltip=f"label as {n} ({self._keys_for(c)})")
                                   for c, n in enumerate(names)]
-        self.progress = W.IntProgress(min=0, max=max(len(self.session.queue), 1), description="Progress")
+        self.progress = W.IntProgress(min=0, max=max(len(self.session.queue) if self.session else 0, 1),
+                                      description="Progress")
         self.progress_label = W.Label()
-        self.accept_button.on_click(lambda _: self.save() if self.multilabel else self._act(self.session.accept))
-        self.skip_button.on_click(lambda _: self._act(self.session.skip))
+        self.accept_button.on_click(lambda _: self.save() if self.multilabel else self._act(lambda: self.session.accept()))
+        self.skip_button.on_click(lambda _: self._act(lambda: self.session.skip()))
         self.undo_button.on_click(lambda _: self._undo())
         self.export_button.on_click(lambda _: self.export())
         for c, b in enumerate(self.class_buttons):
@@ -174,7 +186,7 @@ class ReviewWidget:
             W.HBox(self.class_buttons or self.label_toggles, layout=W.Layout(flex_flow="row wrap")),
             self.message,
         ])
-        for note in self.session.notes:
+        for note in (self.session.notes if self.session else []):
             self._say(f"log recovered: {note}", "darkorange")
         self.refresh()
 
@@ -207,20 +219,37 @@ class ReviewWidget:
 
     def refresh(self):
         s = self.session
+        controls = (self.accept_button, self.skip_button, self.class_box, *self.class_buttons, *self.label_toggles)
+        if s is None:   # no annotator yet: the name chooses the log and the queue
+            for b in (*controls, self.undo_button, self.export_button):
+                b.disabled = True
+            self.info.value = ("<b>Type your name in Annotator and press Enter.</b> Each annotator has their own "
+                               "log and queue; nobody sees another annotator's labels.")
+            self.progress_label.value = ""
+            self.image.value = b""
+            return
+        self.annotator.disabled = False
+        self.export_button.disabled = False
         p = s.progress()
+        self.progress.max = max(p["total"], 1)
         self.progress.value = p["decided"]
         self.progress_label.value = (f"{p['decided']}/{p['total']} decided · {p['accept']} accepted · "
                                      f"{p['corrected']} corrected · {p['skip']} skipped")
         item = s.current
         done = item is None
-        for b in (self.accept_button, self.skip_button, self.class_box, *self.class_buttons, *self.label_toggles):
+        for b in controls:
             b.disabled = done
         self.undo_button.disabled = not s.decisions
         if done:
             self.info.value = "<b>Queue done.</b> Undo to change a decision, Export to write the labels."
+            self.accept_button.layout.display = None
             self._shown = None
             return
         k = self._pos[item]
+        if s.is_blind(item):
+            self._show_blind(item, k)
+            return
+        self.accept_button.layout.display = None
         probs = np.asarray(self.inputs.probs[k], dtype=np.float64)
         order = np.argsort(-probs, kind="stable")[: self.top_k]
         pred = s.predicted[item]
@@ -249,12 +278,54 @@ class ReviewWidget:
         self.info.value = (f"<b>{html.escape(item)}</b> (queue #{s.position + 1})<br>{model}<br>"
                            f"<table>{rows}</table>")
 
+    def _show_blind(self, item: str, k: int):
+        """A blind item: the image alone (no overlay), no prediction, no probabilities, no Accept; the
+        label toggles start all off. Nothing here depends on the model's output."""
+        s = self.session
+        if self.multilabel:
+            if self._shown != item:
+                for t in self.label_toggles:
+                    t.value = False
+            for c, t in enumerate(self.label_toggles):
+                t.description = self._option(c, 16)
+        else:
+            self.accept_button.disabled = True
+            self.accept_button.layout.display = "none"
+        self._shown = item
+        self.image.value = _png(np.asarray(self.inputs.display([k]))[0])
+        what = "toggle the labels present and Save" if self.multilabel else "pick its class"
+        self.info.value = (f"<b>{html.escape(item)}</b> (queue #{s.position + 1})<br><b>blind</b>: labelled without "
+                           f"the model's opinion; {what}")
+
     # -------------------------------------------------------------- actions
     def _on_annotator(self, change):
-        self.session.annotator = change["new"].strip()
+        name = change["new"].strip()
+        s = self.session
+        if s is not None and not getattr(s, "owner", ""):   # a log given by path: the name is recorded per decision
+            s.annotator = name
+            return
+        if s is not None and name == s.owner:
+            return
+        if self.open_session is None or not name:
+            if s is not None:
+                self._say(f"this is the review log of {s.owner}: open the review under your own name", "darkred")
+                self.annotator.value = s.owner
+            return
+        try:
+            self.session = self.open_session(name)
+        except WorkbenchError as e:
+            self._say(str(e), "darkred")
+            return
+        self._pos = {str(i): k for k, i in enumerate(self.inputs.ids)}
+        self._shown = None
+        self._say(f"{self.session.annotator}: your own log and queue ({len(self.session.queue)} item(s), "
+                  f"{self.session.progress()['decided']} decided)", "green")
+        for note in self.session.notes:
+            self._say(f"log recovered: {note}", "darkorange")
+        self.refresh()
 
     def _act(self, fn):
-        if not self.session.annotator:
+        if self.session is None or not self.session.annotator:
             self._say("type your name in Annotator first: every decision records who made it", "darkred")
             return None
         try:
@@ -271,6 +342,8 @@ class ReviewWidget:
         return d
 
     def _undo(self):
+        if self.session is None:
+            return
         try:
             d = self.session.undo()
         except WorkbenchError as e:
@@ -281,6 +354,9 @@ class ReviewWidget:
 
     def pick(self, c: int):
         """Class ``c`` (0-based) chosen: label the item with it, or (multi-label) toggle that label."""
+        if self.session is None:
+            self._say("type your name in Annotator first (then Enter)", "darkred")
+            return None
         if self.session.done:
             self._say("the queue is done: undo to change a decision")
             return None
@@ -298,11 +374,13 @@ class ReviewWidget:
     def save(self):
         """Multi-label: record the set toggled on for the current item: "accept" when it is the model's
         set, else "label" with the set."""
+        if self.session is None:
+            return self._act(None)
         if not self.multilabel:
             return self._act(self.session.accept)
         chosen = self.selected_labels()
         item = self.session.current
-        if item is not None and set(chosen) == set(self.session.predicted[item]):
+        if item is not None and not self.session.is_blind(item) and set(chosen) == set(self.session.predicted[item]):
             return self._act(self.session.accept)
         return self._act(lambda: self.session.label(chosen))
 
@@ -434,6 +512,9 @@ class ReviewWidget:
 
     def export(self):
         from .annotate import export_review
+        if self.session is None:
+            self._say("type your name in Annotator first (then Enter)", "darkred")
+            return None
         try:
             out = export_review(self.inputs, self.export_dir)
         except WorkbenchError as e:
@@ -456,25 +537,35 @@ class StaticReview:
         pos = {str(i): k for k, i in enumerate(inputs.ids)}
         idx = np.array([pos[str(i)] for i in q["id"]], dtype=int)
         ranks = q["rank"].tolist() if "rank" in q else list(range(1, len(q) + 1))
-        caps = [f"{r}. {queue_caption(np.asarray(inputs.probs[k], dtype=np.float64), inputs.class_names, inputs.task)}"
-                for r, k in zip(ranks, idx)]
+        blind = getattr(inputs, "blind", frozenset())
+        caps = [f"{r}. blind" if str(i) in blind else
+                f"{r}. {queue_caption(np.asarray(inputs.probs[k], dtype=np.float64), inputs.class_names, inputs.task)}"
+                for r, k, i in zip(ranks, idx, q["id"])]
         images = np.asarray(inputs.display(idx)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
         fig = image_grid(images, caps, ncols=8, cell=1.5,
                          title=f"Review queue: first {len(q)} of {len(inputs.queue)} "
                                f"(strategy {inputs.params.get('strategy')})")
         self.png = to_png(fig)
-        log = Path(log) if log else default_log(inputs.run_dir)
-        self.decided = None
-        if log.is_file():
-            contents = read_log(log)
-            self.decided = sum(1 for r in contents.records if r.get("type") == "decision") - \
-                sum(1 for r in contents.records if r.get("type") == "undo")
+        self.decided, self.annotators = None, 0
+        if log:
+            log = Path(log)
+            if log.is_file():
+                contents = read_log(log)
+                self.decided = sum(1 for r in contents.records if r.get("type") == "decision") - \
+                    sum(1 for r in contents.records if r.get("type") == "undo")
+        else:
+            from .review import pool_decisions
+            log = default_log(inputs.run_dir).parent
+            by_name = pool_decisions(log) if log.is_dir() else {}
+            if by_name:
+                self.decided, self.annotators = sum(len(d) for d in by_name.values()), len(by_name)
         self.log = log
 
     def _repr_html_(self) -> str:
         n = len(self.inputs.queue)
         n_auto = int((self.inputs.table["status"] == "auto-accepted").sum())
-        done = (f"{self.decided} decisions in {html.escape(str(self.log))}" if self.decided is not None
+        who = f" by {self.annotators} annotator(s)" if self.annotators else ""
+        done = (f"{self.decided} decisions{who} in {html.escape(str(self.log))}" if self.decided is not None
                 else "no review yet")
         img = base64.b64encode(self.png).decode()
         return (f"<div><p><b>Review (static view: the report was run headless).</b> {n} image(s) need review, "
@@ -497,23 +588,37 @@ def queue_caption(probs: np.ndarray, class_names: list[str], task: str = "") -> 
 
 
 def review_run(run_dir, annotator: str = "", log: str = "", headless: bool | None = None, overlay="auto",
-               n_static: int = 16):
+               n_static: int = 16, queue: str = "review"):
     """The review widget of an annotated pool (resumes its log); a static summary when headless.
 
+    ``annotator`` NAME: NAME's own log and queue (``workbench.annotate.open_review``); empty: the widget
+    asks for the name first. ``log`` PATH: that log, the whole queue (the name is recorded per decision).
+    ``queue`` "certification": the pool's certification sample (``certification_queue.csv``), in its order,
+    blind: no prediction, no probabilities, no Grad-CAM, no Accept.
     ``overlay`` "auto": Grad-CAM of the trained run's model (``inputs.trained.model``, loaded once); None:
-    no overlay; or a function (model-input image, class) -> heat map."""
-    from .annotate import open_review, review_inputs
+    no overlay; or a function (model-input image, class) -> heat map (never drawn on a blind item)."""
+    from .annotate import open_session, review_inputs
     headless = _progress.headless() if headless is None else headless
     if headless:
-        return StaticReview(review_inputs(run_dir), n=n_static, log=Path(log) if log else None)
-    inputs = open_review(run_dir, annotator=annotator, log=log)
+        return StaticReview(review_inputs(run_dir, queue=queue), n=n_static, log=Path(log) if log else None)
+    inputs = review_inputs(run_dir, queue=queue)
+    factory = None
+    if log:
+        open_session(inputs, annotator=annotator, log=log)
+    else:
+        def factory(name):
+            return open_session(inputs, annotator=name).session
+        if annotator:
+            factory(annotator)
     note = None
+    if overlay == "auto" and queue == "certification":
+        overlay = None   # every item of the certification queue is blind: no explanation of the model
     if overlay == "auto":
         try:
             overlay = gradcam_overlay(inputs.trained.model)
         except (WorkbenchError, AttributeError) as e:  # an optional explanation must never block the review
             overlay, note = None, f"Grad-CAM unavailable ({e}); reviewing without it"
-    w = ReviewWidget(inputs, overlay=overlay)
+    w = ReviewWidget(inputs, overlay=overlay, open_session=factory)
     if note:
         w._say(note, "darkorange")
     return w
