@@ -2,6 +2,14 @@
 
 A preset is a seeded ``A.Compose``; it is serialised to YAML in the run directory (preset, seed and
 the full albumentations dict), and ``load`` rebuilds an identical pipeline: same seed → same output.
+
+Photometric augmentation of acquisition changes (``photometric_ops``): the changes a data card names
+as plausible between sites (``acquisition.changes``: brightness, contrast, saturation, hue, stain,
+gamma, windowing, blur, JPEG, noise, speckle, illumination, resolution; workbench.corrupt.CHANGES) are
+drawn within the card's ranges and appended to the geometric preset. A card without the field gets
+``corrupt.DEFAULT_CHANGES`` (mild brightness, contrast, blur and noise) and a warning. The ranges are
+written to augment.yaml twice: as the card gave them (``photometric``) and inside the albumentations
+pipeline itself.
 """
 
 from __future__ import annotations
@@ -14,6 +22,124 @@ import numpy as np
 import yaml
 
 from .errors import WorkbenchError
+
+
+class StainJitter(A.ImageOnlyTransform):
+    """Stain amount and dye balance in optical density (Beer-Lambert: OD = -log((I + 1) / 256)): one gain
+    for every channel drawn from ``od_range``, times a per-channel factor within ±``balance`` (another stain
+    batch, staining time or dye ratio), then back to intensities. Works on 1 or 3 channels."""
+
+    class InitSchema(A.core.transforms_interface.BaseTransformInitSchema):
+        od_range: tuple[float, float]
+        balance: float
+
+    def __init__(self, od_range: tuple[float, float] = (0.8, 1.2), balance: float = 0.1, p: float = 0.5):
+        super().__init__(p=p)
+        self.od_range, self.balance = tuple(od_range), float(balance)
+
+    def get_params(self) -> dict:
+        g = self.py_random.uniform(*self.od_range)
+        return {"gains": [g * self.py_random.uniform(1 - self.balance, 1 + self.balance) for _ in range(3)]}
+
+    def apply(self, img: np.ndarray, gains=(1.0, 1.0, 1.0), **params) -> np.ndarray:
+        od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
+        out = 256.0 * np.exp(-od * np.asarray(gains, np.float32)[: img.shape[-1]]) - 1.0
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(img.shape)
+
+    def get_transform_init_args_names(self) -> tuple:
+        return ("od_range", "balance")
+
+
+class WindowJitter(A.ImageOnlyTransform):
+    """Another display window of 8-bit radiographs and CT: intensities stretched about mid-grey by a
+    factor drawn from ``factor_range`` (> 1 a narrower window, clipped; < 1 a wider one)."""
+
+    class InitSchema(A.core.transforms_interface.BaseTransformInitSchema):
+        factor_range: tuple[float, float]
+
+    def __init__(self, factor_range: tuple[float, float] = (0.8, 1.25), p: float = 0.5):
+        super().__init__(p=p)
+        self.factor_range = tuple(factor_range)
+
+    def get_params(self) -> dict:
+        return {"factor": self.py_random.uniform(*self.factor_range)}
+
+    def apply(self, img: np.ndarray, factor: float = 1.0, **params) -> np.ndarray:
+        out = (img.astype(np.float32) - 127.5) * factor + 127.5
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(img.shape)
+
+    def get_transform_init_args_names(self) -> tuple:
+        return ("factor_range",)
+
+
+# How often each photometric change fires (set a priori, not tuned on any split): colour and illumination
+# differ between almost every pair of sites, so the colour jitter fires on most images; the stain and the
+# display changes often; degradations (blur, JPEG, noise, speckle, resolution) on a quarter of the images,
+# so that most training images stay sharp.
+P_COLOR, P_STAIN, P_DEGRADE = 0.8, 0.5, 0.25
+
+
+def photometric_ops(changes: dict, n_channels: int, side: int = 28, family: str = "") -> list:
+    """The albumentations ops for a card's acquisition changes, each within the card's range
+    (workbench.corrupt.CHANGES gives each change's unit). ``side``: the image side (blur σ is given at 28 px)."""
+    from .corrupt import CHANGES, REFERENCE_SIDE
+    unknown = sorted(set(changes) - set(CHANGES))
+    if unknown:
+        raise WorkbenchError(f"unknown acquisition change(s) {unknown}; known: {', '.join(CHANGES)}")
+    c = {k: float(v) for k, v in changes.items()}
+    ops = []
+    jitter = {}
+    if c.get("brightness"):
+        jitter["brightness"] = (1 - c["brightness"], 1 + c["brightness"])
+    if c.get("contrast"):
+        jitter["contrast"] = (1 - c["contrast"], 1 + c["contrast"])
+    if n_channels == 3 and c.get("saturation"):
+        jitter["saturation"] = (1 - c["saturation"], 1 + c["saturation"])
+    if n_channels == 3 and c.get("hue"):
+        jitter["hue"] = (-c["hue"] / 360.0, c["hue"] / 360.0)
+    if jitter:
+        ops.append(A.ColorJitter(**{"brightness": (1.0, 1.0), "contrast": (1.0, 1.0), "saturation": (1.0, 1.0),
+                                    "hue": (0.0, 0.0), **jitter}, p=P_COLOR))
+    if c.get("stain"):
+        ops.append(StainJitter(od_range=(1 - c["stain"], 1 + c["stain"]), balance=c["stain"] / 2, p=P_STAIN))
+    if c.get("gamma"):
+        ops.append(A.RandomGamma(gamma_limit=(100 * (1 - c["gamma"]), 100 * (1 + c["gamma"])), p=P_STAIN))
+    if c.get("windowing"):
+        ops.append(WindowJitter(factor_range=(1 / (1 + c["windowing"]), 1 + c["windowing"]), p=P_STAIN))
+    if c.get("illumination"):
+        # ultrasound: a time-gain ramp runs with depth (top to bottom); elsewhere uneven light from any side
+        angle = (90.0, 90.0) if family == "ultrasound" else (0.0, 360.0)
+        ops.append(A.Illumination(mode="linear", intensity_range=(0.01, c["illumination"] / 2), effect_type="both",
+                                  angle_range=angle, p=P_STAIN))
+    if c.get("blur"):
+        ops.append(A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, max(0.1, c["blur"] * side / REFERENCE_SIDE)),
+                                  p=P_DEGRADE))
+    if c.get("resolution") and c["resolution"] < 1:
+        ops.append(A.Downscale(scale_range=(c["resolution"], 1.0), p=P_DEGRADE))
+    if c.get("speckle"):
+        ops.append(A.MultiplicativeNoise(multiplier=(1 - c["speckle"], 1 + c["speckle"]), per_channel=False,
+                                         elementwise=True, p=P_DEGRADE))
+    if c.get("noise"):
+        ops.append(A.GaussNoise(std_range=(0.0, c["noise"] / 255.0), p=P_DEGRADE))
+    if c.get("jpeg") and c["jpeg"] < 100:
+        ops.append(A.ImageCompression(quality_range=(int(c["jpeg"]), 100), p=P_DEGRADE))
+    return ops
+
+
+def photometric_of(card) -> dict:
+    """What the photometric augmentation uses for a data card: ``{changes, family, source, warning}``;
+    a card without ``acquisition.changes`` (or no card) gets the conservative default and a warning."""
+    from . import corrupt
+    acq = getattr(card, "acquisition", None) if card is not None else None
+    if acq:
+        return {"changes": dict(acq["changes"]), "family": acq["family"], "source": f"data card {card.name}",
+                "warning": None}
+    fam, _ = corrupt.family(card) if card is not None else (None, None)
+    name = f"data card {card.name}" if card is not None else "no data card"
+    return {"changes": dict(corrupt.DEFAULT_CHANGES), "family": fam, "source": "default (conservative)",
+            "warning": (f"WARNING: {name} names no acquisition changes: photometric augmentation uses the conservative "
+                        f"default {corrupt.DEFAULT_CHANGES}; add 'acquisition: {{family: ..., changes: {{...}}, "
+                        "reason: ...}' to the card's front matter")}
 
 
 def _none(n_channels: int) -> list:
@@ -83,10 +209,15 @@ def reseed(transform: A.Compose, seed: int) -> A.Compose:
     return transform
 
 
-def build(preset: str, seed: int, n_channels: int = 3) -> A.Compose:
+def build(preset: str, seed: int, n_channels: int = 3, photometric: dict | None = None, side: int = 28) -> A.Compose:
+    """The preset's pipeline; with ``photometric`` (``photometric_of(card)``) the acquisition changes follow
+    the geometric ops."""
     if preset not in PRESETS:
         raise WorkbenchError(f"unknown augmentation preset {preset!r} (parameter 'augment'); choose one of {', '.join(PRESETS)}")
-    return reseed(A.Compose(PRESETS[preset](n_channels)), seed)
+    ops = PRESETS[preset](n_channels)
+    if photometric:
+        ops = ops + photometric_ops(photometric["changes"], n_channels, side, photometric.get("family") or "")
+    return reseed(A.Compose(ops), seed)
 
 
 CUSTOM_CONTROLS = ("hflip", "vflip", "rotate", "translate", "scale", "brightness", "contrast", "blur")
@@ -130,8 +261,11 @@ def apply(transform: A.Compose, images: np.ndarray) -> np.ndarray:
     return out
 
 
-def save(transform: A.Compose, preset: str, seed: int, path: Path) -> None:
-    doc = {"preset": preset, "seed": int(seed), "albumentations": A.to_dict(transform)}
+def save(transform: A.Compose, preset: str, seed: int, path: Path, photometric: dict | None = None) -> None:
+    doc = {"preset": preset, "seed": int(seed)}
+    if photometric is not None:
+        doc["photometric"] = photometric
+    doc["albumentations"] = A.to_dict(transform)
     Path(path).write_text(yaml.safe_dump(_plain(doc), sort_keys=False))
 
 

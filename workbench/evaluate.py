@@ -584,6 +584,13 @@ NOTEBOOK = _cells.Stage(
                   "C chosen on val) on the network's pooled penultimate features of the train split, scored on test "
                   "with 95 % bootstrap intervals, beside the network itself (`feature_baselines` in metrics.json)."),
         _cells.show("features.baselines_table(result)"),
+        _cells.md("## Robustness to acquisition changes\nAccuracy on test images changed as another microscope, "
+                  "scanner, stain batch or site would change them: the data card's corruption suite (workbench.corrupt, "
+                  "3 severities each, `robustness` images), predicted by the model as saved. Corruptions of a kind the "
+                  "training augmentation drew (`photometric card`) are marked; the others measure generalisation."),
+        _cells.code("from workbench import robustness\nrob = robustness.measure(run, trained, ds, P)"),
+        _cells.show("robustness.table(rob)"),
+        _cells.show("robustness.figure(trained, ds, rob)"),
         _cells.md("## Model card\nWritten to `model_card.md` in the run directory."),
         _cells.code("card = evaluate.write_model_card(run, ds)"),
         _cells.show("card"),

@@ -40,6 +40,10 @@ class TrainParams:
     augment: str = _p("", "(recipe) augmentation preset (workbench.augment.PRESETS; the recipe picks dihedral where "
                       "the data card says flips and quarter turns preserve the labels, else fixed)",
                       choices_from="augment", recipe=True)
+    photometric: str = _p("", "(recipe) photometric augmentation of acquisition changes: card (brightness, contrast, "
+                          "colour, stain, blur, noise... within the ranges the data card's acquisition field gives; a "
+                          "card without them gets a conservative default, with a warning) or none",
+                          choices=("card", "none"), recipe=True)
     epochs: int = _p(-1, "(recipe) maximum number of epochs", min=1, max=1000, recipe=True)
     steps_per_epoch: int = _p(-1, "(recipe) optimizer steps per epoch (recipe: one pass over the train split; a "
                               "small split is passed over several times per epoch, so that the recipe makes about "
@@ -79,6 +83,8 @@ class EvaluateParams:
     ensemble: str = _p("", "other run directories (comma-separated) averaged with this model (empty: off)")
     gallery_size: int = _p(16, "images in the top-losses gallery", min=1, max=200)
     cam_layer: str = _p("", "layer for Grad-CAM (empty: the last feature map of at least 7x7)")
+    robustness: int = _p(1000, "test images scored under the data card's acquisition corruptions (workbench.corrupt; "
+                         "a seeded class-stratified subset; 0: skip)", min=0, max=100000)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 from .errors import WorkbenchError
 
-MODEL_CARD_HEADINGS = ("Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",
-                       "Ethical considerations", "Caveats and recommendations")
+MODEL_CARD_HEADINGS = ("Model details", "Intended use", "Factors", "Metrics", "Robustness", "Evaluation data",
+                       "Training data", "Ethical considerations", "Caveats and recommendations")
 MORE = "[More Information Needed]"
 NOT_CLINICAL = "Not for clinical use"
 
@@ -235,6 +235,12 @@ def _card_metrics(c: _CardContext) -> list[str]:
     return lines + [""]
 
 
+def _card_robustness(c: _CardContext) -> list[str]:
+    """Accuracy under the data card's acquisition corruptions (robustness.json, workbench.robustness)."""
+    from .robustness import card_section
+    return card_section(c.run_dir)
+
+
 def _card_evaluation_data(c: _CardContext) -> list[str]:
     splits = c.data.get("split_sizes", {})
     lines = []
@@ -307,7 +313,8 @@ def _card_caveats(c: _CardContext) -> list[str]:
 
 MODEL_CARD_SECTIONS = {
     "Model details": _card_model_details, "Intended use": _card_intended_use, "Factors": _card_factors,
-    "Metrics": _card_metrics, "Evaluation data": _card_evaluation_data, "Training data": _card_training_data,
+    "Metrics": _card_metrics, "Robustness": _card_robustness,
+    "Evaluation data": _card_evaluation_data, "Training data": _card_training_data,
     "Ethical considerations": _card_ethics, "Caveats and recommendations": _card_caveats,
 }
 

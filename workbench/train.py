@@ -54,9 +54,9 @@ from .progress import headless, tqdm
 # bench/results/datasets.json (make bench-accuracy, make bench-datasets).
 RECIPES: dict[str, dict] = {
     "demo": {"model": "cnn", "width": 16, "dropout": 0.2, "augment": "auto", "epochs": 15, "steps_per_epoch": "auto",
-             "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto", "min_steps": 1400},
+             "learning_rate": 0.003, "patience": 5, "ema": "no", "tta": "auto", "photometric": "none", "min_steps": 1400},
     "full": {"model": "cnn", "width": 32, "dropout": 0.2, "augment": "auto", "epochs": 36, "steps_per_epoch": "auto",
-             "learning_rate": 0.003, "patience": "epochs", "ema": "no", "tta": "auto", "min_steps": 3380},
+             "learning_rate": 0.003, "patience": "epochs", "ema": "no", "tta": "auto", "photometric": "none", "min_steps": 3380},
 }
 
 
@@ -331,10 +331,23 @@ def add_extra_labels(ds: _data.Dataset, spec: str) -> tuple[_data.Dataset, dict]
     return out, info
 
 
+def augmentation(params: TrainParams, ds: _data.Dataset):
+    """The training pipeline: the geometric preset, then (``photometric card``) the data card's acquisition
+    changes within its ranges (workbench.augment.photometric_of); returns (pipeline, photometric info or None)."""
+    photo = _augment.photometric_of(ds.card) if params.photometric == "card" else None
+    t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1], photometric=photo,
+                       side=ds.input_shape[0])
+    return t, photo
+
+
 def make_augmentation(params: TrainParams, ds: _data.Dataset, run: _runs.Run | None = None):
-    t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1])
+    t, photo = augmentation(params, ds)
+    if photo and photo["warning"]:
+        print(photo["warning"])
     if run is not None:
-        _augment.save(t, params.augment, params.seed, run.file("augment.yaml"))
+        _augment.save(t, params.augment, params.seed, run.file("augment.yaml"), photometric=photo)
+        if photo is not None:
+            _runs.add_provenance(run, photometric=photo)
     return t
 
 
@@ -483,11 +496,13 @@ def preview_augmentation(params: TrainParams, ds: _data.Dataset, n_images: int =
     """Figure of originals and augmented samples, from a separate pipeline instance so the training
     pipeline's random stream stays untouched."""
     from .viz import augmentation_preview
-    t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1])
+    t, photo = augmentation(params, ds)
     idx = _preview_indices(len(ds.images["train"]), n_images, params.seed)
     originals = ds.images["train"][idx]
     return augmentation_preview(originals, [_augment.apply(t, originals) for _ in range(n_samples)],
-                                title=f"Augmentation preset '{params.augment}' (seed {params.seed})")
+                                title=f"Augmentation preset '{params.augment}'"
+                                      + (f" + acquisition changes ({photo['source']})" if photo else "")
+                                      + f" (seed {params.seed})")
 
 
 NOTEBOOK = _cells.Stage(
