@@ -63,6 +63,8 @@ class Annotations:
     blind: np.ndarray
     class_names: list[str]
     task: str = "multi-class"
+    sources: np.ndarray | None = None     # (items, annotators) label_source of each label (blind, accepted, ...)
+    times: np.ndarray | None = None       # (items, annotators) when it was given
 
     @property
     def multilabel(self) -> bool:
@@ -81,7 +83,7 @@ class Annotations:
 
 def collect(decisions: dict, class_names: list[str], task: str = "multi-class") -> Annotations:
     """``review.pool_decisions`` (annotator -> item -> Decision) as an ``Annotations`` table (skips left out)."""
-    from .review import is_multilabel, labelled
+    from .review import _source, is_multilabel, labelled
     names = sorted(n for n, decs in decisions.items() if labelled(decs))
     given = {n: labelled(decisions[n]) for n in names}
     items = sorted({i for n in names for i in given[n]})
@@ -90,16 +92,20 @@ def collect(decisions: dict, class_names: list[str], task: str = "multi-class") 
     shape = (len(items), len(names), len(class_names)) if multi else (len(items), len(names))
     labels = np.full(shape, np.nan)
     blind = np.zeros((len(items), len(names)), dtype=bool)
+    sources = np.full((len(items), len(names)), "", dtype=object)
+    times = np.full((len(items), len(names)), "", dtype=object)
     for a, n in enumerate(names):
         for i, d in given[n].items():
             r = pos[i]
+            sources[r, a] = _source(d)
+            times[r, a] = d.time
             if multi:
                 labels[r, a] = 0
                 labels[r, a, list(d.labels or ())] = 1
             else:
                 labels[r, a] = float(d.label)
             blind[r, a] = bool(d.blind)
-    return Annotations(items, names, labels, blind, list(class_names), task)
+    return Annotations(items, names, labels, blind, list(class_names), task, sources, times)
 
 
 # ---------------------------------------------------------------------- statistics (kept libraries)
@@ -503,7 +509,11 @@ def pool_annotations(pool_dir, extra_logs=()) -> tuple[Annotations, dict]:
 
     from .errors import WorkbenchError
     from .review import pool_decisions, read_log, review_logs
+    from .runs import pool_dirs
     pool_dir = Path(pool_dir)
+    found = [] if (pool_dir / "annotation_summary.json").is_file() else pool_dirs(pool_dir)
+    if len(found) == 1:   # a run with one annotated pool stands for it
+        pool_dir = found[0]
     for name in ("annotation_summary.json", "pool_predictions.npz"):
         if not (pool_dir / name).is_file():
             raise WorkbenchError(f"{pool_dir} has no {name}: give the directory of an annotated pool "
@@ -521,7 +531,35 @@ def pool_annotations(pool_dir, extra_logs=()) -> tuple[Annotations, dict]:
     decisions = pool_decisions(pool_dir / "review", extra_logs, pool_id=summary.get("pool_id"),
                                model_hash=summary.get("model_hash"))
     ann = collect(decisions, class_names, task)
-    return ann, {"summary": summary, "probs": probs, "ids": ids, "logs": [str(p) for p in logs]}
+    return ann, {"summary": summary, "probs": probs, "ids": ids, "logs": [str(p) for p in logs], "pool_dir": pool_dir}
+
+
+def pool_labels(pool_dir, extra_logs=()):
+    """The pool's human labels for an export, one row per item someone labelled (index: id): ``label`` (the
+    consensus: the class index; multi-label the label indices joined by ``;``), ``consensus_quality``,
+    ``num_annotations``, ``annotators`` (names joined by ``;``), ``label_source`` ("consensus" where two
+    or more annotators labelled the item, else that label's own source: accepted, corrected or blind) and
+    ``decided_at`` (the latest label's time)."""
+    import pandas as pd
+    from pathlib import Path
+    ann, facts = pool_annotations(pool_dir, extra_logs)
+    cols = ["label", "consensus_quality", "num_annotations", "annotators", "label_source", "decided_at"]
+    if not ann.items:
+        return pd.DataFrame(columns=cols)
+    pos = {i: k for k, i in enumerate(facts["ids"])}
+    probs = facts["probs"][[pos[i] for i in ann.items]]
+    items, _, info = consensus(ann, probs)
+    lab = ann.labels if not ann.multilabel else ann.labels[:, :, 0]
+    has = ~np.isnan(lab)
+    out = pd.DataFrame({
+        "label": items["consensus_label"].to_numpy(),
+        "consensus_quality": items["consensus_quality"].to_numpy(dtype=float).round(6),
+        "num_annotations": has.sum(1),
+        "annotators": [";".join(a for a, h in zip(ann.annotators, row) if h) for row in has],
+        "label_source": ["consensus" if h.sum() >= 2 else ann.sources[r][h][0] for r, h in enumerate(has)],
+        "decided_at": [max(ann.times[r][h]) for r, h in enumerate(has)]}, index=ann.items)
+    out.attrs.update({"method": info.get("method", ""), "annotators": ann.annotators, "pool_dir": str(Path(facts["pool_dir"]))})
+    return out
 
 
 def _write_atomic(path, text: str) -> None:
@@ -546,8 +584,8 @@ def analyse(pool_dir, resamples: int = 1000, seed: int = 0, adjudicate_below: fl
 
     from .runs import strict_json
     from .review import _now
-    pool_dir = Path(pool_dir)
     ann, facts = pool_annotations(pool_dir, extra_logs)
+    pool_dir = Path(facts["pool_dir"])
     summary = facts["summary"]
     pos = {i: k for k, i in enumerate(facts["ids"])}
     probs = facts["probs"][[pos[i] for i in ann.items]] if ann.items else facts["probs"][:0]

@@ -527,8 +527,9 @@ def default_log(run_dir) -> Path:
     return Path(run_dir) / "review" / "decisions.jsonl"
 
 
-QUEUES = ("review", "certification")
+QUEUES = ("review", "certification", "adjudication")
 CERTIFICATION_QUEUE = "certification_queue.csv"   # written by the annotate stage when the pool is certified on its own labels
+ADJUDICATION_QUEUE = "adjudication_queue.csv"     # written by workbench agreement (workbench.agreement.analyse)
 
 
 def review_dir(pool_dir) -> Path:
@@ -593,15 +594,9 @@ class ReviewInputs:
                        self.trained.input.with_resize(self.params.get("resize", "")))
 
 
-def review_inputs(pool_dir, queue: str = "review") -> ReviewInputs:
-    """What a review of an annotated pool needs, read back from its directory (nothing is written). The
-    pool is re-opened from its source; items whose content changed since are refused.
-
-    ``queue`` "review": the blind overlap (parameter ``overlap``) first, then ``review_queue.csv``;
-    "certification": ``certification_queue.csv`` in its order, every item blind."""
-    if queue not in QUEUES:
-        raise WorkbenchError(f"queue {queue!r} is not one of {', '.join(QUEUES)}")
-    pool_dir = Path(pool_dir)
+def resolve_pool_dir(path) -> Path:
+    """An annotated pool's directory; a run directory with exactly one annotated pool stands for it."""
+    pool_dir = Path(path)
     if not (pool_dir / "annotations.csv").is_file():
         pools_found = pool_dirs(pool_dir)
         if len(pools_found) == 1:
@@ -609,6 +604,19 @@ def review_inputs(pool_dir, queue: str = "review") -> ReviewInputs:
         elif pools_found:
             raise WorkbenchError(f"{pool_dir} has {len(pools_found)} annotated pools: open one of "
                                  + ", ".join(str(p) for p in pools_found[-3:]))
+    return pool_dir
+
+
+def review_inputs(pool_dir, queue: str = "review") -> ReviewInputs:
+    """What a review of an annotated pool needs, read back from its directory (nothing is written). The
+    pool is re-opened from its source; items whose content changed since are refused.
+
+    ``queue`` "review": the blind overlap (parameter ``overlap``) first, then ``review_queue.csv``;
+    "certification": ``certification_queue.csv`` in its order, every item blind; "adjudication":
+    ``adjudication_queue.csv`` (``workbench agreement``: items whose readers disagree), every item blind."""
+    if queue not in QUEUES:
+        raise WorkbenchError(f"queue {queue!r} is not one of {', '.join(QUEUES)}")
+    pool_dir = resolve_pool_dir(pool_dir)
     _runs.require(pool_dir, ("annotations.csv", "review_queue.csv", "pool_predictions.npz", "params/annotate.json"),
                   "annotate")
     ap = json.loads((pool_dir / "params" / "annotate.json").read_text())
@@ -638,6 +646,15 @@ def review_inputs(pool_dir, queue: str = "review") -> ReviewInputs:
             raise WorkbenchError(f"{pool_dir / CERTIFICATION_QUEUE} lists {len(unknown)} id(s) that are not items of the "
                                  f"pool (first: {unknown[0]!r}): it belongs to another pool")
         review_queue = pd.DataFrame({"rank": np.arange(1, len(cert) + 1), "id": cert, "blind": True})
+    elif queue == "adjudication":
+        path = pool_dir / ADJUDICATION_QUEUE
+        if not path.is_file():
+            raise WorkbenchError(f"{pool_dir} has no {ADJUDICATION_QUEUE}: run 'workbench agreement {pool_dir}' after "
+                                 "two or more annotators have labelled it")
+        adj = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)["id"].astype(str).tolist()
+        adj = [i for i in adj if i in known]
+        blind = blind | frozenset(adj)
+        review_queue = pd.DataFrame({"rank": np.arange(1, len(adj) + 1), "id": adj, "blind": True})
     else:   # the blind overlap first, then the ranked queue (where certification items stay blind)
         first = pd.DataFrame({"id": overlap, "blind": True})
         rest = queue_df[~queue_df["id"].astype(str).isin(set(overlap))].drop(columns=["rank"], errors="ignore")
@@ -649,8 +666,11 @@ def review_inputs(pool_dir, queue: str = "review") -> ReviewInputs:
 
 
 def _predicted(inputs: ReviewInputs) -> dict:
-    t = inputs.table
-    if _tasks.is_multilabel(inputs.task):
+    return _predicted_labels(inputs.table, inputs.task)
+
+
+def _predicted_labels(t: pd.DataFrame, task: str) -> dict:
+    if _tasks.is_multilabel(task):
         return {str(i): [int(j) for j in str(v).split(SEP) if str(j).strip() != ""] if isinstance(v, str) else []
                 for i, v in zip(t["id"], t["predicted_label"])}
     return dict(zip(t["id"].astype(str), t["predicted_label"].astype(int)))
@@ -691,7 +711,7 @@ def open_session(inputs: ReviewInputs, annotator: str = "", log: str | Path = ""
         taken = {i for p, name, decs in logs if name != owner for i in labelled(decs)} - here - inputs.blind
         elsewhere = {i for p, name, decs in logs if name == owner and p.resolve() != path.resolve()
                      for i in labelled(decs)} - here
-        everyone = [i for i in ids if i in inputs.blind] if inputs.queue_kind == "certification" else \
+        everyone = [i for i in ids if i in inputs.blind] if inputs.queue_kind != "review" else \
             [i for i in inputs.overlap if i in set(ids)]
         mine = annotator_queue(everyone, [i for i in ids if i not in set(everyone)], taken, elsewhere)
         pos = {i: k for k, i in enumerate(ids)}
@@ -706,9 +726,80 @@ def open_session(inputs: ReviewInputs, annotator: str = "", log: str | Path = ""
     return inputs
 
 
+def import_labels(pool_dir, annotator: str, source) -> dict:
+    """``workbench review import POOL --annotator NAME FILE.csv``: labels given elsewhere (columns ``id``,
+    ``label``: a class index or name; multi-label: several joined by ``;``) appended to NAME's own log as
+    "label" decisions (``origin`` import:<file>), in one durable write; blind items (overlap, certification
+    sample) are recorded blind. Unknown ids or classes are one-line errors and nothing is written; a label
+    NAME already gave is kept (counted as unchanged), a different one is refused."""
+    from .certify import read_labels
+    from .review import ReviewSession, check_annotator, log_for, pool_decisions
+    owner = check_annotator(annotator)
+    pool_dir = resolve_pool_dir(pool_dir)
+    _runs.require(pool_dir, ("annotations.csv", "pool_predictions.npz", "params/annotate.json"), "annotate")
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        raise WorkbenchError(f"{path}: file not found; give a CSV with columns id,label")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise WorkbenchError(f"{path}: not a readable CSV ({type(e).__name__}); give columns id,label") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("id", "label") if c not in df.columns]
+    if missing:
+        raise WorkbenchError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns) or 'none'}); "
+                             "the CSV needs columns id,label")
+    ap = json.loads((pool_dir / "params" / "annotate.json").read_text())
+    table = pd.read_csv(pool_dir / "annotations.csv", dtype={"id": str, "predicted_label": str},
+                        keep_default_na=False, na_values=[""])
+    with np.load(pool_dir / "pool_predictions.npz", allow_pickle=False) as z:
+        pool_id = str(z["pool_id"])
+    trained = _runload.load(pool_dir.parent.parent)
+    ids = table["id"].astype(str).tolist()
+    try:
+        given = read_labels(df[["id", "label"]], ids, list(trained.class_names), trained.task)
+    except WorkbenchError as e:
+        raise WorkbenchError(str(e).replace("certification labels", str(path), 1).replace(
+            "label the certification queue first", "the file has no rows")) from None
+    multilabel = _tasks.is_multilabel(trained.task)
+    if not multilabel:
+        table["predicted_label"] = table["predicted_label"].astype(int)
+    _, blind = blind_items(pool_dir, ids, ap)
+    log = log_for(review_dir(pool_dir), owner)
+    session = ReviewSession(log, [], _predicted_labels(table, trained.task), list(trained.class_names), pool_id,
+                            trained.model_hash, task=trained.task, blind=blind, owner=owner,
+                            meta={"pool_dir": str(pool_dir), "queue": "import"})
+    before = pool_decisions(review_dir(pool_dir), pool_id=pool_id, model_hash=trained.model_hash).get(owner, {})
+    items, labels, same, clash = [], [], [], []
+    for item in ids:
+        if item not in given:
+            continue
+        lab = [int(j) for j in np.flatnonzero(given[item])] if multilabel else int(given[item])
+        d = before.get(item)
+        if d is not None and d.action in ("accept", "label"):
+            old = list(d.labels or ()) if multilabel else d.label
+            (same if old == lab else clash).append((item, old, lab))
+            continue
+        if item in session.decisions:   # a skip in this log: its item cannot be decided twice without an undo
+            clash.append((item, "skipped", lab))
+            continue
+        items.append(item)
+        labels.append(lab)
+    if clash:
+        item, old, new = clash[0]
+        raise WorkbenchError(f"{path}: {owner} already decided {len(clash)} of these item(s) otherwise (first: {item} "
+                             f"is {old} in {owner}'s log, {new} in the file); nothing was imported: fix the file, or "
+                             "import under another annotator name")
+    n = session.record(items, labels, origin=f"import:{path.name}")
+    return {"annotator": owner, "log": str(log), "imported": n, "unchanged": len(same),
+            "blind": int(sum(i in blind for i in items)), "file": str(path)}
+
+
 def export_review(inputs: ReviewInputs, out_dir: str | Path | None = None, include_auto: bool = True) -> dict:
     """annotations.csv + annotations_coco.json + labelled.npz in a new ``review/export-<UTC time>/``; for a
-    DICOM pool the export is searched for the headers' identifying values before it is kept."""
+    DICOM pool the export is searched for the headers' identifying values before it is kept. The labels are
+    the pool's: every annotator's (all review logs), combined into the consensus (workbench.agreement) with
+    its quality and number of annotations; auto-accepted items keep the model's label."""
     import shutil
 
     from .review import export
@@ -719,9 +810,13 @@ def export_review(inputs: ReviewInputs, out_dir: str | Path | None = None, inclu
         while Path(out_dir).exists():
             out_dir = inputs.run_dir / "review" / f"export-{stamp}-{k}"
             k += 1
+    from .agreement import pool_labels
     source = {**inputs.pool.source, "pool_dir": str(inputs.run_dir), "trained_run": str(inputs.trained.path)}
+    labels = pool_labels(inputs.run_dir, extra_logs=[inputs.session.log_path])   # every annotator's, combined
+    source["annotators"] = labels.attrs.get("annotators", [])
+    source["consensus"] = labels.attrs.get("method", "")
     out = export(inputs.session, inputs.table, Path(out_dir), images=inputs.export_images, source=source,
-                 include_auto=include_auto)
+                 include_auto=include_auto, pool=labels)
     try:
         phi_check(out_dir, inputs.params)
     except WorkbenchError:

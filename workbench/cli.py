@@ -1,6 +1,7 @@
 """Command line: ``workbench run STAGE -p NAME VALUE … [--run DIR]``, ``workbench pipeline -p …``,
 ``workbench cards``, ``workbench report [RUNS_DIR]``, ``workbench fetch FLAG``,
-``workbench ingest DICOM_DIR --out DIR``, ``workbench card init FOLDER``. Errors are one line on stderr
+``workbench ingest DICOM_DIR --out DIR``, ``workbench card init FOLDER``,
+``workbench review import POOL --annotator NAME FILE.csv``, ``workbench agreement POOL``. Errors are one line on stderr
 (exit 2); the run directory is the last line printed."""
 
 from __future__ import annotations
@@ -182,6 +183,24 @@ def cmd_card_init(args) -> None:
     print(path)
 
 
+def cmd_review(args) -> None:
+    """workbench review import POOL --annotator NAME FILE.csv"""
+    from .annotate import import_labels
+    res = import_labels(Path(args.pool), args.annotator, Path(args.file))
+    print(f"{res['imported']} label(s) imported for {res['annotator']} ({res['blind']} of them blind items), "
+          f"{res['unchanged']} already there; log: {res['log']}")
+
+
+def cmd_agreement(args) -> None:
+    """workbench agreement POOL: agreement between annotators, consensus, annotator quality."""
+    from .agreement import analyse, text_table
+    pool = Path(args.pool)
+    res = analyse(pool, resamples=args.bootstrap, seed=args.seed, adjudicate_below=args.adjudicate_below)
+    print(text_table(res))
+    written = ["agreement.json", "consensus.csv", "adjudication_queue.csv"] + ([res["figure"]] if res.get("figure") else [])
+    print(f"wrote {', '.join(written)} in {pool}")
+
+
 def cmd_report(args) -> Path:
     from .paths import runs_root
     from .report import collect_runs, write_index
@@ -265,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--orientation", choices=["free", "fixed"],
                     help="do mirror flips and 90° turns preserve the labels? (default: not stated, written as fixed)")
 
+    rv = sub.add_parser("review", help="review tools: import labels given elsewhere into an annotator's log")
+    rsub = rv.add_subparsers(dest="review_command", required=True)
+    ri = rsub.add_parser("import", help="append the labels of a CSV (columns id,label) to an annotator's review log")
+    ri.add_argument("pool", help="the annotated pool's directory (RUN/annotate/<pool>)")
+    ri.add_argument("--annotator", required=True, help="whose labels these are (their own log)")
+    ri.add_argument("file", help="CSV with columns id,label (label: a class index or name; multi-label: ';'-separated)")
+    ag = sub.add_parser("agreement", help="agreement between a pool's annotators, consensus and annotator quality "
+                                          "→ POOL/agreement.json, consensus.csv, adjudication_queue.csv")
+    ag.add_argument("pool", help="the annotated pool's directory (RUN/annotate/<pool>)")
+    ag.add_argument("--bootstrap", type=int, default=1000, help="resamples of the items for the 95%% intervals (0: none)")
+    ag.add_argument("--seed", type=int, default=0)
+    ag.add_argument("--adjudicate-below", dest="adjudicate_below", type=float, default=0.5,
+                    help="consensus quality under which an item goes to the adjudication queue (besides readers "
+                         "disagreeing)")
+
     cd = sub.add_parser("card", help="data card tools")
     csub = cd.add_subparsers(dest="card_command", required=True)
     ci = csub.add_parser("init", help="draft <FOLDER>.md for an image folder (PNG/JPEG/TIFF + labels CSV)")
@@ -306,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return cmd_sweep(args)
-        if args.command in ("fetch", "ingest", "card"):
-            {"fetch": cmd_fetch, "ingest": cmd_ingest, "card": cmd_card_init}[args.command](args)
+        if args.command in ("fetch", "ingest", "card", "review", "agreement"):
+            {"fetch": cmd_fetch, "ingest": cmd_ingest, "card": cmd_card_init, "review": cmd_review,
+             "agreement": cmd_agreement}[args.command](args)
             return 0
         run_dir = cmd_run(args) if args.command == "run" else cmd_pipeline(args)
     except WorkbenchError as e:

@@ -717,16 +717,50 @@ def label_sets(session: ReviewSession, labelled) -> np.ndarray:
     return labelled[cols].fillna(0).to_numpy(dtype=np.uint8)
 
 
-def labelled_table(session: ReviewSession, table, id_column: str = "id", include_auto: bool = True):
+def _with_pool_labels(session: ReviewSession, out, pool, id_column: str):
+    """Where ``pool`` (``agreement.pool_labels``: every annotator's labels combined) has an item, its consensus
+    label replaces this session's; every row gets consensus_quality and num_annotations (empty without a
+    human label)."""
+    names = session.class_names
+    ids = out[id_column].astype(str)
+    hit = ids.isin(pool.index).to_numpy()
+    rows = pool.reindex(ids[hit])
+    if session.multilabel:
+        sets = [tuple(int(j) for j in str(v).split(LABEL_SEPARATOR) if j != "") for v in rows["label"]]
+        out.loc[hit, "labels"] = [LABEL_SEPARATOR.join(names[j] for j in s) for s in sets]
+        for j, name in enumerate(names):
+            out.loc[hit, label_column(name)] = [int(j in s) for s in sets]
+    else:
+        labels = rows["label"].astype(int).to_numpy()
+        out.loc[hit, "label"] = labels
+        out.loc[hit, "label_class"] = [names[c] for c in labels]
+    out.loc[hit, "label_source"] = rows["label_source"].to_numpy()
+    out.loc[hit, "annotator"] = rows["annotators"].to_numpy()
+    out.loc[hit, "decided_at"] = rows["decided_at"].to_numpy()
+    quality = np.full(len(out), np.nan)
+    quality[hit] = rows["consensus_quality"].to_numpy(dtype=float)
+    count = np.zeros(len(out), dtype=int)
+    count[hit] = rows["num_annotations"].to_numpy(dtype=int)
+    out["consensus_quality"] = quality
+    out["num_annotations"] = count
+    return out
+
+
+def labelled_table(session: ReviewSession, table, id_column: str = "id", include_auto: bool = True, pool=None):
     """``table`` (annotations.csv rows) with the final labels: columns label, label_class, label_source,
     annotator, decided_at added. label_source: auto-accepted | accepted | corrected | blind (labelled without
     the model's label) | skipped | unreviewed.
 
     Multi-label: instead of label/label_class, ``labels`` (the label names present, joined by ``;``;
     empty when none is present or the item has no label set) and one 0/1 column ``label:<name>`` per
-    label (empty when the item has no label set: skipped or unreviewed)."""
+    label (empty when the item has no label set: skipped or unreviewed).
+
+    ``pool`` (``agreement.pool_labels``): the labels of all the pool's annotators, combined: where it has
+    an item, its consensus label (label_source "consensus" when two or more annotators labelled it), and
+    columns consensus_quality and num_annotations."""
     if session.multilabel:
-        return _labelled_table_multilabel(session, table, id_column, include_auto)
+        out = _labelled_table_multilabel(session, table, id_column, include_auto)
+        return out if pool is None else _with_pool_labels(session, out, pool, id_column)
     out = table.copy()
     names = session.class_names
     label, source, who, when = [], [], [], []
@@ -758,7 +792,15 @@ def labelled_table(session: ReviewSession, table, id_column: str = "id", include
     out["label_source"] = source
     out["annotator"] = who
     out["decided_at"] = when
-    return out
+    return out if pool is None else _with_pool_labels(session, out, pool, id_column)
+
+
+def _consensus_fields(r) -> dict:
+    """A COCO annotation's consensus fields (when the export carries several annotators' labels)."""
+    if "num_annotations" not in r or not r["num_annotations"]:
+        return {}
+    q = r["consensus_quality"]
+    return {"consensus_quality": None if q != q else round(float(q), 6), "num_annotations": int(r["num_annotations"])}
 
 
 def _coco_multilabel(session: ReviewSession, labelled, h: int, w: int, info: dict) -> dict:
@@ -775,7 +817,7 @@ def _coco_multilabel(session: ReviewSession, labelled, h: int, w: int, info: dic
             c = pos[name]
             anns.append({"id": len(anns) + 1, "image_id": int(r["index"]), "category_id": c,
                          "source": r["label_source"], "annotator": r["annotator"], "time": r["decided_at"],
-                         "model_predicted": c in model})
+                         "model_predicted": c in model, **_consensus_fields(r)})
     return {"info": {"description": "workbench review export (multi-label: one annotation per present label; "
                                     "an image without annotations whose label_source is accepted, corrected or "
                                     "auto-accepted has none of the labels)",
@@ -801,7 +843,7 @@ def coco(session: ReviewSession, labelled, image_shape: tuple, info: dict | None
     for k, (_, r) in enumerate(labelled[has_label].iterrows(), start=1):
         anns.append({"id": k, "image_id": int(r["index"]), "category_id": int(r["label"]),
                      "source": r["label_source"], "annotator": r["annotator"], "time": r["decided_at"],
-                     "model_label": int(r["predicted_label"]), "score": float(r["confidence"])})
+                     "model_label": int(r["predicted_label"]), "score": float(r["confidence"]), **_consensus_fields(r)})
     return {"info": {"description": "workbench review export", "format": FORMAT, "date_created": _now(),
                      "pool_id": session.pool_id, "model_hash": session.model_hash, **(info or {})},
             "licenses": [],
@@ -810,17 +852,20 @@ def coco(session: ReviewSession, labelled, image_shape: tuple, info: dict | None
 
 
 def export(session: ReviewSession, table, out_dir: Path, images=None,
-           source: dict | None = None, include_auto: bool = True) -> dict:
+           source: dict | None = None, include_auto: bool = True, pool=None) -> dict:
     """Write ``annotations.csv``, ``annotations_coco.json`` and ``labelled.npz`` (the labelled images,
     their labels and ids: what ``10_train -p extra_labels=DIR`` reads) into a new directory.
 
     ``images``: the pool's images as an array (pool order), or a function ``positions -> (n, H, W, C)``
     uint8 (a pool streamed from disk: only the labelled images are read). None: no labelled.npz.
-    Multi-label: ``labels`` in labelled.npz is (n, L) uint8 (1 = present), ``task`` is recorded."""
+    Multi-label: ``labels`` in labelled.npz is (n, L) uint8 (1 = present), ``task`` is recorded.
+    ``pool`` (``agreement.pool_labels``): several annotators' labels, combined; the exports then carry the
+    consensus label with its quality and number of annotations (CSV columns, COCO annotation fields,
+    labelled.npz arrays ``consensus_quality`` and ``num_annotations``)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise WorkbenchError(f"export directory {out_dir} already exists: exports are write-once; choose a new one")
-    labelled = labelled_table(session, table, include_auto=include_auto)
+    labelled = labelled_table(session, table, include_auto=include_auto, pool=pool)
     if session.multilabel:
         has = labelled["label_source"].isin(LABELLED_SOURCES).to_numpy()
     else:
@@ -852,7 +897,10 @@ def export(session: ReviewSession, table, out_dir: Path, images=None,
                             label_source=labelled.loc[has, "label_source"].to_numpy(dtype="U"),
                             class_names=np.array(session.class_names, dtype="U"),
                             source=np.array(json.dumps(source or {}), dtype="U"),
-                            pool_id=np.array(session.pool_id, dtype="U"), **extra)
+                            pool_id=np.array(session.pool_id, dtype="U"), **extra,
+                            **({"consensus_quality": labelled.loc[has, "consensus_quality"].to_numpy(dtype=np.float64),
+                                "num_annotations": labelled.loc[has, "num_annotations"].to_numpy(dtype=np.int64)}
+                               if "num_annotations" in labelled else {}))
         paths["npz"] = out_dir / "labelled.npz"
     return {k: str(v) for k, v in paths.items()} | {"n_labelled": int(has.sum()),
                                                      "sources": labelled["label_source"].value_counts().to_dict()}
