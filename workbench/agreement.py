@@ -17,36 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@contextmanager
-def _seeded_global_rng(seed: int):
-    """cleanlab breaks the last majority-vote ties with NumPy's global generator (its warning suggests
-    seeding it): seed it for the call and restore its state after, so results are reproducible and no
-    other code's randomness changes."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def majority_vote(matrix: np.ndarray, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Model-free consensus of an (items, annotators) label matrix (NaN: not labelled; every row has a
-    label): cleanlab's majority vote, its ties broken by the empirical class frequencies, then by the
-    annotators' agreement with the untied majority, then at random (seeded). Returns (labels, tied:
-    True where the vote was a tie)."""
-    from cleanlab.multiannotator import get_majority_vote_label
-    m = np.asarray(matrix, dtype=float)
-    if m.ndim != 2 or not len(m):
-        return np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
-    counts = np.stack([(m == c).sum(1) for c in range(num_classes)], 1)
-    tied = (counts == counts.max(1, keepdims=True)).sum(1) > 1
-    if m.shape[1] == 1:
-        return m[:, 0].astype(int), tied
-    with _seeded_global_rng(seed), warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # "breaking ties ... by random selection": reported as ``tied``
-        labels = get_majority_vote_label(m, pred_probs=None, verbose=False)
-    return np.asarray(labels, dtype=int), tied
+from .review import seeded_global_rng, majority_vote  # noqa: E402,F401  (defined beside the review logs)
 
 
 # ---------------------------------------------------------------------- the annotations of a pool
@@ -83,7 +54,7 @@ class Annotations:
 
 def collect(decisions: dict, class_names: list[str], task: str = "multi-class") -> Annotations:
     """``review.pool_decisions`` (annotator -> item -> Decision) as an ``Annotations`` table (skips left out)."""
-    from .review import _source, is_multilabel, labelled
+    from .review import is_multilabel, label_source_of, labelled
     names = sorted(n for n, decs in decisions.items() if labelled(decs))
     given = {n: labelled(decisions[n]) for n in names}
     items = sorted({i for n in names for i in given[n]})
@@ -97,7 +68,7 @@ def collect(decisions: dict, class_names: list[str], task: str = "multi-class") 
     for a, n in enumerate(names):
         for i, d in given[n].items():
             r = pos[i]
-            sources[r, a] = _source(d)
+            sources[r, a] = label_source_of(d)
             times[r, a] = d.time
             if multi:
                 labels[r, a] = 0
@@ -336,7 +307,7 @@ def _consensus_single(m: np.ndarray, probs: np.ndarray, names: list[str]) -> tup
     probs = probs / probs.sum(1, keepdims=True)
     if m.shape[1] >= 2 and (n >= 2).any():
         df = pd.DataFrame(m, columns=names)
-        with warnings.catch_warnings(), _seeded_global_rng(0):   # its majority vote breaks last ties at random
+        with warnings.catch_warnings(), seeded_global_rng(0):   # its majority vote breaks last ties at random
             warnings.simplefilter("ignore")
             res = get_label_quality_multiannotator(df, probs, verbose=False, return_weights=True)
         items = res["label_quality"][["consensus_label", "consensus_quality_score", "num_annotations",
@@ -582,15 +553,16 @@ def analyse(pool_dir, resamples: int = 1000, seed: int = 0, adjudicate_below: fl
     import pandas as pd
     from pathlib import Path
 
+    from datetime import datetime, timezone
+
     from .runs import strict_json
-    from .review import _now
     ann, facts = pool_annotations(pool_dir, extra_logs)
     pool_dir = Path(facts["pool_dir"])
     summary = facts["summary"]
     pos = {i: k for k, i in enumerate(facts["ids"])}
     probs = facts["probs"][[pos[i] for i in ann.items]] if ann.items else facts["probs"][:0]
     ordinal = summary.get("task") == "ordinal-regression"
-    result = {"pool_dir": str(pool_dir), "task": ann.task, "computed_at": _now(), "logs": facts["logs"],
+    result = {"pool_dir": str(pool_dir), "task": ann.task, "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "logs": facts["logs"],
               "annotators": ann.annotators, "n_items_labelled": len(ann.items),
               "n_annotations": int(ann.counts().sum()) if ann.items else 0,
               "items_by_number_of_annotations": {str(int(c)): int(n) for c, n in
@@ -757,3 +729,26 @@ def _pct(v: dict) -> str:
     kappa = "—" if v.get("cohen_kappa") is None else f"{v['cohen_kappa']:.3f}"
     n = f" (n {v['n_items']})" if "n_items" in v else ""
     return f"{v['percent_agreement']:.3f} / {kappa}{n}".ljust(30)
+
+
+def report(pool_dir, resamples: int = 1000, seed: int = 0):
+    """Agreement for a report (the annotate notebook): the text tables and the confusion figure of
+    ``analyse`` (written to the pool directory as well), or a note when nobody has labelled the pool yet."""
+    import base64
+    from pathlib import Path
+
+    from .report import Markdown
+    ann, facts = pool_annotations(pool_dir)
+    pool_dir = Path(facts["pool_dir"])
+    if not ann.items:
+        return Markdown(f"**Agreement between annotators:** no review of `{pool_dir.name}` yet. Once two or more "
+                        "annotators have labelled it (each under their own name; a blind overlap, parameter "
+                        f"`overlap`, or the certification sample gives items read by all), `workbench agreement "
+                        f"{pool_dir}` prints and writes it (`agreement.json`, `consensus.csv`).")
+    res = analyse(pool_dir, resamples=resamples, seed=seed)
+    img = ""
+    if res.get("figure"):
+        data = base64.b64encode((pool_dir / res["figure"]).read_bytes()).decode()
+        img = f"\n\n![confusion between annotators](data:image/png;base64,{data})"
+    return Markdown(f"**Agreement between annotators** (`{pool_dir.name}`; written to `agreement.json`, "
+                    f"`consensus.csv`, `adjudication_queue.csv`)\n\n```\n{text_table(res)}\n```{img}")

@@ -795,6 +795,17 @@ def import_labels(pool_dir, annotator: str, source) -> dict:
             "blind": int(sum(i in blind for i in items)), "file": str(path)}
 
 
+def agreement_report(pool_dir, params=None):
+    """The agreement section of the report: between the annotators of the pool whose labels certified this
+    one (``certify_labels``, when it names an annotated pool's directory), else of this pool (no review yet
+    when the stage has just run: ``workbench agreement POOL`` computes it later)."""
+    from .agreement import report
+    source = str(getattr(params, "certify_labels", "") or "")
+    if source and (Path(source).expanduser() / "annotation_summary.json").is_file():
+        return report(Path(source).expanduser())
+    return report(pool_dir)
+
+
 def export_review(inputs: ReviewInputs, out_dir: str | Path | None = None, include_auto: bool = True) -> dict:
     """annotations.csv + annotations_coco.json + labelled.npz in a new ``review/export-<UTC time>/``; for a
     DICOM pool the export is searched for the headers' identifying values before it is kept. The labels are
@@ -898,10 +909,18 @@ NOTEBOOK = _cells.Stage(
                   "select points (lasso, box or click) to see their images."),
         _cells.show("features.annotate_map(fx, trained, pool, table, issues, P)"),
         _cells.md("## Review\nAccept the model's label, pick a class (or toggle labels), skip or undo; every decision "
-                  "is saved at once to `review/decisions.jsonl` and the review resumes where it stopped (also later, "
-                  "with `workbench.widgets.review_run(POOL_DIR, annotator=NAME)`). Export writes the labels and their "
-                  "images for `10_train -p extra_labels`. Headless reports show a static summary."),
+                  "is saved at once to the annotator's own log (`review/annotators/<name>.jsonl`) and the review "
+                  "resumes where it stopped (also later, with `workbench.widgets.review_run(POOL_DIR, annotator=NAME)`; "
+                  "`queue=\"certification\"` labels the certification sample). Several annotators each open the pool "
+                  "under their own name and never see each other's labels; the blind overlap (`overlap`) and the "
+                  "certification sample are shown to everyone without the model's prediction. Export writes the "
+                  "labels (several annotators: their consensus) and their images for `10_train -p extra_labels`. "
+                  "Headless reports show a static summary."),
         _cells.show("widgets.review_run(run.path, annotator=P.annotator, log=P.review_log)"),
+        _cells.md("## Agreement between annotators\nCohen's and Fleiss' kappa, Krippendorff's alpha with bootstrap "
+                  "intervals, per-class agreement, the model against each annotator, and the consensus with each "
+                  "annotator's quality (cleanlab CROWDLAB; workbench.agreement)."),
+        _cells.show("annotate.agreement_report(run.path, P)"),
     ),
     result=("run", "summary"),
 )

@@ -117,8 +117,12 @@ class AnnotateParams:
     bootstrap: int = _p(1000, "bootstrap resamples for the precision and coverage intervals", min=100)
     audit_folds: int = _p(3, "label audit: cross-validation folds over the train split (0: no audit)", min=0, max=20)
     audit_epochs: int = _p(3, "label audit: training epochs of each fold's model", min=1, max=200)
-    annotator: str = _p("", "name recorded with every review decision")
-    review_log: str = _p("", "review decisions log (empty: review/decisions.jsonl in the pool's directory)")
+    annotator: str = _p("", "the reviewer's name: their own review log and queue (empty: the widget asks)")
+    review_log: str = _p("", "a review log to use instead of the annotator's own (empty: "
+                         "review/annotators/<name>.jsonl in the pool's directory)")
+    overlap: float = _p(0.0, "share of the pool (a seeded random sample) that every annotator reads, blind (no model "
+                        "prediction shown): the items agreement between annotators is measured on (0: none)",
+                        min=0.0, max=1.0)
     gallery_size: int = _p(24, "images per gallery in the report", min=1, max=400)
     batch_size: int = _p(512, "prediction batch size", min=1, max=8192)
     out_dir: str = _p("", "the pool's new results directory (empty: RUN/annotate/<pool>/; the command line sets it)")

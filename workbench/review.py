@@ -53,6 +53,7 @@ import json
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -642,7 +643,7 @@ def annotator_queue(first: list[str], ranked: list[str], taken: set, done_elsewh
 LABELLED_SOURCES = ("auto-accepted", "accepted", "corrected", "blind", "consensus")
 
 
-def _source(d: Decision) -> str:
+def label_source_of(d: Decision) -> str:
     """label_source of a human label: blind (given without the model's label), accepted or corrected."""
     if d.blind:
         return "blind"
@@ -681,7 +682,7 @@ def _labelled_table_multilabel(session: ReviewSession, table, id_column: str, in
         d = session.decisions.get(item)
         if d is not None and d.action in ("accept", "label"):
             sets.append(tuple(d.labels or ()))
-            source.append(_source(d))
+            source.append(label_source_of(d))
             who.append(d.annotator)
             when.append(d.time)
         elif d is not None:
@@ -768,7 +769,7 @@ def labelled_table(session: ReviewSession, table, id_column: str = "id", include
         d = session.decisions.get(str(row[id_column]))
         if d is not None and d.action in ("accept", "label"):
             label.append(int(d.label))
-            source.append(_source(d))
+            source.append(label_source_of(d))
             who.append(d.annotator)
             when.append(d.time)
         elif d is not None:
@@ -906,6 +907,40 @@ def export(session: ReviewSession, table, out_dir: Path, images=None,
                                                      "sources": labelled["label_source"].value_counts().to_dict()}
 
 
+# ---------------------------------------------------------------------- consensus without the model
+@contextmanager
+def seeded_global_rng(seed: int):
+    """cleanlab breaks the last majority-vote ties with NumPy's global generator (its warning suggests
+    seeding it): seed it for the call and restore its state after, so results are reproducible and no
+    other code's randomness changes."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def majority_vote(matrix: np.ndarray, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Model-free consensus of an (items, annotators) label matrix (NaN: not labelled; every row has a
+    label): cleanlab's majority vote, its ties broken by the empirical class frequencies, then by the
+    annotators' agreement with the untied majority, then at random (seeded). Returns (labels, tied:
+    True where the vote was a tie)."""
+    from cleanlab.multiannotator import get_majority_vote_label
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or not len(m):
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
+    counts = np.stack([(m == c).sum(1) for c in range(num_classes)], 1)
+    tied = (counts == counts.max(1, keepdims=True)).sum(1) > 1
+    if m.shape[1] == 1:
+        return m[:, 0].astype(int), tied
+    with seeded_global_rng(seed), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "breaking ties ... by random selection": reported as ``tied``
+        labels = get_majority_vote_label(m, pred_probs=None, verbose=False)
+    return np.asarray(labels, dtype=int), tied
+
+
+
 # ---------------------------------------------------------------------- certification sample
 CERTIFICATION_QUEUE = "certification_queue.csv"
 
@@ -917,13 +952,11 @@ def certification_labels(pool_dir, seed: int = 0):
     queue's order, one row per item that has a label.
 
     One annotator: their label. Several: the consensus of their blind labels by majority vote without the
-    model (``agreement.majority_vote``), since labels that certify the model must not lean on it. Only
+    model (``majority_vote``), since labels that certify the model must not lean on it. Only
     blind decisions count (an item someone labelled while seeing the model's label does not). ``attrs``:
     ``annotators``, ``n_queue`` (the sample's size), ``unlabelled`` (ids without a label yet), ``tied`` (ids
     whose majority was a tie, broken as ``majority_vote`` says: worth a third reader)."""
     import pandas as pd
-
-    from .agreement import majority_vote
     pool_dir = Path(pool_dir)
     path = pool_dir / CERTIFICATION_QUEUE
     if not path.is_file():
