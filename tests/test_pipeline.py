@@ -83,15 +83,22 @@ def test_annotations_follow_threshold(pipeline_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["pool_size"] == 120
     assert list(rows[0]) == ["index", "id", "predicted_label", "predicted_class", "confidence", "status",
-                             "threshold", "knn_label", "knn_agree", "ood_score"]   # workbench.features appends 3
+                             "threshold", "reason", "label", "certified_by", "in_certification_sample",
+                             "knn_label", "knn_agree", "ood_score"]   # workbench.features appends the last 3
     assert summary["shift"]["status"] in ("no shift detected", "shift", "too little data")
+    cert = summary["certification"]
+    assert cert["certified_by"] in ("val", "none") and cert["route"] == ("pool" if summary["shift"]["fired"] else "val")
     per_class = [c["threshold"] for c in summary["thresholds"]["per_class"]]
     assert summary["thresholds"]["mode"] == "global" and len(per_class) == 8 and summary["guarantee"] == 0.9
+    ood_threshold = summary["ood"]["threshold"]
     for r in rows:
         t = per_class[int(r["predicted_label"])]
         assert float(r["threshold"]) == pytest.approx(t) or (t == float("inf") and r["threshold"] == "inf")
-        expected = "auto-accepted" if float(r["confidence"]) >= t else "needs-review"
-        assert r["status"] == expected
+        gated = float(r["ood_score"]) > ood_threshold + 1e-6        # never auto-accepted, whatever the confidence
+        expected = "auto-accepted" if float(r["confidence"]) >= t and not gated else "needs-review"
+        assert r["status"] == expected and r["certified_by"] == cert["certified_by"]
+        if gated and float(r["confidence"]) >= t:
+            assert r["reason"].startswith("out of distribution")
         assert r["id"] == f"test:{r['index']}"
     assert summary["n_auto_accepted"] + summary["n_needs_review"] == 120
     # pool labels are known for the test split: precision/coverage achieved are reported, with intervals

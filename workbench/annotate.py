@@ -47,8 +47,10 @@ from . import tasks as _tasks
 from .errors import WorkbenchError
 from .params import AnnotateParams
 
-AUTO, REVIEW = "auto-accepted", "needs-review"
-ANNOTATION_COLUMNS = ["index", "id", "predicted_label", "predicted_class", "confidence", "status", "threshold"]
+AUTO, REVIEW, LABELLED = "auto-accepted", "needs-review", "labelled"   # labelled: by a person (certification sample)
+QUEUE_FILE = "certification_queue.csv"   # workbench.certify.QUEUE_FILE
+ANNOTATION_COLUMNS = ["index", "id", "predicted_label", "predicted_class", "confidence", "status", "threshold",
+                      "reason", "label", "certified_by", "in_certification_sample"]
 POOLS_DIR = _runs.POOLS_DIR
 pool_dirs = _runs.pool_dirs
 SEP = ";"   # joins the labels of a multi-label prediction (as workbench.review's exports do)
@@ -151,76 +153,38 @@ def temperature(trained, params: AnnotateParams):
     return t
 
 
-def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, target: float, mode: str = "per-class",
-                         min_class_val: int = 20, guarantee: float = 0.0) -> dict:
-    """Thresholds on the top-1 confidence, one per predicted class, chosen on labelled (val) data.
-
-    ``mode`` "global": one threshold for all classes (``metrics.threshold_for_precision``).
-    ``mode`` "per-class": for each class c, the lowest threshold at which the val predictions of
-    class c with confidence ≥ it reach ``target`` precision, so the accepted set reaches it overall
-    too. A class predicted fewer than ``min_class_val`` times on val uses the global threshold. With a
-    ``guarantee`` the same applies to a class with fewer predictions than the test needs (``n_min``).
-    A class whose predictions never reach the target gets +inf, so none of it is auto-accepted.
-
-    ``guarantee`` > 0 makes each threshold a Learn-then-Test choice: precision ≥ target on new
-    images like val with that probability. Per class, that holds for each tested class, which has fewer
-    val images to test on, so it covers less; "global" is the default (bench/results/annotate.md
-    compares the rules).
-    """
-    conf, pred = probs.max(1), probs.argmax(1)
-    correct = pred == np.asarray(labels).reshape(-1)
-    glob = _metrics.threshold_for_precision(conf, correct, target, guarantee)
-    min_n = max(min_class_val, glob.get("n_min", 0))
-    rows = []
-    for c in range(probs.shape[1]):
-        m = pred == c
-        if mode == "global" or m.sum() < min_n:
-            rows.append({"class": c, "threshold": glob["threshold"], "reached": glob["reached"],
-                         "source": "global" if mode == "global" else f"global (only {int(m.sum())} val predictions)",
-                         "n_val": int(m.sum())})
-            continue
-        ch = _metrics.threshold_for_precision(conf[m], correct[m], target, guarantee)
-        rows.append({"class": c, "threshold": ch["threshold"], "reached": ch["reached"], "source": "class",
-                     "n_val": int(m.sum()), "val_precision": ch["val_precision"], "val_coverage": ch["val_coverage"]})
-    thr = np.array([r["threshold"] for r in rows])
-    acc = conf >= thr[pred]
-    achieved_val = _metrics.precision_coverage(acc, correct)
-    return {"mode": mode, "target_precision": float(target), "guarantee": float(guarantee), "global": glob,
-            "per_class": rows,
-            "thresholds": thr.tolist(), "val_precision": achieved_val["precision"],
-            "val_coverage": achieved_val["coverage"]}
+per_class_thresholds = _metrics.per_class_thresholds     # moved to workbench.metrics (kept here for callers)
 
 
-def _multilabel_choice(probs, labels, params: AnnotateParams) -> dict:
-    ml = _metrics.multilabel_thresholds(probs, labels, params.target_precision, params.guarantee)
-    rows = [{"class": r["label"], "threshold": r["threshold"], "reached": r["reached"], "source": "label",
-             "n_val": r["n_val"], "val_precision": r.get("val_precision"), "val_coverage": r.get("val_coverage")}
-            for r in ml["per_label"]]
-    pc = _metrics.multilabel_precision_coverage(labels, probs, ml["thresholds"])
-    return {"mode": "per-label", "target_precision": float(params.target_precision),
-            "guarantee": float(params.guarantee), "global": {"threshold": float(np.nanmin(ml["thresholds"])),
-                                                            "target_precision": float(params.target_precision)},
-            "per_class": rows, "thresholds": list(ml["thresholds"]), "val_precision": pc["precision"],
-            "val_coverage": pc["coverage"], "val_all_labels_accepted": pc["all_accepted"]}
+def val_predictions(trained, params: AnnotateParams, temp=None) -> np.ndarray:
+    """Val probabilities, calibrated as the pool's will be."""
+    return _predict.calibrated(_predict.predict(trained.model, trained.dataset().images["val"], params.batch_size,
+                                                desc="predict val"), temp, trained.task)
 
 
-def choose_thresholds(trained, params: AnnotateParams, temp=None) -> tuple[dict, np.ndarray]:
-    """Per-class (or global; per label for multi-label tasks) thresholds on val; returns (choice, val
-    probabilities)."""
+def ood_gates(fx, params: AnnotateParams) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(val, pool) masks of the items never auto-accepted: out-of-distribution score beyond val's 99th
+    percentile (workbench.features), or None when ``ood_gate`` is off."""
+    if not params.ood_gate or fx is None:
+        return None, None
+    thr = fx.ood_threshold
+    return np.asarray(fx.val_ood > thr), np.asarray(fx.ood > thr)
+
+
+def choose_thresholds(trained, params: AnnotateParams, temp=None, val_probs=None, exclude=None) -> tuple[dict, np.ndarray]:
+    """Thresholds chosen on val (global or per predicted class; per label for multi-label tasks); val items in
+    ``exclude`` (the OOD gate) are left out, so the guarantee covers exactly what will be accepted. Returns
+    (choice, val probabilities)."""
     ds = trained.dataset()
-    probs = _predict.calibrated(_predict.predict(trained.model, ds.images["val"], params.batch_size, desc="predict val"),
-                                temp, trained.task)
-    if _tasks.is_multilabel(trained.task):
-        choice = _multilabel_choice(probs, ds.labels["val"], params)
-    else:
-        choice = per_class_thresholds(probs, ds.labels["val"], params.target_precision, params.thresholds,
-                                      params.min_class_val, params.guarantee)
+    probs = val_predictions(trained, params, temp) if val_probs is None else val_probs
+    choice = _metrics.auto_accept_thresholds(probs, ds.labels["val"], trained.task, params.target_precision,
+                                             params.thresholds, params.min_class_val, params.guarantee, exclude)
     choice["temperature"] = temp
     if not np.isfinite(choice["thresholds"]).any():
         how = (f" with probability {params.guarantee} (parameter 'guarantee'; a lower one, or more val images, "
                f"lets the test pass)") if params.guarantee else ""
-        print(f"warning: no threshold reaches precision {params.target_precision} on val{how}: nothing is "
-              "auto-accepted")
+        print(f"warning: no threshold reaches precision {params.target_precision} on val{how}: val cannot vouch for "
+              "any auto-accept")
     return choice, probs
 
 
@@ -243,64 +207,241 @@ def predict_pool(run: _runs.Run, trained, pool, params: AnnotateParams, temp=Non
 
 
 def check_shift(run: _runs.Run, trained, val_probs: np.ndarray, pool_probs: np.ndarray, choice: dict,
-                params: AnnotateParams) -> dict:
-    """Compare the pool with val (workbench.shift) before trusting the thresholds; the verdict and what is
-    done about it (``on_shift``)."""
+                params: AnnotateParams, fx=None) -> dict:
+    """Compare the pool with val (workbench.shift): may val's thresholds vouch for this pool?"""
+    from . import features as _features
     from . import shift as _shift
     ds = trained.dataset()
+    vg, pg = (None, None) if fx is None else (fx.val_ood > fx.ood_threshold, fx.ood > fx.ood_threshold)
     res = _shift.check(val_probs, ds.labels["val"], pool_probs, thresholds=np.asarray(choice["thresholds"]),
-                       task=trained.task, class_names=trained.class_names)
-    res["action"] = ("nothing auto-accepted (on_shift review)" if res["fired"] and params.on_shift == "review"
-                     else "thresholds applied as chosen on val" + (" (on_shift accept)" if res["fired"] else ""))
+                       task=trained.task, class_names=trained.class_names, val_ood=vg, pool_ood=pg,
+                       ood_quantile=_features.OOD_QUANTILE)
     res["message"] = _shift.message(res)
-    print(f"shift check: {res['message']}; {res['action']}")
+    print(f"shift check: {res['message']}")
     return res
 
 
-def shift_banner(shift: dict):
-    """The shift verdict for the top of the report."""
+# ---------------------------------------------------------------------- who vouches: val or the pool
+def _expected_coverage(pool_probs: np.ndarray, choice: dict, task: str, gate) -> float:
+    """The share of the pool that val's thresholds would accept (no labels needed)."""
+    thr = np.asarray(choice["thresholds"], dtype=np.float64)
+    if not np.isfinite(thr).any() or not len(pool_probs):
+        return 0.0
+    if _tasks.is_multilabel(task):
+        ok = (_tasks.confidence(pool_probs, task) >= thr[None, :]).all(1)
+    else:
+        ok = pool_probs.max(1) >= thr[pool_probs.argmax(1)]
+    if gate is not None:
+        ok &= ~np.asarray(gate, bool)
+    return float(ok.mean())
+
+
+def _certification_labels(params: AnnotateParams, pool, trained):
+    """``certify_labels`` read: a CSV, a review export, or an earlier pool directory whose certification
+    queue was labelled in the review widget (workbench.review.certification_labels)."""
+    from . import certify as _certify
+    src = Path(params.certify_labels).expanduser()
+    if src.is_dir() and (src / _certify.QUEUE_FILE).is_file() and not (src / "annotations_coco.json").is_file():
+        from . import review as _review
+        if not hasattr(_review, "certification_labels"):
+            raise WorkbenchError(f"certify_labels {src}: reading the review widget's certification labels needs "
+                                 "workbench.review.certification_labels; export the review and pass the export")
+        frame = _review.certification_labels(src)
+        return _certify.read_labels(frame, pool.ids, trained.class_names, trained.task), str(src)
+    return _certify.read_labels(src, pool.ids, trained.class_names, trained.task), str(src)
+
+
+def _previous_attempts(trained, pool, run) -> int:
+    """Certifications of this pool (same content) by this model before this one (pool directories of the run)."""
+    n = 0
+    for d in pool_dirs(trained.path):
+        if Path(d) == Path(run.path):
+            continue
+        f = Path(d) / "annotation_summary.json"
+        try:
+            doc = json.loads(f.read_text()) if f.is_file() else {}
+        except (OSError, ValueError):
+            continue
+        c = doc.get("certification") or {}
+        if doc.get("pool_id") == pool.pool_id and c.get("certified_by") == "pool" and c.get("n_labels"):
+            n += 1
+    return n
+
+
+def certify(run: _runs.Run, trained, pool, pool_probs: np.ndarray, choice: dict, shift: dict,
+            params: AnnotateParams, fx=None) -> dict:
+    """Who vouches for the auto-accept thresholds (parameter ``certify``; workbench.certify):
+
+    - ``val``: the thresholds chosen on val, when the shift check did not fire (or ``on_shift accept``);
+    - ``pool``: when the check fired (``certify auto``) or always (``certify pool``). The seeded random sample
+      is written to ``certification_queue.csv``; with ``certify_labels`` the thresholds are chosen on it by
+      Learn-then-Test and apply to the rest of the pool; without, nothing is auto-accepted yet and the report
+      says how many images to label.
+
+    Returns the routing: ``route``, ``certified_by`` (val, pool or none), ``choice`` (the thresholds used),
+    ``labels`` (id → label of the items labelled by a person), ``queue``, ``message`` and what it costs."""
+    from . import certify as _certify
+    val_gate, pool_gate = ood_gates(fx, params)
+    fired = bool(shift and shift["fired"])
+    if params.certify == "pool":
+        route, why = "pool", "certify pool: the pool's own labelled sample vouches for the thresholds"
+    elif fired and params.on_shift == "review":
+        route, why = "pool", "the shift check fired: val cannot vouch for this pool"
+    else:
+        route = "val"
+        why = ("the shift check fired but on_shift accept applies val's thresholds anyway (no guarantee here)"
+               if fired else "no shift detected: val vouches for the thresholds")
+    cost = _certify.cost_of_errors(params.target_precision, params.guarantee) if params.guarantee > 0 else []
+    out = {"route": route, "reason": why, "labels": {}, "queue": [], "cost_of_errors": cost,
+           "expected_coverage": _expected_coverage(pool_probs, choice, trained.task, pool_gate),
+           "n_ood_gated": int(np.sum(pool_gate)) if pool_gate is not None else 0}
+    if route == "val":
+        out.update(certified_by="val", choice=choice,
+                   message=f"thresholds chosen on val ({why})")
+        if params.certify_labels:
+            labels, src = _certification_labels(params, pool, trained)
+            out.update(labels=labels, labels_source=src)
+        return out
+    if not params.guarantee > 0:
+        raise WorkbenchError("certifying on the pool needs a guarantee > 0 (parameter guarantee); set e.g. "
+                             "-p guarantee 0.9, or -p on_shift accept to use val's point estimate anyway")
+    size = _certify.queue_size(params.target_precision, params.guarantee, out["expected_coverage"], len(pool),
+                               params.certify_size)
+    perm = _certify.order(pool.pool_id, len(pool), params.seed)
+    queue = perm[:size["size"]]
+    _certify.write_queue(run.file(_certify.QUEUE_FILE), pool.ids, queue)
+    out.update(queue=[pool.ids[i] for i in queue], queue_positions=queue, size=size)
+    never = {**choice, "thresholds": [float("inf")] * len(choice["thresholds"])}
+    if not params.certify_labels:
+        n = size["size"]
+        out.update(certified_by="none", choice=never,
+                   message=(f"{why}. Label these {n} images (certification_queue.csv, in its order: "
+                            f"widgets.review_run(POOL_DIR, queue='certification') shows them blind), then run "
+                            f"annotate again with -p certify_labels; the rest of the pool is then certified at "
+                            f"precision {params.target_precision} with probability {params.guarantee}. Nothing "
+                            "is auto-accepted until then."))
+        print(f"certification: {out['message']}")
+        return out
+    labels, src = _certification_labels(params, pool, trained)
+    attempts = _previous_attempts(trained, pool, run) + 1
+    pc = _certify.certify_pool(pool_probs, labels, pool.ids, queue, trained.task, params.target_precision,
+                               params.guarantee, params.thresholds, params.min_class_val, pool_gate)
+    pc["temperature"] = choice.get("temperature")
+    c = pc["certification"]
+    c.update(attempt=attempts, guarantee_after_attempts=_certify.attempts_guarantee(params.guarantee, attempts),
+             labels_source=src)
+    if c["reached"]:
+        msg = (f"certified on the pool: {c['n_labels']} labelled sample items; of the {c['n_accepted_in_sample']} "
+               f"the thresholds accept, {c['n_errors_accepted_in_sample']} wrong; precision ≥ "
+               f"{c['precision_lower_bound']:.4f} with probability {params.guarantee}")
+    else:
+        more = next((r for r in cost if r["errors"] == c["n_errors_accepted_in_sample"] + 1), None)
+        msg = (f"not certified: {c['n_labels']} labelled sample items (of the queue's {c['queue_size']}) cannot vouch "
+               f"for precision {params.target_precision} with probability {params.guarantee}; nothing auto-accepted"
+               + (f". With the errors seen, about {more['accepted_labels_needed']} accepted labelled items are needed: "
+                  f"pass a larger -p certify_size and label the longer queue" if more else ""))
+    if attempts > 1:
+        msg += (f" (attempt {attempts} on this pool: the guarantee of one test, {params.guarantee}, is worth "
+                f"{c['guarantee_after_attempts']:.2f} after {attempts} looks)")
+    out.update(certified_by="pool" if c["reached"] else "none", choice=pc, labels=labels, labels_source=src,
+               message=msg)
+    print(f"certification: {msg}")
+    return out
+
+
+def route_banner(cert: dict, shift: dict):
+    """Who vouches for the auto-accept, and what to do next, for the top of the report."""
     from .report import Markdown
-    if shift["fired"]:
-        return Markdown("> ## ⚠ The pool differs from val: the precision guarantee does not hold\n>\n"
-                        + "".join(f"> - {r}\n" for r in shift["reasons"])
-                        + f">\n> **{shift['action']}.** Review the pool, or pass `-p on_shift accept` to apply the "
-                          "thresholds anyway.")
-    notes = "".join(f"\n- {n}" for n in shift.get("notes", []))
-    return Markdown(f"**Shift check:** {shift['message']}; {shift['action']}.{notes}")
+    reasons = "".join(f"> - {r}\n" for r in (shift or {}).get("reasons", []))
+    notes = "".join(f"\n- {n}" for n in (shift or {}).get("notes", []))
+    if cert["route"] == "val":
+        head = f"**Certified by val.** {cert['message']}."
+        if shift and shift["fired"]:
+            head = ("> ## ⚠ The pool differs from val\n>\n" + reasons
+                    + f">\n> {cert['message']}. The precision guarantee does not hold here.")
+        return Markdown(head + (f"\n\n**Shift check:** {shift['message']}{notes}" if shift and not shift["fired"] else ""))
+    cost = "".join(f"\n| {r['errors']} | {r['accepted_labels_needed']} |" for r in cert["cost_of_errors"])
+    table = ("\n\nWhat each error costs (accepted labelled items Learn-then-Test needs):\n\n| errors among them | "
+             "accepted labelled items needed |\n| --- | --- |" + cost) if cost else ""
+    head = "## Certify on the pool\n\n"
+    if shift and shift["fired"]:
+        head += "The pool differs from val, so val's thresholds cannot vouch for it:\n\n" + reasons.replace("> ", "") + "\n"
+    c = cert.get("choice", {}).get("certification")
+    body = f"**{cert['message']}**"
+    if c:
+        body += (f"\n\nSample: {c['n_labels']} labels ({c['n_skipped_counted_wrong']} skipped items of the queue "
+                 f"counted as wrong); accuracy of the model on the sample {c['sample_accuracy']:.3f} (95 % CI "
+                 f"{c['sample_accuracy_ci95'][0]:.3f}-{c['sample_accuracy_ci95'][1]:.3f}); precision of the accepted "
+                 f"sample items {c['sample_precision']:.4f} (95 % CI {c['sample_precision_ci95'][0]:.4f}-"
+                 f"{c['sample_precision_ci95'][1]:.4f}).")
+    return Markdown(head + body + table + notes)
 
 
-def decide(run: _runs.Run, trained, pool, probs: np.ndarray, choice: dict, shift: dict | None,
-           params: AnnotateParams, extra: dict | None = None) -> pd.DataFrame:
-    """Auto-accepted or needs-review for every item → annotations.csv (ids, predicted label and class name,
-    confidence, status, threshold). Multi-label: a label decision is accepted when its confidence reaches
-    its label's threshold; an item is auto-accepted when all its label decisions are. ``extra``: more
-    per-item columns appended at the end (workbench.features: knn_label, knn_agree, ood_score)."""
+# ---------------------------------------------------------------------- decisions
+REASONS = {"accepted": "confidence at or above the threshold", "below": "confidence below the threshold",
+           "ood": "out of distribution: OOD score beyond val's 99th percentile (never auto-accepted)",
+           "awaiting": "awaiting certification on the pool (label certification_queue.csv)",
+           "not_certified": "the pool's sample did not certify the target precision",
+           "labelled": "labelled by a person (certification sample)", "no_threshold": "no threshold reaches the target"}
+
+
+def decide(run: _runs.Run, trained, pool, probs: np.ndarray, cert: dict, params: AnnotateParams,
+           extra: dict | None = None, fx=None) -> pd.DataFrame:
+    """Status of every item → annotations.csv (ids, predicted label and class name, confidence, status,
+    threshold, reason). ``auto-accepted`` when its confidence reaches the threshold that ``cert`` chose (val's or
+    the pool sample's) and it is not out of distribution (``ood_gate``); ``labelled`` when a person labelled it
+    (the certification sample; column ``label``); else ``needs-review``. Multi-label: a label decision is
+    accepted when its confidence reaches its label's threshold; an item is auto-accepted when all are.
+    ``extra``: more per-item columns appended at the end (workbench.features: knn_label, knn_agree, ood_score)."""
+    choice = cert["choice"]
     thr_all = np.asarray(choice["thresholds"], dtype=np.float64)
-    hold = bool(shift and shift["fired"] and params.on_shift == "review")
+    _, gate = ood_gates(fx, params)
+    gate = np.zeros(len(pool), bool) if gate is None else np.asarray(gate, bool)
     names = trained.class_names
+    labels = cert.get("labels") or {}
+    labelled = np.array([i in labels for i in pool.ids], dtype=bool)
     if _tasks.is_multilabel(trained.task):
         pred = _tasks.decide(probs, trained.task)
         conf = _tasks.confidence(probs, trained.task)
         accepted = conf >= thr_all[None, :]
         weakest = np.argmin(conf - np.where(np.isfinite(thr_all), thr_all, 2.0)[None, :], axis=1)
-        item_ok = accepted.all(1) & ~hold
+        above = accepted.all(1)
         table = pd.DataFrame({
             "index": np.arange(len(pool)), "id": pool.ids,
             "predicted_label": [SEP.join(str(j) for j in np.flatnonzero(r)) for r in pred],
             "predicted_class": [SEP.join(names[j] for j in np.flatnonzero(r)) for r in pred],
-            "confidence": np.round(conf.min(1), 6), "status": np.where(item_ok, AUTO, REVIEW),
-            "threshold": np.round(thr_all[weakest], 6), "labels_accepted": accepted.sum(1),
+            "confidence": np.round(conf.min(1), 6), "threshold": np.round(thr_all[weakest], 6),
+            "labels_accepted": accepted.sum(1),
             "labels_to_review": [SEP.join(names[j] for j in np.flatnonzero(~r)) for r in accepted],
         })
         table["predicted_labels"] = table["predicted_class"]
+        human = [SEP.join(str(j) for j in np.flatnonzero(labels[i])) if i in labels else "" for i in pool.ids]
     else:
         pred, conf = probs.argmax(1), probs.max(1)
         thr = thr_all[pred]
+        above = conf >= thr
         table = pd.DataFrame({
             "index": np.arange(len(pool)), "id": pool.ids, "predicted_label": pred,
             "predicted_class": [names[i] for i in pred], "confidence": np.round(conf, 6),
-            "status": np.where((conf >= thr) & ~hold, AUTO, REVIEW), "threshold": np.round(thr, 6),
+            "threshold": np.round(thr, 6),
         })
+        human = [str(int(labels[i])) if i in labels else "" for i in pool.ids]
+    auto = above & ~gate & ~labelled
+    status = np.where(labelled, LABELLED, np.where(auto, AUTO, REVIEW))
+    finite = np.isfinite(thr_all).any()
+    if cert.get("certified_by") == "none" and "certification" not in choice:
+        why_not = REASONS["awaiting"]
+    elif cert.get("certified_by") == "none":
+        why_not = REASONS["not_certified"]
+    else:
+        why_not = REASONS["below"] if finite else REASONS["no_threshold"]
+    reason = np.where(labelled, REASONS["labelled"], np.where(auto, REASONS["accepted"],
+                      np.where(gate & above, REASONS["ood"], why_not)))
+    table.insert(table.columns.get_loc("threshold"), "status", status)
+    table["reason"] = reason
+    table["label"] = human
+    table["certified_by"] = cert.get("certified_by", "val")
+    table["in_certification_sample"] = np.isin(np.arange(len(pool)), np.asarray(cert.get("queue_positions", []), int))
     for name, values in (extra or {}).items():
         table[name] = values
     table.to_csv(run.file("annotations.csv"), index=False)
@@ -310,30 +451,81 @@ def decide(run: _runs.Run, trained, pool, probs: np.ndarray, choice: dict, shift
 achieved = _metrics.accepted_precision_coverage   # precision and coverage with intervals, where labels are known
 
 
-def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, choice: dict, table: pd.DataFrame,
-              probs: np.ndarray, shift: dict | None, extra: dict | None = None) -> dict:
+def _certification_summary(cert: dict, params: AnnotateParams, table: pd.DataFrame, choice_val: dict) -> dict:
+    c = dict(cert.get("choice", {}).get("certification") or {})
     accepted = (table["status"] == AUTO).to_numpy()
+    rest = (table["status"] != LABELLED).to_numpy()
+    out = {"certified_by": cert["certified_by"], "route": cert["route"], "reason": cert["reason"],
+           "message": cert["message"], "n_labels": int(len(cert.get("labels") or {})),
+           "coverage": float(accepted.mean()) if len(accepted) else 0.0,
+           "coverage_of_unlabelled": float(accepted[rest].mean()) if rest.any() else 0.0,
+           "target_precision": params.target_precision, "guarantee": params.guarantee,
+           "n_ood_gated": cert.get("n_ood_gated", 0), "expected_coverage_with_val_thresholds": cert["expected_coverage"],
+           "cost_of_errors": cert["cost_of_errors"]}
+    if cert["route"] == "pool":
+        out.update(queue_file=QUEUE_FILE, queue_size=len(cert["queue"]), queue_sizing=cert.get("size"))
+    if c:
+        out.update({k: v for k, v in c.items() if k != "certified_by"})
+        out["precision_interval"] = {"lower_bound": c.get("precision_lower_bound"),
+                                     "level": c.get("precision_lower_bound_level"),
+                                     "sample_ci95": c.get("sample_precision_ci95")}
+    elif cert["certified_by"] == "val":
+        v = _val_precision_interval(choice_val, params)
+        out["precision_interval"] = v
+    return out
+
+
+def _val_precision_interval(choice: dict, params: AnnotateParams) -> dict:
+    """The Learn-then-Test lower bound behind val's threshold (global rule), where it can be read back."""
+    g = choice.get("global") or {}
+    n = g.get("n_val", 0)
+    cov, prec = g.get("val_coverage", 0.0), g.get("val_precision")
+    if not n or prec is None or not np.isfinite(prec or np.nan):
+        return {"lower_bound": None, "level": params.guarantee, "val_precision": prec}
+    n_acc = int(round(cov * n))
+    k = int(round(prec * n_acc))
+    lo = _metrics.clopper_pearson(k, n_acc, params.guarantee, side="lower")[0] if params.guarantee > 0 else None
+    return {"lower_bound": lo, "level": params.guarantee, "val_precision": prec, "n_val_accepted": n_acc,
+            "val_ci95": list(_metrics.clopper_pearson(k, n_acc, 0.95))}
+
+
+def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, cert: dict, table: pd.DataFrame,
+              probs: np.ndarray, shift: dict | None, extra: dict | None = None, val_choice: dict | None = None) -> dict:
+    choice = cert["choice"]
+    accepted = (table["status"] == AUTO).to_numpy()
+    labelled = (table["status"] == LABELLED).to_numpy()
     summary = {"pool": pool.name, "pool_kind": pool.kind, "pool_source": pool.source, "pool_id": pool.pool_id,
                "pool_size": int(len(table)), "rejected": len(pool.rejected),
                "duplicates": sum(len(g) - 1 for g in pool.duplicates), "model_hash": trained.model_hash,
                "trained_run": str(trained.path), "task": trained.task,
                "threshold": {**choice["global"], "mode": choice["mode"]},
                "thresholds": {"mode": choice["mode"], "per_class": choice["per_class"],
-                              "val_precision": choice["val_precision"], "val_coverage": choice["val_coverage"]},
+                              "val_precision": choice["val_precision"], "val_coverage": choice["val_coverage"],
+                              "chosen_on": cert["certified_by"]},
                "temperature": choice.get("temperature"), "target_precision": params.target_precision,
                "guarantee": params.guarantee,
                "shift": shift,
-               "n_auto_accepted": int(accepted.sum()), "n_needs_review": int((~accepted).sum()),
+               "certification": _certification_summary(cert, params, table, val_choice or choice),
+               "n_auto_accepted": int(accepted.sum()), "n_needs_review": int((table["status"] == REVIEW).sum()),
+               "n_labelled": int(labelled.sum()),
                "coverage": float(accepted.mean()) if len(accepted) else 0.0,
                "pool_labels_known": pool.labels is not None}
     if pool.labels is not None:
         y = np.asarray(pool.labels)
         known = (y >= 0).all(1) if y.ndim == 2 else y >= 0     # a labels CSV may cover some files only
+        known &= ~labelled       # people's labels are final: precision is that of the machine's labels
         if _tasks.is_multilabel(trained.task):
             thr = np.asarray(choice["thresholds"], dtype=np.float64)
-            if shift and shift["fired"] and params.on_shift == "review":
-                thr = np.full_like(thr, np.inf)
-            summary["achieved"] = _metrics.multilabel_precision_coverage(y[known], probs[known], thr)
+            yk, pk, acc_items = y[known], probs[known], accepted[known]
+            # the label decisions of the auto-accepted items (every one of their labels passed its threshold)
+            pc = _metrics.multilabel_precision_coverage(yk[acc_items], pk[acc_items], thr) if acc_items.any() else {}
+            summary["achieved"] = {"precision": pc.get("precision", float("nan")),
+                                   "coverage": float(acc_items.mean()) if len(acc_items) else 0.0,
+                                   "n_accepted": int(acc_items.sum()), "n": int(len(acc_items)),
+                                   "all_accepted_precision": pc.get("all_accepted_precision", float("nan")),
+                                   "per_label": pc.get("per_label", []),
+                                   "what": "precision: the label decisions of the auto-accepted items; coverage: "
+                                           "auto-accepted items / items"}
         else:
             summary["achieved"] = achieved(y[known], table["predicted_label"].to_numpy()[known], accepted[known],
                                            params.bootstrap, params.seed)
@@ -347,13 +539,14 @@ def achieved_table(summary: dict) -> pd.DataFrame:
     a = summary.get("achieved")
     if not a:
         return pd.DataFrame({"note": ["the pool's labels are unknown: nothing to compare with"]})
+    target = summary["thresholds"].get("val_coverage")
     return pd.DataFrame({
         "estimate": [a["precision"], a["coverage"]],
         "95% CI low": [(a.get("precision_ci95") or [None])[0], (a.get("coverage_ci95") or [None])[0]],
         "95% CI high": [(a.get("precision_ci95") or [None, None])[1], (a.get("coverage_ci95") or [None, None])[1]],
-        "target / val": [summary["target_precision"], summary["thresholds"]["val_coverage"]],
+        "target / chosen on": [summary["target_precision"], target],
     }, index=["precision of auto-accepted" + (" label decisions" if summary["task"] == _tasks.MULTILABEL else ""),
-              "coverage (auto-accepted / pool)"])
+              "coverage (auto-accepted / items not labelled by a person)"])
 
 
 # ---------------------------------------------------------------------- ranking
@@ -859,31 +1052,42 @@ NOTEBOOK = _cells.Stage(
         _cells.show("scan"),
         _cells.show("annotate.rejected_table(pool)"),
         _cells.code("temperature = annotate.temperature(trained, P)\n"
-                    "choice, val_probs = annotate.choose_thresholds(trained, P, temperature)"),
-        _cells.code("pool_probs = annotate.predict_pool(run, trained, pool, P, temperature)"),
-        _cells.code("shift = annotate.check_shift(run, trained, val_probs, pool_probs, choice, P)"),
-        _cells.md("## Is the pool like val?\nThresholds chosen on val promise the target precision only on images "
-                  "like val. The pool's confidences and predicted classes are compared with val's before anything "
-                  "is auto-accepted (workbench.shift)."),
-        _cells.show("annotate.shift_banner(shift)"),
-        _cells.md("## Auto-accept thresholds, chosen on val\nThe lowest confidence (one for all classes, one per "
-                  "predicted class, or one per label for multi-label tasks) at which the accepted val predictions "
-                  "reach the target precision. With a `guarantee` g > 0 the threshold is chosen by Learn-then-Test: "
-                  "an exact binomial test at each cut, from the most confident down, stopping at the first that "
-                  "fails. The precision on new data like val then reaches the target with probability at least g."),
-        _cells.show("annotate.thresholds_table(choice, trained.class_names)"),
-        _cells.show('wb.viz.per_class_thresholds(choice, trained.class_names, val_probs, trained.dataset().labels["val"])'),
+                    "val_probs = annotate.val_predictions(trained, P, temperature)"),
+        _cells.code("from workbench import adapt  # -p adapt: label-free test-time adaptation to the pool (none: trained)\n"
+                    "adapted = adapt.for_annotate(run, trained, pool, P)\n"
+                    "pool_probs = annotate.predict_pool(run, adapted, pool, P, temperature)"),
         _cells.md("## Features: a second opinion, unusual items, near-duplicates\nEmbeddings (the network's pooled "
                   "penultimate layer, cached in the run's `features/`) of the train split, val and the pool "
                   "(workbench.features). Each pool item gets the label of its 11 nearest labelled train images "
                   "(cosine; `knn_label`, `knn_agree` in `annotations.csv`), an out-of-distribution score (Mahalanobis "
-                  "distance to the train classes; `ood_score`, flagged above val's 99th percentile) and its "
-                  "near-duplicates in the train split (`train_near_duplicates.csv`)."),
+                  "distance to the train classes; `ood_score`) and its near-duplicates in the train split "
+                  "(`train_near_duplicates.csv`). An item whose OOD score lies beyond val's 99th percentile is never "
+                  "auto-accepted, whatever its confidence (`ood_gate`; the `reason` column says so)."),
         _cells.code("fx = features.annotate_pool(run, trained, pool, P, pool_probs)"),
+        _cells.code("val_gate, pool_gate = annotate.ood_gates(fx, P)\n"
+                    "choice, _ = annotate.choose_thresholds(trained, P, temperature, val_probs, exclude=val_gate)"),
+        _cells.code("shift = annotate.check_shift(run, trained, val_probs, pool_probs, choice, P, fx)"),
+        _cells.code("cert = annotate.certify(run, trained, pool, pool_probs, choice, shift, P, fx)"),
+        _cells.md("## Who vouches for the auto-accept: val or the pool?\nThresholds chosen on val promise the target "
+                  "precision only on images like val. The pool is compared with val without its labels "
+                  "(workbench.shift: confidences, predicted classes, accepted share, out-of-distribution share; a test "
+                  "fires only when the difference is larger than a harmless floor). When it differs, or with "
+                  "`certify pool`, a seeded random sample of the pool (`certification_queue.csv`) is labelled blind "
+                  "and the thresholds are chosen on it by the same Learn-then-Test procedure (workbench.certify): "
+                  "the guarantee then holds for the rest of the pool."),
+        _cells.show("annotate.route_banner(cert, shift)"),
+        _cells.md("## Auto-accept thresholds\nThe lowest confidence (one for all classes, one per predicted class, or "
+                  "one per label for multi-label tasks) at which the accepted labelled items (val, or the pool's "
+                  "certification sample) reach the target precision. With a `guarantee` g > 0 the threshold is "
+                  "chosen by Learn-then-Test: an exact binomial test at each cut, from the most confident down, "
+                  "stopping at the first that fails; the precision on new data like those items then reaches the "
+                  "target with probability at least g. The figure shows val's."),
+        _cells.show("annotate.thresholds_table(cert['choice'], trained.class_names)"),
+        _cells.show('wb.viz.per_class_thresholds(choice, trained.class_names, val_probs, trained.dataset().labels["val"])'),
         _cells.md("## Label the pool"),
-        _cells.code("table = annotate.decide(run, trained, pool, pool_probs, choice, shift, P, extra=fx.columns())\n"
-                    "summary = annotate.summarise(run, trained, pool, P, choice, table, pool_probs, shift,\n"
-                    "                             extra=fx.summary(table, pool, P.bootstrap, P.seed))"),
+        _cells.code("table = annotate.decide(run, trained, pool, pool_probs, cert, P, extra=fx.columns(), fx=fx)\n"
+                    "summary = annotate.summarise(run, trained, pool, P, cert, table, pool_probs, shift,\n"
+                    "                             extra={**fx.summary(table, pool, P.bootstrap, P.seed), 'adaptation': adapt.summary(adapted)}, val_choice=choice)"),
         _cells.show("table.head(10)"),
         _cells.show("annotate.achieved_table(summary)"),
         _cells.md("## kNN second opinion\nAuto-accept precision and coverage as decided, and when the kNN label must "
@@ -896,7 +1100,7 @@ NOTEBOOK = _cells.Stage(
         _cells.show("annotate.gallery(table, pool, trained, P, annotate.AUTO)"),
         _cells.md("## Needs review, ranked\nThe needs-review items ordered by the chosen uncertainty strategy "
                   "(most informative first) into `review_queue.csv`."),
-        _cells.code("queue = annotate.rank_for_review(run, trained, pool, table, pool_probs, P, temperature)"),
+        _cells.code("queue = annotate.rank_for_review(run, adapted, pool, table, pool_probs, P, temperature)"),
         _cells.show("queue.head(10)"),
         _cells.show("annotate.gallery(table, pool, trained, P, annotate.REVIEW)"),
         _cells.md("## Label audit (train split)\nConfident learning (cleanlab) on out-of-sample probabilities from "

@@ -31,27 +31,49 @@ def _overrides(args) -> dict:
     return values
 
 
+def _num(v, digits: int = 4) -> str:
+    """A metric for the summary lines: 'n/a' when it is missing or null (e.g. AUC of a single-class split)."""
+    try:
+        return f"{float(v):.{digits}f}" if v is not None and v == v else "n/a"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
 def _summary(run_dir: Path) -> str:
     from .execute import read_results
     res = read_results(run_dir)
     lines = []
     m = res.get("metrics.json")
     if m:
-        lines.append(f"test ACC {m['test']['acc']:.4f}  test AUC {m['test']['auc']:.4f}  "
-                     f"({m['dataset']}, {m['test']['n']} images)")
+        t = m.get("test") or {}
+        lines.append(f"test ACC {_num(t.get('acc'))}  test AUC {_num(t.get('auc'))}  "
+                     f"({m.get('dataset', '?')}, {t.get('n', '?')} images)")
     a = res.get("annotation_summary.json")
     if a:
-        line = (f"annotate: {a['n_auto_accepted']}/{a['pool_size']} auto-accepted "
-                f"(threshold {a['threshold']['threshold']:.4f} for precision {a['threshold']['target_precision']})")
+        c = a.get("certification") or {}
+        line = f"annotate: {a['n_auto_accepted']}/{a['pool_size']} auto-accepted"
+        if c.get("certified_by") == "pool":
+            line += (f" (certified on the pool: {c.get('n_labels', 0)} labels, precision ≥ "
+                     f"{_num(c.get('precision_lower_bound'))} with probability {a.get('guarantee')})")
+        elif c.get("certified_by") == "none":
+            line += " (not certified yet)"
+        else:
+            line += (f" (threshold {_num(a['threshold'].get('threshold'))} chosen on val for precision "
+                     f"{a['threshold'].get('target_precision')})")
+        if a.get("n_labelled"):
+            line += f"; {a['n_labelled']} labelled by a person"
         if a.get("rejected"):
             line += f"; {a['rejected']} file(s) rejected (rejected.csv)"
         if "achieved" in a:
-            line += f"; achieved precision {a['achieved']['precision']:.4f}, coverage {a['achieved']['coverage']:.4f}"
+            got = a["achieved"]
+            line += (f"; achieved precision {_num(got.get('precision'))}, coverage {_num(got.get('coverage'))}"
+                     if got.get("n_accepted", 1) else "; nothing auto-accepted")
         lines.append(line)
         shift = a.get("shift") or {}
         if shift.get("fired"):
-            lines.append(f"SHIFT: the pool differs from val ({'; '.join(shift.get('reasons', [])[:2])}): "
-                         f"{shift.get('action', '')}")
+            lines.append(f"SHIFT: the pool differs from val ({'; '.join(shift.get('reasons', [])[:2])})")
+        if c.get("message") and c.get("certified_by") != "val":
+            lines.append(f"CERTIFY: {c['message']}")
     reports = sorted(run_dir.glob("*.html"))
     if res.get("annotation_dir"):
         reports += sorted(Path(res["annotation_dir"]).glob("*.html"))

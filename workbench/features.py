@@ -59,7 +59,7 @@ from . import tasks as _tasks
 from .errors import WorkbenchError
 
 FEATURES_DIR = "features"
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2        # 2: embeddings computed in fixed chunks of EMBED_CHUNK (bit-identical on any batching)
 EMBED_LAYER = "gap"
 KNN_K = 11                 # MedMNIST+ (Doerrich et al. 2024) reports kNN baselines with k = 11
 OOD_QUANTILE = 0.99        # an item is flagged when its score exceeds this quantile of val's scores
@@ -69,6 +69,12 @@ UMAP_FROM = 5000           # projection "auto": UMAP from this many points, t-SN
 MAX_UMAP_FIT = 20000       # UMAP is fitted on at most this many points (seeded sample); the rest are transformed
 MAX_THUMBNAILS = 32        # the map shows at most this many images of a selection (a seeded sample)
 MAX_CATEGORIES = 20        # categorical colourings: the most frequent categories beyond this become "other"
+# Embeddings are always computed in chunks of exactly this many images (the last one padded), whatever batch
+# size the caller asks for and however a pool streams its files. XLA:CPU picks its kernels' blocking by the
+# batch shape, so the same image embedded in a batch of 16 and of 32 can differ in the last bits (seen on an
+# AVX2-only AMD EPYC); with one shape and the same chunking, a split or pool gives bit-identical embeddings on
+# any call, which is what the cache in RUN/features/ promises.
+EMBED_CHUNK = 128
 
 
 # ============================================================================================ extraction
@@ -106,43 +112,53 @@ def _run_batch(fn, x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(out[0])[:len(x)], np.asarray(out[1])[:len(x)]
 
 
+def _chunks(batches):
+    """Re-cut a stream of ``(positions, images)`` batches into chunks of exactly ``EMBED_CHUNK`` items in arrival
+    order (the last one shorter): the chunking depends only on the order of the items, not on the batches."""
+    pos_buf, img_buf, n = [], [], 0
+    for positions, images in batches:
+        positions, images = np.asarray(positions), np.asarray(images)
+        start = 0
+        while start < len(images):
+            take = min(EMBED_CHUNK - n, len(images) - start)
+            pos_buf.append(positions[start:start + take])
+            img_buf.append(images[start:start + take])
+            n += take
+            start += take
+            if n == EMBED_CHUNK:
+                yield np.concatenate(pos_buf), np.concatenate(img_buf)
+                pos_buf, img_buf, n = [], [], 0
+    if n:
+        yield np.concatenate(pos_buf), np.concatenate(img_buf)
+
+
 def embed_images(model, images: np.ndarray, batch_size: int = 512, desc: str = "embed",
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, D) float32, probabilities (N, K) float32) for uint8 images already through the run's
-    input path; batches padded to one shape, with a progress bar."""
-    from .progress import tqdm
-    fn = extractor(model)
+    input path, with a progress bar. ``batch_size`` is accepted for symmetry with ``predict``; the network
+    always runs on chunks of ``EMBED_CHUNK`` (see there): the result does not depend on it, bit for bit."""
     images = np.asarray(images)
-    d, k = int(fn.outputs[0].shape[-1]), int(fn.outputs[1].shape[-1])
-    if not len(images):
-        return np.zeros((0, d), np.float32), np.zeros((0, k), np.float32)
-    size = min(batch_size, len(images))
-    steps = range(0, len(images), size)
-    embs, probs = [], []
-    for i in (tqdm(steps, desc=desc, unit="batch") if progress else steps):
-        e, p = _run_batch(fn, images[i:i + size], size)
-        embs.append(e)
-        probs.append(p)
-    return np.concatenate(embs).astype(np.float32), np.concatenate(probs).astype(np.float32)
+    return embed_stream(model, ((np.arange(i, min(i + EMBED_CHUNK, len(images))), images[i:i + EMBED_CHUNK])
+                                for i in range(0, len(images), EMBED_CHUNK)),
+                        len(images), desc=desc, progress=progress)
 
 
 def embed_stream(model, batches, total: int, batch_size: int = 512,
-                 desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
+                 desc: str = "embed", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and probabilities of images arriving as ``(positions, images)`` batches (a pool streamed
-    from disk); rows in position order."""
+    from disk); rows in position order. The batches are re-cut into chunks of ``EMBED_CHUNK`` (``_chunks``),
+    so the same items in the same order give bit-identical rows whatever the batches were."""
     from .progress import tqdm
     fn = extractor(model)
     d, k = int(fn.outputs[0].shape[-1]), int(fn.outputs[1].shape[-1])
     emb = np.full((total, d), np.nan, np.float32)
     prob = np.full((total, k), np.nan, np.float32)
-    bar = tqdm(total=total, desc=desc, unit="image")
+    bar = tqdm(total=total, desc=desc, unit="image", disable=not progress)
     try:
-        for positions, images in batches:
-            if not len(images):
-                continue
-            e, p = _run_batch(fn, images, batch_size)
-            emb[np.asarray(positions)] = e
-            prob[np.asarray(positions)] = p
+        for positions, images in _chunks(batches):
+            e, p = _run_batch(fn, images, EMBED_CHUNK)
+            emb[positions] = e
+            prob[positions] = p
             bar.update(len(images))
     finally:
         bar.close()

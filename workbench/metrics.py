@@ -841,3 +841,104 @@ def multilabel_thresholds(val_probs, val_labels, target_precision: float, guaran
             "decision": "label present if p > 0.5; confidence max(p, 1 - p)",
             "per_label": rows, "thresholds": thr, "val_precision": achieved["precision"],
             "val_coverage": achieved["coverage"], "val_all_accepted": achieved["all_accepted"]}
+
+
+# ---------------------------------------------------------------------- auto-accept thresholds (annotate)
+def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, target: float, mode: str = "per-class",
+                         min_class_val: int = 20, guarantee: float = 0.0) -> dict:
+    """Thresholds on the top-1 confidence, one per predicted class, chosen on labelled data (val, or a
+    labelled random sample of a pool: workbench.certify).
+
+    ``mode`` "global": one threshold for all classes (``threshold_for_precision``).
+    ``mode`` "per-class": for each class c, the lowest threshold at which the predictions of class c with
+    confidence ≥ it reach ``target`` precision, so the accepted set reaches it overall too. A class predicted
+    fewer than ``min_class_val`` times uses the global threshold. With a ``guarantee`` the same applies to a
+    class with fewer predictions than the test needs (``n_min``). A class whose predictions never reach the
+    target gets +inf, so none of it is auto-accepted.
+
+    ``guarantee`` > 0 makes each threshold a Learn-then-Test choice: precision ≥ target on new images like
+    these with that probability. Per class, that holds for each tested class, which has fewer images to test
+    on, so it covers less; "global" is the default (bench/results/annotate.md compares the rules).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = pred == np.asarray(labels).reshape(-1)
+    glob = threshold_for_precision(conf, correct, target, guarantee)
+    min_n = max(min_class_val, glob.get("n_min", 0))
+    rows = []
+    for c in range(probs.shape[1]):
+        m = pred == c
+        if mode == "global" or m.sum() < min_n:
+            rows.append({"class": c, "threshold": glob["threshold"], "reached": glob["reached"],
+                         "source": "global" if mode == "global" else f"global (only {int(m.sum())} predictions)",
+                         "n_val": int(m.sum())})
+            continue
+        ch = threshold_for_precision(conf[m], correct[m], target, guarantee)
+        rows.append({"class": c, "threshold": ch["threshold"], "reached": ch["reached"], "source": "class",
+                     "n_val": int(m.sum()), "val_precision": ch["val_precision"], "val_coverage": ch["val_coverage"]})
+    thr = np.array([r["threshold"] for r in rows])
+    acc = conf >= thr[pred] if len(pred) else np.zeros(0, bool)
+    achieved_val = precision_coverage(acc, correct)
+    return {"mode": mode, "target_precision": float(target), "guarantee": float(guarantee), "global": glob,
+            "per_class": rows,
+            "thresholds": thr.tolist(), "val_precision": achieved_val["precision"],
+            "val_coverage": achieved_val["coverage"]}
+
+
+def multilabel_choice(probs, labels, target: float, guarantee: float = 0.0) -> dict:
+    """``multilabel_thresholds`` in the shape of ``per_class_thresholds`` (one row per label)."""
+    ml = multilabel_thresholds(probs, labels, target, guarantee)
+    rows = [{"class": r["label"], "threshold": r["threshold"], "reached": r["reached"], "source": "label",
+             "n_val": r["n_val"], "val_precision": r.get("val_precision"), "val_coverage": r.get("val_coverage")}
+            for r in ml["per_label"]]
+    pc = multilabel_precision_coverage(labels, probs, ml["thresholds"])
+    finite = [t for t in ml["thresholds"] if np.isfinite(t)]
+    return {"mode": "per-label", "target_precision": float(target), "guarantee": float(guarantee),
+            "global": {"threshold": float(min(finite)) if finite else float("inf"), "target_precision": float(target)},
+            "per_class": rows, "thresholds": list(ml["thresholds"]), "val_precision": pc["precision"],
+            "val_coverage": pc["coverage"], "val_all_labels_accepted": pc["all_accepted"]}
+
+
+def auto_accept_thresholds(probs, labels, task: str, target: float, mode: str = "global", min_class_val: int = 20,
+                           guarantee: float = 0.0, exclude=None) -> dict:
+    """The auto-accept thresholds of any task, chosen on labelled items (val, or a pool's certification
+    sample). ``exclude``: a mask of items that can never be auto-accepted whatever their confidence (the
+    out-of-distribution gate): they are left out of the choice, so the threshold certifies exactly the set
+    that will be accepted (confidence at or above it and not excluded). ``n_excluded`` records how many."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    keep = np.ones(len(probs), bool) if exclude is None else ~np.asarray(exclude, bool)
+    if task == MULTI_LABEL:
+        choice = multilabel_choice(probs[keep], labels[keep], target, guarantee)
+    else:
+        choice = per_class_thresholds(probs[keep], labels.reshape(-1)[keep], target, mode, min_class_val, guarantee)
+    choice["n_excluded"] = int((~keep).sum())
+    choice["n_labelled"] = int(len(probs))
+    return choice
+
+
+def n_required(target: float, guarantee: float, errors: int = 0) -> int:
+    """The fewest accepted, labelled items with which Learn-then-Test (exact binomial test at level
+    1 - guarantee) certifies precision ≥ ``target`` when ``errors`` of them are wrong: the smallest n with
+    P(Binomial(n, 1 - target) ≤ errors) ≤ 1 - guarantee. 0.99 at 0.9: 230 with no error, 388 with one,
+    531 with two."""
+    from scipy.stats import binom
+    alpha, delta = 1.0 - float(target), 1.0 - float(guarantee)
+    if not 0 < alpha < 1 or not 0 < delta < 1:
+        raise WorkbenchError(f"n_required: target ({target}) and guarantee ({guarantee}) must be in (0, 1)")
+    n = max(int(errors) + 1, int(np.ceil(np.log(delta) / np.log1p(-alpha))))
+    while binom.cdf(errors, n, alpha) > delta:
+        n += 1
+    return n
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95, side: str = "two") -> tuple[float, float]:
+    """Exact binomial interval of a proportion k/n: two-sided at ``confidence``, or (side "lower") the
+    one-sided lower bound with upper 1.0. (nan, nan) for n = 0."""
+    from scipy.stats import beta
+    if n <= 0:
+        return float("nan"), float("nan")
+    a = 1.0 - confidence if side == "lower" else (1.0 - confidence) / 2
+    lo = float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
+    hi = 1.0 if side == "lower" else (float(beta.ppf(1 - a, k + 1, n - k)) if k < n else 1.0)
+    return lo, hi

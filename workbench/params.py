@@ -108,12 +108,27 @@ class AnnotateParams:
                           "(Learn-then-Test; 0 takes the val estimate)", min=0.0,
                           max=0.999)
     min_class_val: int = _p(20, "a class predicted fewer times on val uses the global threshold", min=1)
-    on_shift: str = _p("review", "when the pool differs from val (workbench.shift): review (auto-accept nothing) "
-                       "or accept (apply the thresholds anyway)", choices=("review", "accept"))
+    on_shift: str = _p("review", "when the pool differs from val (workbench.shift): review (val's thresholds are "
+                       "not used: certify on the pool, see certify) or accept (apply val's thresholds anyway)",
+                       choices=("review", "accept"))
+    certify: str = _p("auto", "who vouches for the auto-accept thresholds: auto (val, unless the shift check fires; "
+                      "then a labelled random sample of the pool) or pool (always the pool's sample; "
+                      "workbench.certify)", choices=("auto", "pool"))
+    certify_labels: str = _p("", "labels of the pool's certification sample: a CSV (id,label; label a class index "
+                             "or name), a review export directory, or an earlier pool directory whose "
+                             "certification queue was labelled in the review widget (empty: none yet)")
+    certify_size: int = _p(0, "certification sample size (0: as many as Learn-then-Test needs for the target with "
+                           "no error, given the share of the pool val's thresholds would accept)", min=0)
+    ood_gate: bool = _p(True, "never auto-accept an item whose out-of-distribution score lies beyond val's 99th "
+                        "percentile, whatever its confidence")
     calibrate: bool = _p(True, "use the run's temperature (calibration.json from evaluate) when present")
     strategy: str = _p("margin", "ranking of the needs-review items into review_queue.csv",
                        choices=("least_confidence", "margin", "entropy", "mc_dropout", "tta"))
     n_passes: int = _p(10, "stochastic passes for the mc_dropout and tta strategies", min=2, max=200)
+    adapt: str = _p("none", "label-free test-time adaptation of the model to the pool (workbench.adapt): none, bn "
+                    "(batch-norm statistics re-estimated on the pool), color (the pool's colour standardised to the "
+                    "training set's, in optical density) or color+bn; recorded in adaptation.json",
+                    choices=("none", "bn", "color", "color+bn"))
     bootstrap: int = _p(1000, "bootstrap resamples for the precision and coverage intervals", min=100)
     audit_folds: int = _p(3, "label audit: cross-validation folds over the train split (0: no audit)", min=0, max=20)
     audit_epochs: int = _p(3, "label audit: training epochs of each fold's model", min=1, max=200)
