@@ -156,6 +156,18 @@ def test_adaptation_never_reads_pool_labels(photometric_run, tmp_path, monkeypat
     assert adapt.for_annotate(None, trained, pool, types.SimpleNamespace(adapt="none")) is trained
 
 
+def test_annotate_with_adapt_records_it(pipeline_run):
+    proc = run_cli("run", "annotate", "-q", "--run", str(pipeline_run["dir"]), "-p", "adapt", "bn",
+                   "-p", "audit_folds", "0", "-p", "gallery_size", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pool_dir = proc.stdout.strip().splitlines()[-1]
+    rec = read_json(f"{pool_dir}/adaptation.json")
+    assert rec["method"] == "bn" and rec["bn"]["layers"] >= 6 and rec["labels_read"] is False
+    assert read_json(f"{pool_dir}/provenance.json")["annotate"]["adaptation"]["method"] == "bn"
+    assert read_json(f"{pool_dir}/annotation_summary.json")["adaptation"]["method"] == "bn"
+    assert read_json(f"{pool_dir}/params/annotate.json")["adapt"] == "bn"
+
+
 # ---------------------------------------------------------------------- evaluate report and model card
 def test_robustness_in_the_evaluate_stage_and_model_card(pipeline_run):
     d = pipeline_run["dir"]
