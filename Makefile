@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-shift bench-features clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-shift bench-features bench-robustness clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -117,6 +117,9 @@ bench-pools: $(STAMP) ## annotate pools streamed from disk: files/s and peak mem
 
 bench-shift: $(STAMP) ## the shift check before auto-accept: false alarms on exchangeable splits, real and shifted BloodMNIST pools → bench/results/shift.*
 	$(BIN)/python -m bench.shift $(BENCH_ARGS)
+
+bench-robustness: $(STAMP) ## accuracy under each card's acquisition corruptions: recipes with/without photometric augmentation and test-time adaptation, 3 seeds → bench/results/robustness.* (resumable; BENCH_ARGS='--datasets breastmnist --recipes demo')
+	$(BIN)/python -m bench.robustness $(BENCH_ARGS)
 
 bench-features: $(STAMP) ## kNN / linear probe on a demo run's features, OOD AUROC (other modalities, corruptions), kNN agreement → bench/results/features.*
 	$(BIN)/python -m bench.features $(BENCH_ARGS)

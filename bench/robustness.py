@@ -20,7 +20,7 @@ severity), the worst corruption (lowest mean over its 3 severities) and the wors
 means over the corruptions the card's ``acquisition.changes`` cover (the augmentation trained on that kind
 of change) and those it does not (bubbles, defocus, downsampling...: generalisation).
 
-    python -m bench.robustness                               # bloodmnist, demo + full, none + card, seeds 0-2
+    python -m bench.robustness                               # the 3 embedded files, demo + full, none + card, seeds 0-2
     python -m bench.robustness --datasets breastmnist,retinamnist --recipes demo
     python -m bench.robustness --report-only                 # rewrite robustness.md from robustness.json
     python -m bench.robustness --quick --out /tmp/r.json     # minutes: tiny fixture, 1 epoch (tests)
@@ -59,7 +59,7 @@ RESULTS = ROOT / "bench" / "results" / "robustness.json"
 RUNS = ROOT / "runs" / "bench-robustness"
 QUICK_DATASET = "tests/fixtures/bloodmnist_tiny.npz"
 QUICK_OVERRIDES = {"epochs": "1", "width": "8", "batch_size": "64"}
-DATASETS, RECIPES, VARIANTS, SEEDS = ("bloodmnist",), ("demo", "full"), ("none", "card"), (0, 1, 2)
+DATASETS, RECIPES, VARIANTS, SEEDS = ("bloodmnist", "breastmnist", "retinamnist"), ("demo", "full"), ("none", "card"), (0, 1, 2)
 CORRUPTION_SEED = {"val": 0, "test": 1}
 CLEAN_TOLERANCE = 0.005     # an adaptation may cost at most 0.5 points of clean val accuracy to be chosen
 GOALS = {"bloodmnist": {"mean_corrupted": 0.90, "worst": 0.80}}
