@@ -106,3 +106,23 @@ def test_import_agreement_adjudication_and_export_consensus(pool, tmp_path):
         k = z["ids"].tolist().index(ids[6])
         assert z["labels"][k] == 6 and z["num_annotations"][k] == 3 and 0 <= z["consensus_quality"][k] <= 1
         assert "consensus" in set(z["label_source"].tolist())
+
+
+def test_blind_overlap_first_for_everyone_then_the_queue_is_shared(pool):
+    from workbench import annotate
+    ap = json.loads((pool / "params" / "annotate.json").read_text())
+    (pool / "params" / "annotate.json").write_text(json.dumps({**ap, "overlap": 0.05}))
+    n_pool = len(pd.read_csv(pool / "annotations.csv"))
+    ana = annotate.open_review(pool, annotator="ana")
+    k = round(0.05 * n_pool)
+    first = ana.session.queue[:k]
+    assert len(ana.overlap) == k and first == list(ana.overlap) and all(ana.session.is_blind(i) for i in first)
+    assert not ana.session.is_blind(ana.session.queue[k]) and ana.queue["blind"].tolist()[:k + 1] == [True] * k + [False]
+    for _ in range(k + 2):                              # the overlap, then two items of the ranked queue
+        s = ana.session
+        s.label(1) if s.is_blind() else s.accept()
+    taken = ana.session.queue[k:k + 2]
+    ben = annotate.open_review(pool, annotator="ben")
+    assert ben.session.queue[:k] == first               # the same blind items, in the same order
+    assert not set(taken) & set(ben.session.queue)      # what ana labelled of the rest is not read twice
+    assert not ben.session.decisions                    # and ben sees nothing of ana's labels

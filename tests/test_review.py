@@ -371,3 +371,15 @@ def test_certification_labels_multilabel_majority_per_label(tmp_path):
         _annotator(pool, name, ["a", "b"], sets, names=ML_NAMES, task=ML_TASK)
     got = certification_labels(pool)
     assert got.values.tolist() == [["a", "0;1"], ["b", "3"]]
+
+
+def test_overlap_is_seeded_and_queues_share_out_the_rest():
+    from workbench.review import annotator_queue, overlap_items
+    ids = [f"i{k}" for k in range(50)]
+    a = overlap_items(ids, 0.1, seed=3)
+    assert len(a) == 5 and a == overlap_items(ids, 0.1, seed=3) and a != overlap_items(ids, 0.1, seed=4)
+    assert overlap_items(ids, 0.0, 0) == [] and len(overlap_items(ids, 0.001, 0)) == 1
+    ranked = [f"i{k}" for k in range(49, 39, -1)]
+    q = annotator_queue(a, ranked, taken={"i49", a[0]}, done_elsewhere={"i48"})
+    assert q[:5] == a                                   # everyone's items first, whoever took them
+    assert "i49" not in q and "i48" not in q and q[5:] == [i for i in ranked if i not in {"i49", "i48", *a}]
