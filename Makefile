@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-shift bench-features bench-robustness clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-features bench-robustness clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -115,8 +115,8 @@ bench-datasets: $(STAMP) ## full + demo recipes, untuned, 3 seeds on every embed
 bench-pools: $(STAMP) ## annotate pools streamed from disk: files/s and peak memory for 10,000 and 100,000 PNGs → bench/results/pools.*
 	$(BIN)/python -m bench.pools $(BENCH_ARGS)
 
-bench-shift: $(STAMP) ## the shift check before auto-accept: false alarms on exchangeable splits, real and shifted BloodMNIST pools → bench/results/shift.*
-	$(BIN)/python -m bench.shift $(BENCH_ARGS)
+bench-certify: $(STAMP) ## auto-accept on new images: shift-check false alarms (design/evaluation pools), OOD AUROCs, certification routes on real pools → bench/results/certify.* (BENCH_ARGS='--part routes')
+	$(BIN)/python -m bench.certify $(BENCH_ARGS)
 
 bench-robustness: $(STAMP) ## accuracy under each card's acquisition corruptions: recipes with/without photometric augmentation and test-time adaptation, 3 seeds → bench/results/robustness.* (resumable; BENCH_ARGS='--datasets breastmnist --recipes demo')
 	$(BIN)/python -m bench.robustness $(BENCH_ARGS)

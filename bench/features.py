@@ -11,7 +11,7 @@ re-run; ``--run`` names another trained BloodMNIST run). Embeddings are the prod
    - another modality, presented through the BloodMNIST model's own input path (``pools.open_pool`` on the
      official files' test splits; grayscale BreastMNIST images become RGB there): BreastMNIST, RetinaMNIST;
    - corrupted BloodMNIST test images: Gaussian noise σ 10 and 25 grey levels, Gaussian blur σ 1.2 and 2 px
-     (the functions of bench/shift.py).
+     (workbench.corrupt's primitives).
    For the product's score (Mahalanobis, ``features.OODScorer``) and, for comparison, the mean cosine distance
    to the 11 nearest train embeddings (centred and plain cosine) and the network's max-softmax probability.
 3. Near-duplicates: test images byte-identical to train images and where they fall against the threshold.
@@ -75,7 +75,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 
 
 def ood_part(trained, log_) -> dict:
-    from bench.shift import blur, noise
+    from workbench.corrupt import blur, noise
     from workbench import features as F
     from workbench.pools import open_pool
     ds = trained.dataset()

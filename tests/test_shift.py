@@ -1,5 +1,5 @@
 """workbench.shift: the pool-vs-val check. Seeded synthetic probabilities only (shape and edge cases; the
-measurements on real images and a real model are in bench/shift.py)."""
+measurements on real images and real models are in bench/certify.py)."""
 
 import numpy as np
 import pytest
@@ -111,6 +111,23 @@ def test_minimum_effect_z_test_keeps_false_alarms_below_alpha_at_every_size(n):
     xv = rng.binomial(1, 0.5, 20000).astype(float)
     xp = rng.binomial(1, 0.5 + 2 * floor, 20000).astype(float)
     assert shift._z_min_effect(xv, xp, floor)[2] < 0.01
+
+
+def test_p_at_floor_reproduces_the_checks_p_values():
+    """The benchmark that chooses the floors recomputes each test's p-value at other floors from what check records."""
+    rng = np.random.default_rng(14)
+    vp, vy = softmax_probs(rng, 800, 5, signal=4.0)
+    pp, _ = softmax_probs(rng, 600, 5, signal=3.0, prior=[0.4, 0.15, 0.15, 0.15, 0.15])
+    flags = rng.random(600) < 0.05
+    res = shift.check(vp, vy, pp, thresholds=ltt_threshold(vp, vy), val_ood=rng.random(800) < 0.01, pool_ood=flags)
+    assert {t["name"] for t in res["tests"]} == {"confidence", "predicted_classes", "accept_share", "doc", "ood_share"}
+    for t in res["tests"]:
+        assert shift.p_at_floor(t, t["floor"]) == pytest.approx(t["p_value"], rel=1e-9, abs=1e-12), t["name"]
+        other = shift.check(vp, vy, pp, thresholds=ltt_threshold(vp, vy), val_ood=rng.random(800) < 0.01,
+                            pool_ood=flags, floors={t["name"]: 0.0})
+        again = next(x for x in other["tests"] if x["name"] == t["name"])
+        if t["name"] != "ood_share":           # (its val flags were redrawn)
+            assert shift.p_at_floor(t, 0.0) == pytest.approx(again["p_value"], rel=1e-9, abs=1e-12), t["name"]
 
 
 def test_chi2_minimum_effect_p_value():
@@ -275,38 +292,3 @@ def test_module_is_pure_numpy_scipy():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"keras", "jax", "matplotlib", "tensorflow", "torch"}
-
-
-# ---------------------------------------------------------------------- bench/shift.py helpers
-def test_bench_shifts_are_deterministic_and_change_real_images():
-    from bench import shift as bench
-    from tests.conftest import TINY
-    with np.load(TINY, allow_pickle=False) as z:
-        images = z["val_images"][:8]
-    for s in bench.IMAGE_SHIFTS:
-        out = bench.apply_shift(images, s, seed=0)
-        assert out.shape == images.shape and out.dtype == np.uint8
-        assert np.array_equal(out, bench.apply_shift(images, s, seed=0)), s
-        assert np.abs(out.astype(int) - images).mean() > 1.0, s  # the change is visible
-    assert not np.array_equal(bench.noise(images, 10, 0), bench.noise(images, 10, 1))
-    # stronger settings move further from the original
-    d = [np.abs(bench.blur(images, s).astype(int) - images).mean() for s in (0.5, 0.8, 1.2)]
-    assert d[0] < d[1] < d[2]
-    # OD gains of 1 are the identity (up to rounding)
-    assert np.abs(bench.stain(images, (1, 1, 1)).astype(int) - images).max() <= 1
-
-
-def test_bench_prior_shift_resampling_follows_the_proportions():
-    from bench import shift as bench
-    labels = np.repeat(np.arange(4), [400, 300, 200, 100])
-    probs = np.eye(4)[labels]
-    probs[labels == 3] = np.eye(4)[0]  # class 3 always wrong on "val": the hardest
-    p = bench.prior_proportions("prior_hard", probs, labels, 4)
-    assert p.sum() == pytest.approx(1) and p[3] == 0.25
-    idx = bench.resample(labels, p, seed=0)
-    assert len(np.unique(idx)) == len(idx)  # without replacement
-    shares = np.bincount(labels[idx], minlength=4) / len(idx)
-    assert shares == pytest.approx(p, abs=0.01)
-    assert np.array_equal(idx, bench.resample(labels, p, seed=0))
-    uniform = bench.resample(labels, bench.prior_proportions("prior_uniform", probs, labels, 4), seed=1)
-    assert np.bincount(labels[uniform]).tolist() == [100, 100, 100, 100]

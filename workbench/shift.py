@@ -162,9 +162,14 @@ def _ks(cv: np.ndarray, cp: np.ndarray, floor: float) -> dict:
     scale = np.sqrt(len(cv) * len(cp) / (len(cv) + len(cp)))
     p = float(stats.kstwobign.sf((d - floor) * scale)) if d > floor else 1.0
     return _result(name, test, statistic=d, p_value=min(1.0, p), p_no_difference=float(r.pvalue), effect=d,
+                   n_val=int(len(cv)), n_pool=int(len(cp)),
                    pool_median=float(np.median(cp)), val_median=float(np.median(cv)),
                    pool_q10=float(np.quantile(cp, 0.1)), val_q10=float(np.quantile(cv, 0.1)),
                    pool_mean=float(cp.mean()), val_mean=float(cv.mean()))
+
+
+def _se(xv: np.ndarray, xp: np.ndarray) -> float:
+    return float(np.sqrt(xv.var(ddof=1) / len(xv) + xp.var(ddof=1) / len(xp)))
 
 
 def _z_min_effect(xv: np.ndarray, xp: np.ndarray, floor: float) -> tuple[float, float, float, float]:
@@ -172,7 +177,7 @@ def _z_min_effect(xv: np.ndarray, xp: np.ndarray, floor: float) -> tuple[float, 
     (under the alternative the two variances differ). Also the plain test of no difference (pooled variance:
     under that null the samples are exchangeable) as a third value."""
     diff = float(xp.mean() - xv.mean())
-    se = float(np.sqrt(xv.var(ddof=1) / len(xv) + xp.var(ddof=1) / len(xp)))
+    se = _se(xv, xp)
     excess = abs(diff) - floor
     if se <= 0:
         p = 0.0 if excess > 0 else 1.0
@@ -196,7 +201,7 @@ def _doc(cv: np.ndarray, cp: np.ndarray, acc: float, min_items: int, floor: floa
     # no accuracy estimate: under a shift the model's confidence is exactly what cannot be trusted (20 % darker
     # BloodMNIST cells: mean confidence said 0.92, the accuracy was 0.31)
     return _result(name, test, statistic=z, p_value=p, p_no_difference=p0, effect=abs(diff), difference=diff,
-                   pool_mean_confidence=float(cp.mean()), **base)
+                   se=_se(cv, cp), pool_mean_confidence=float(cp.mean()), **base)
 
 
 def _share_test(name: str, test: str, av: np.ndarray, ap: np.ndarray, min_items: int, floor: float, **kw) -> dict:
@@ -205,7 +210,7 @@ def _share_test(name: str, test: str, av: np.ndarray, ap: np.ndarray, min_items:
                              f"val {len(av)})")
     diff, z, p, p0 = _z_min_effect(av, ap, floor)
     return _result(name, test, statistic=z, p_value=p, p_no_difference=p0, effect=abs(diff), difference=diff,
-                   pool_share=float(ap.mean()), val_share=float(av.mean()), **kw)
+                   se=_se(av, ap), pool_share=float(ap.mean()), val_share=float(av.mean()), **kw)
 
 
 def _accept_share(av: np.ndarray, ap: np.ndarray, min_items: int, nothing_accepted: bool, floor: float) -> dict:
@@ -287,6 +292,7 @@ def _predicted_classes(vp: np.ndarray, pp: np.ndarray, names: list[str], floor: 
     n_merged = sum(len(g) for g in groups if len(g) > 1)
     p = _chi2_min_effect(float(chi2), int(df), int(cv.sum()), int(cp.sum()), floor)
     return _result(name, test, statistic=float(chi2), p_value=p, p_no_difference=float(p0), effect=eff["w"], df=int(df),
+                   n_val=int(cv.sum()), n_pool=int(cp.sum()),
                    cramers_v=eff["cramers_v"], tvd=eff["tvd"], cells=len(groups), classes_merged=n_merged,
                    largest=top)
 
@@ -305,6 +311,7 @@ def _predicted_positive(vp: np.ndarray, pp: np.ndarray, label: int, names: list[
     eff = _chi2_effect(float(chi2), int(df), len(vp), len(pp), table)
     p = _chi2_min_effect(float(chi2), int(df), len(vp), len(pp), floor)
     return _result(name, test, statistic=float(chi2), p_value=p, p_no_difference=float(p0), effect=eff["w"], df=int(df),
+                   n_val=int(len(vp)), n_pool=int(len(pp)),
                    cramers_v=eff["cramers_v"], tvd=eff["tvd"], label=label, largest=top)
 
 
@@ -446,3 +453,20 @@ def message(result: dict) -> str:
     if result["status"] == "too little data":
         return f"too little data to compare the pool with val ({result['n_pool']} pool items)"
     return f"no shift detected between the pool ({result['n_pool']} items) and val ({result['n_val']} items)"
+
+
+def p_at_floor(test: dict, floor: float) -> float:
+    """A test's minimum-effect p-value recomputed for another floor from what ``check`` recorded (the benchmark
+    that chooses the floors evaluates many floors on the same pools)."""
+    if not test["computed"]:
+        return 1.0
+    name = test["name"].split("[")[0]
+    if name == "confidence":
+        d, scale = test["effect"], np.sqrt(test["n_val"] * test["n_pool"] / (test["n_val"] + test["n_pool"]))
+        return float(stats.kstwobign.sf((d - floor) * scale)) if d > floor else 1.0
+    if name == "predicted_classes":
+        return _chi2_min_effect(test["statistic"], test["df"], test["n_val"], test["n_pool"], floor)
+    d, se = test["effect"], test["se"]
+    if se <= 0:
+        return 0.0 if d > floor else 1.0
+    return float(min(1.0, stats.norm.sf((d - floor) / se) + stats.norm.sf((d + floor) / se)))
