@@ -202,6 +202,58 @@ def test_review_widget_accept_key_writes_decisions(lab, browser, pipeline_run, t
     assert all(d["annotator"] == "browser-test" for d in decisions)
 
 
+def test_two_named_review_sessions_blind_overlap_separate_logs(lab, browser, pipeline_run, tmp_path):
+    """Two annotators, each in their own browser page and kernel (review_run(..., annotator=NAME)), on a pool with
+    a blind overlap: both get the same first item, shown without the model's prediction or probabilities and
+    with no Accept; each key press lands in that annotator's own log, and one's review leaves the other's log
+    untouched."""
+    import pandas as pd
+
+    from workbench import annotate, runs
+    from workbench.review import annotator_log
+    run = lab["home"] / "review_two"
+    shutil.copytree(pipeline_run["dir"], run)
+    pool = runs.pool_dirs(run)[0]
+    ap = json.loads((pool / "params" / "annotate.json").read_text())
+    (pool / "params" / "annotate.json").write_text(json.dumps({**ap, "overlap": 0.05}))
+    first = annotate.review_inputs(pool).overlap[0]
+    predicted = pd.read_csv(pool / "annotations.csv", dtype={"id": str}).set_index("id").loc[first, "predicted_class"]
+    logs = {}
+    for name, key in (("ana", "1"), ("ben", "2")):
+        nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": f"review-{name}", "metadata": {},
+                         "outputs": [], "source": "from workbench import widgets\n"
+                                                  f"widgets.review_run({str(pool)!r}, annotator={name!r})"}],
+              "metadata": {"kernelspec": {"name": "workbench", "display_name": "Python 3 (workbench)",
+                                          "language": "python"}},
+              "nbformat": 4, "nbformat_minor": 5}
+        (lab["home"] / f"review_{name}.ipynb").write_text(json.dumps(nb))
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        _open_and_run_all(page, lab, f"review_{name}.ipynb")
+        _assert_no_errors(page)
+        keys = page.locator(".widget-text", has_text="Keys").locator("input")
+        keys.wait_for(timeout=60_000)
+        info = page.locator(".widget-html", has_text="queue #1")
+        info.wait_for(timeout=30_000)
+        shown = info.inner_text()
+        assert first in shown and "blind" in shown and predicted not in shown
+        assert page.locator(".widget-html table").count() == 0               # no probability table
+        assert page.locator("button", has_text=re.compile(r"^Accept$")).count() == 0 or \
+            not page.locator("button", has_text=re.compile(r"^Accept$")).first.is_visible()
+        logs[name] = annotator_log(annotate.review_dir(pool), name)
+        keys.click()
+        keys.press("a")                                                      # no accept on a blind item
+        page.wait_for_timeout(1000)
+        keys.press(key)
+        decisions = _wait_decisions(logs[name], 1)
+        page.screenshot(path=str(tmp_path / f"review_{name}.png"), full_page=True)
+        assert [(d["item"], d["label"], d["action"], d["blind"], d["predicted"], d["annotator"]) for d in decisions] == \
+            [(first, int(key) - 1, "label", True, None, name)]
+        if name == "ana":
+            ana_bytes = logs["ana"].read_bytes()
+        page.close()
+    assert logs["ana"].read_bytes() == ana_bytes and logs["ana"] != logs["ben"]
+
+
 # ---------------------------------------------------------------------- review for any class count
 REVIEW_SETUP = '''
 import numpy as np, pandas as pd
