@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-features bench-robustness clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-features bench-robustness bench-annotators clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -123,6 +123,9 @@ bench-robustness: $(STAMP) ## accuracy under each card's acquisition corruptions
 
 bench-features: $(STAMP) ## kNN / linear probe on a demo run's features, OOD AUROC (other modalities, corruptions), kNN agreement → bench/results/features.*
 	$(BIN)/python -m bench.features $(BENCH_ARGS)
+
+bench-annotators: $(STAMP) ## simulated annotators on BloodMNIST: CROWDLAB consensus vs majority vote, annotator-quality ranking → bench/results/annotators.*
+	nice -n 10 $(BIN)/python -m bench.annotators $(BENCH_ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)
