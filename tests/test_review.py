@@ -383,3 +383,23 @@ def test_overlap_is_seeded_and_queues_share_out_the_rest():
     q = annotator_queue(a, ranked, taken={"i49", a[0]}, done_elsewhere={"i48"})
     assert q[:5] == a                                   # everyone's items first, whoever took them
     assert "i49" not in q and "i48" not in q and q[5:] == [i for i in ranked if i not in {"i49", "i48", *a}]
+
+
+def test_export_keeps_the_certification_samples_labels(tmp_path):
+    """annotations.csv of a pool certified on its own labels: status 'labelled' with the person's label in
+    column 'label' (issue 24); the export keeps that label (label_source certification)."""
+    images, _ = _tiny_pool()
+    ids = [f"val:{i}" for i in range(4)]
+    table = pd.DataFrame({"index": range(4), "id": ids, "predicted_label": [0, 1, 2, 0],
+                          "predicted_class": [NAMES[c] for c in (0, 1, 2, 0)], "confidence": [0.9, 0.5, 0.6, 0.99],
+                          "status": ["labelled", "needs-review", "labelled", "auto-accepted"],
+                          "label": [2.0, np.nan, 1.0, np.nan]})
+    s = ReviewSession(tmp_path / "d.jsonl", ["val:1"], dict(zip(ids, table["predicted_label"])), NAMES, "p", "m",
+                      annotator="ana")
+    s.label(0)
+    out = export(s, table, tmp_path / "export", images=images[:4])
+    df = pd.read_csv(out["csv"]).set_index("id")
+    assert df["label"].tolist() == [2, 0, 1, 0]
+    assert df["label_source"].tolist() == ["certification", "corrected", "certification", "auto-accepted"]
+    with np.load(out["npz"], allow_pickle=False) as z:
+        assert z["labels"].tolist() == [2, 0, 1, 0]

@@ -640,7 +640,19 @@ def annotator_queue(first: list[str], ranked: list[str], taken: set, done_elsewh
 
 
 # ---------------------------------------------------------------------- export
-LABELLED_SOURCES = ("auto-accepted", "accepted", "corrected", "blind", "consensus")
+LABELLED_SOURCES = ("auto-accepted", "accepted", "corrected", "blind", "consensus", "certification")
+CERTIFIED = "labelled"   # annotations.csv status of an item a person labelled for certification (column ``label``)
+
+
+def _table_label(row):
+    """The human label annotations.csv gives a ``labelled`` item (the certification sample: column ``label``,
+    a class index, multi-label indices joined by ``;``), or None."""
+    if row.get("status") != CERTIFIED:
+        return None
+    text = row.get("label")
+    if text is None or (isinstance(text, float) and text != text) or str(text).strip() == "":
+        return None
+    return str(text).strip()
 
 
 def label_source_of(d: Decision) -> str:
@@ -690,6 +702,11 @@ def _labelled_table_multilabel(session: ReviewSession, table, id_column: str, in
             source.append("skipped")
             who.append(d.annotator)
             when.append(d.time)
+        elif _table_label(row) is not None:
+            sets.append(tuple(sorted(int(float(j)) for j in _table_label(row).split(LABEL_SEPARATOR) if j)))
+            source.append("certification")
+            who.append("")
+            when.append("")
         elif include_auto and row.get("status") == "auto-accepted":
             sets.append(_auto_set(session, row, item))
             source.append("auto-accepted")
@@ -750,7 +767,8 @@ def _with_pool_labels(session: ReviewSession, out, pool, id_column: str):
 def labelled_table(session: ReviewSession, table, id_column: str = "id", include_auto: bool = True, pool=None):
     """``table`` (annotations.csv rows) with the final labels: columns label, label_class, label_source,
     annotator, decided_at added. label_source: auto-accepted | accepted | corrected | blind (labelled without
-    the model's label) | skipped | unreviewed.
+    the model's label) | certification (status ``labelled``: the certification sample's label in the table's
+    ``label`` column) | skipped | unreviewed.
 
     Multi-label: instead of label/label_class, ``labels`` (the label names present, joined by ``;``;
     empty when none is present or the item has no label set) and one 0/1 column ``label:<name>`` per
@@ -777,6 +795,11 @@ def labelled_table(session: ReviewSession, table, id_column: str = "id", include
             source.append("skipped")
             who.append(d.annotator)
             when.append(d.time)
+        elif _table_label(row) is not None:
+            label.append(int(float(_table_label(row))))
+            source.append("certification")
+            who.append("")
+            when.append("")
         elif include_auto and row.get("status") == "auto-accepted":
             label.append(int(row["predicted_label"]))
             source.append("auto-accepted")
