@@ -286,9 +286,11 @@ class ReviewSession:
     def _open(self) -> None:
         p = self.log_path
         if not p.exists():
+            new_dirs = [d for d in (p.parent.parent, p.parent) if not d.exists()]
             p.parent.mkdir(parents=True, exist_ok=True)
             self._write([self._header()], expect_size=None)
-            _fsync_dir(p.parent)
+            for d in [p.parent, *[x.parent for x in new_dirs]]:   # the new file's entry, and new folders' entries
+                _fsync_dir(d)
             return
         contents = read_log(p)
         if contents.header is None and not contents.records:

@@ -611,8 +611,8 @@ def review_run(run_dir, annotator: str = "", log: str = "", headless: bool | Non
         if annotator:
             factory(annotator)
     note = None
-    if overlay == "auto" and queue == "certification":
-        overlay = None   # every item of the certification queue is blind: no explanation of the model
+    if overlay == "auto" and queue != "review":
+        overlay = None   # every item of the certification and adjudication queues is blind: no explanation
     if overlay == "auto":
         try:
             overlay = gradcam_overlay(inputs.trained.model)
