@@ -403,3 +403,20 @@ def test_export_keeps_the_certification_samples_labels(tmp_path):
     assert df["label_source"].tolist() == ["certification", "corrected", "certification", "auto-accepted"]
     with np.load(out["npz"], allow_pickle=False) as z:
         assert z["labels"].tolist() == [2, 0, 1, 0]
+
+
+def test_a_cut_last_line_in_one_annotators_log(tmp_path):
+    """A crash mid-write in ana's log: the pool's decisions still read (the cut line skipped), ana's next
+    session reports and acknowledges it, ben's log is never touched."""
+    from workbench.review import pool_decisions
+    a = _annotator(tmp_path, "ana", ["x0", "x1", "x2"], [1, 2])
+    b = _annotator(tmp_path, "ben", ["x0", "x1", "x2"], [0])
+    ben_bytes = b.log_path.read_bytes()
+    with open(a.log_path, "ab") as f:
+        f.write(b'{"type":"decision","seq":3,"item":"x2","act')
+    got = {n: {i: d.label for i, d in decs.items()} for n, decs in pool_decisions(tmp_path / "review").items()}
+    assert got == {"ana": {"x0": 1, "x1": 2}, "ben": {"x0": 0}}
+    with pytest.warns(ReviewLogWarning, match="cut short"):
+        again = _annotator(tmp_path, "ana", ["x0", "x1", "x2"], [0])
+    assert again.decisions["x2"].label == 0 and b.log_path.read_bytes() == ben_bytes
+    assert json.loads(a.log_path.read_text().splitlines()[-2])["type"] == "recovered"
