@@ -179,3 +179,13 @@ def test_pool_agreement_multilabel(tmp_path):
     assert doc["per_label"]["mass"]["pairwise"][0]["percent_agreement"] == pytest.approx(0.75)
     cons = pd.read_csv(pool / "consensus.csv", dtype={"id": str, "consensus_label": str}, keep_default_na=False)
     assert cons.set_index("id").loc["test:0", "consensus_label"] == "0"
+
+
+def test_report_section_without_and_with_reviews(tmp_path):
+    pool, ids, probs = _pool(tmp_path)
+    assert "no review of `pool` yet" in A.report(pool)
+    _label(pool, "ana", ids[:6], [0, 1, 2, 0, 1, 2])
+    _label(pool, "ben", ids[:6], [0, 1, 2, 0, 1, 1])
+    text = A.report(pool, resamples=20)
+    assert "Cohen's kappa ana / ben" in text and "data:image/png;base64," in text
+    assert not (pool / "agreement.json").exists()                    # a report writes nothing in the pool

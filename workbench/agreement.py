@@ -495,13 +495,13 @@ def pool_annotations(pool_dir, extra_logs=()) -> tuple[Annotations, dict]:
     logs = [*review_logs(pool_dir / "review"), *[Path(p) for p in extra_logs]]
     headers = [read_log(p).header or {} for p in logs]
     class_names = next((h["class_names"] for h in headers if h.get("class_names")), None)
-    if class_names is None:
+    if class_names is None and logs:
         from .runload import load
         class_names = list(load(pool_dir.parent.parent).class_names)
     task = summary.get("task") or next((h.get("task") for h in headers if h.get("task")), "multi-class")
     decisions = pool_decisions(pool_dir / "review", extra_logs, pool_id=summary.get("pool_id"),
                                model_hash=summary.get("model_hash"))
-    ann = collect(decisions, class_names, task)
+    ann = collect(decisions, class_names or [], task)
     return ann, {"summary": summary, "probs": probs, "ids": ids, "logs": [str(p) for p in logs], "pool_dir": pool_dir}
 
 
@@ -745,10 +745,16 @@ def report(pool_dir, resamples: int = 1000, seed: int = 0):
                         "annotators have labelled it (each under their own name; a blind overlap, parameter "
                         f"`overlap`, or the certification sample gives items read by all), `workbench agreement "
                         f"{pool_dir}` prints and writes it (`agreement.json`, `consensus.csv`).")
-    res = analyse(pool_dir, resamples=resamples, seed=seed)
+    res = analyse(pool_dir, resamples=resamples, seed=seed, write=False)   # a report writes nothing in the pool
     img = ""
-    if res.get("figure"):
-        data = base64.b64encode((pool_dir / res["figure"]).read_bytes()).decode()
-        img = f"\n\n![confusion between annotators](data:image/png;base64,{data})"
-    return Markdown(f"**Agreement between annotators** (`{pool_dir.name}`; written to `agreement.json`, "
-                    f"`consensus.csv`, `adjudication_queue.csv`)\n\n```\n{text_table(res)}\n```{img}")
+    fig = confusion_figure(res, ann)
+    if fig is not None:
+        import io
+
+        import matplotlib.pyplot as plt
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        img = f"\n\n![confusion between annotators](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return Markdown(f"**Agreement between annotators** (`{pool_dir}`; `workbench agreement` writes the same to "
+                    f"`agreement.json`, `consensus.csv`, `adjudication_queue.csv`)\n\n```\n{text_table(res)}\n```{img}")

@@ -1026,7 +1026,7 @@ def export_review(inputs: ReviewInputs, out_dir: str | Path | None = None, inclu
     except WorkbenchError:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    return out
+    return {**out, "annotators": source["annotators"]}
 
 
 NOTEBOOK = _cells.Stage(

@@ -520,7 +520,10 @@ class ReviewWidget:
         except WorkbenchError as e:
             self._say(str(e), "darkred")
             return None
-        self._say(f"exported {out['n_labelled']} labels to {Path(out['csv']).parent}", "green")
+        others = len(out.get("annotators") or [])
+        note = (f" (the consensus of {others} annotators: in a blind study, open it once the reading is done)"
+                if others > 1 else "")
+        self._say(f"exported {out['n_labelled']} labels to {Path(out['csv']).parent}{note}", "green")
         self.export_dir = None  # the next export goes to a new directory
         return out
 
