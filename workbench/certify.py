@@ -148,7 +148,10 @@ def read_labels(source, ids: list[str], class_names: list[str], task: str) -> di
             raise WorkbenchError(f"{where}: not a readable CSV ({type(e).__name__}); give columns id,label") from None
     df.columns = [str(c).strip() for c in df.columns]
     if "label_source" in df.columns:        # a review export: people's decisions only
-        df = df[df["label_source"].isin(["accepted", "corrected", "certification"])]
+        # "blind": labelled without the model's label (the certification queue, the overlap). Not "consensus":
+        # CROWDLAB's consensus of several readers weighs the model in; their model-free majority comes from the
+        # pool directory itself (review.certification_labels)
+        df = df[df["label_source"].isin(["accepted", "corrected", "blind", "certification"])]
         if _tasks.is_multilabel(task) and "labels" in df.columns:
             df = df.assign(label=df["labels"])
         elif "label_class" in df.columns and "label" not in df.columns:
