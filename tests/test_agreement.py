@@ -189,3 +189,15 @@ def test_report_section_without_and_with_reviews(tmp_path):
     text = A.report(pool, resamples=20)
     assert "Cohen's kappa ana / ben" in text and "data:image/png;base64," in text
     assert not (pool / "agreement.json").exists()                    # a report writes nothing in the pool
+
+
+def test_pool_with_one_annotator_says_agreement_needs_two(tmp_path):
+    pool, ids, probs = _pool(tmp_path)
+    _label(pool, "ana", ids[:5], [0, 1, 2, 0, 1])
+    res = A.analyse(pool, resamples=50)
+    assert "needs items labelled by two or more annotators" in res["note"]
+    assert res["fleiss_kappa"]["value"] is None and res["pairwise"] == []
+    assert "single reading" in res["consensus"]["method"] and res["annotator_quality"]["ana"]["quality"] is None
+    cons = pd.read_csv(pool / "consensus.csv", dtype={"id": str})
+    assert cons["consensus_label"].tolist() == [0, 1, 2, 0, 1] and not (pool / "agreement_confusion.png").exists()
+    assert "note:" in A.text_table(res)
