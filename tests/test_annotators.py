@@ -126,3 +126,23 @@ def test_blind_overlap_first_for_everyone_then_the_queue_is_shared(pool):
     assert ben.session.queue[:k] == first               # the same blind items, in the same order
     assert not set(taken) & set(ben.session.queue)      # what ana labelled of the rest is not read twice
     assert not ben.session.decisions                    # and ben sees nothing of ana's labels
+
+
+def test_a_pool_reviewed_before_per_annotator_logs_keeps_opening(pool):
+    """review/decisions.jsonl (one log per pool, earlier versions): opened without a name as before, resumed by
+    the annotator who wrote it, read for everyone else's queue and for agreement."""
+    from workbench import annotate
+    from workbench.agreement import pool_annotations
+    old = annotate.open_review(pool)                                    # no name: the pool's single log, as before
+    assert old.session.log_path == pool / "review" / "decisions.jsonl" and not old.session.owner
+    old.session.annotator = "olga"
+    old.session.accept()
+    old.session.label(2)
+    done = list(old.session.decisions)
+    again = annotate.open_review(pool, annotator="olga")                # olga resumes her log
+    assert again.session.log_path == old.session.log_path and list(again.session.decisions) == done
+    assert again.session.position == 2
+    new = annotate.open_review(pool, annotator="nina")                  # nina: her own log, olga's items left out
+    assert new.session.log_path.name == "nina.jsonl" and set(done).isdisjoint(new.session.queue)
+    ann, _ = pool_annotations(pool)
+    assert ann.annotators == ["olga"] and sorted(ann.items) == sorted(done)
