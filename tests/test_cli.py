@@ -79,3 +79,24 @@ def test_params_command_shows_help():
     proc = run_cli("params", "annotate")
     assert proc.returncode == 0
     assert "target_precision (float, default 0.99)" in proc.stdout
+
+
+def test_summary_lines_survive_null_metrics_and_an_empty_accept(tmp_path):
+    """A single-class test split has no AUC (null in metrics.json): the summary says n/a instead of a traceback
+    after a successful stage; a pool where nothing was auto-accepted says so instead of 'precision nan'."""
+    import json
+
+    from workbench import cli
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"dataset": "x", "test": {"acc": 0.9, "auc": None, "n": 10}}))
+    pool = run / "annotate" / "test"
+    (pool / "params").mkdir(parents=True)
+    (pool / "params" / "annotate.json").write_text("{}")
+    (pool / "annotation_summary.json").write_text(json.dumps({
+        "n_auto_accepted": 0, "pool_size": 20, "threshold": {"threshold": None, "target_precision": 0.99},
+        "achieved": {"precision": None, "coverage": 0.0, "n_accepted": 0},
+        "certification": {"certified_by": "none", "message": "Label these 12 images"}}))
+    text = cli._summary(run)
+    assert "test ACC 0.9000  test AUC n/a" in text and "nothing auto-accepted" in text and "nan" not in text
+    assert "CERTIFY: Label these 12 images" in text

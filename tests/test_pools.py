@@ -132,6 +132,15 @@ def test_labels_csv_by_name_or_index_partial(png_folder, tmp_path):
     (root / "truth.csv").write_text("file,label\nmissing.png,1\n")
     with pytest.raises(WorkbenchError, match="not in the pool folder"):
         _open(str(root), labels_csv=str(root / "truth.csv"), class_names=names).scan(SPEC28)
+    # one file under two spellings with two labels: an error naming both, never "the last one wins"
+    (root / "truth.csv").write_text(f"file,label\n{labelled[0]},1\n./{labelled[0]},2\n")
+    with pytest.raises(WorkbenchError, match="more than once") as e:
+        _open(str(root), labels_csv=str(root / "truth.csv"), class_names=names).scan(SPEC28)
+    assert f"./{labelled[0]}" in str(e.value) and "\n" not in str(e.value)
+    # and the same rule in an image-folder dataset's labels CSV (one reader: imagefolder.labels_table)
+    from workbench.imagefolder import labels_table
+    with pytest.raises(WorkbenchError, match="more than once"):
+        labels_table(root / "truth.csv", [labelled[0]])
 
 
 def test_resize_policy_conforms_or_refuses(tmp_path):

@@ -79,3 +79,33 @@ def test_only_the_set_up_variables_decide_whether_the_kernel_serves_the_next_sta
     assert k._differs(({"PATH": "/bin", "LD_LIBRARY_PATH": "/a"}, "/w", "workbench-headless"))  # removed
     assert k._differs((base, "/elsewhere", "workbench-headless"))
     assert k._differs((base, "/w", "workbench"))
+
+
+def test_run_stage_passes_its_environment_to_the_kernel_and_leaves_this_process_alone(tmp_path, monkeypatch):
+    """The kernel gets the headless flag, the JAX backend and the fast path's allocator/XLA settings; this
+    process's environment is as it was (a reused Dask worker or a JupyterLab kernel must not inherit them)."""
+    import papermill
+
+    from workbench import execute, runtime
+    for k in ("WORKBENCH_HEADLESS", "XLA_FLAGS", *runtime.ALLOCATOR_ENV):
+        monkeypatch.delenv(k, raising=False)
+    before = dict(os.environ)
+    seen = {}
+
+    def for_stage(self, stage, kernel_name, env=None):
+        seen["env"] = env
+        return "km"
+
+    def execute_notebook(src, out, **kw):
+        seen["km"] = kw["km"]
+
+    monkeypatch.setattr(execute.StageKernel, "for_stage", for_stage)
+    monkeypatch.setattr(execute.StageKernel, "close", lambda self: seen.setdefault("closed", True))
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    monkeypatch.setattr(execute, "export_html", lambda nb: nb.with_suffix(".html"))
+    (tmp_path / "run").mkdir()
+    execute.run_stage("train", tmp_path / "run", {"epochs": 1}, progress=False)
+    assert dict(os.environ) == before
+    env = seen["env"]
+    assert env["WORKBENCH_HEADLESS"] == "1" and env["KERAS_BACKEND"] == "jax" and "ynn" in env["XLA_FLAGS"]
+    assert all(k in env for k in runtime.ALLOCATOR_ENV) and seen["km"] == "km" and seen["closed"]

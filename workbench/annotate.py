@@ -8,12 +8,17 @@
    ``duplicates.csv``; DICOM headers are de-identified before anything is read from them. An optional
    labels CSV (``labels_csv``) is used only to report precision and coverage, never shown to the model.
 2. **Auto-accept**: confidence thresholds (global or per predicted class; per label for multi-label
-   tasks) chosen on val for a target precision, with a Learn-then-Test guarantee by default, on
-   calibrated probabilities when the run has a temperature.
-3. **Shift check** (workbench.shift): the promise holds only for pools like val. The pool is compared
-   with val without its labels; where they differ enough to void the guarantee the report says so at the
-   top, ``annotation_summary.json`` records it under ``shift`` and nothing is auto-accepted
-   (``on_shift accept`` overrides).
+   tasks) chosen for a target precision with a Learn-then-Test guarantee by default, on calibrated
+   probabilities when the run has a temperature. An item whose out-of-distribution score lies beyond val's
+   99th percentile is never auto-accepted (``ood_gate``); the ``reason`` column says why each item is where it is.
+3. **Who vouches** (workbench.shift, workbench.certify): val's thresholds hold only for pools like val. The
+   pool is compared with val without its labels (minimum-effect tests: confidences, predicted classes,
+   accepted share, out-of-distribution share). When it differs (``certify auto``) or always (``certify
+   pool``), a seeded random sample of the pool is written to ``certification_queue.csv``, labelled blind in the
+   review widget (or given as a CSV), and ``certify_labels`` chooses the thresholds on it by the same
+   Learn-then-Test procedure: the rest of the pool is then certified, and the labelled items keep their
+   people's labels. ``annotation_summary.json`` records ``certification`` (certified_by val, pool or none; the
+   labels spent; the precision interval; the coverage). ``on_shift accept`` uses val's thresholds anyway.
 4. **Ranking**: the needs-review items ordered by an uncertainty strategy (workbench.active) into
    ``review_queue.csv``.
 5. **Label audit**: confident learning over the train split (workbench.audit) → ``label_issues.csv``.
@@ -25,7 +30,8 @@ Each annotated pool gets its own write-once directory inside the trained run,
 ``RUN/annotate/<pool>/`` (a second pool, or the same pool again, never overwrites an earlier one):
 ``30_annotate.ipynb/.html``, ``params/annotate.json``, ``provenance.json``, ``annotations.csv``,
 ``annotation_summary.json``, ``pool_predictions.npz``, ``rejected.csv``, ``duplicates.csv``,
-``review_queue.csv``, ``label_issues.csv``, ``review/decisions.jsonl`` (append-only), ``review/export-*/``.
+``review_queue.csv``, ``certification_queue.csv`` (when the pool certifies itself), ``label_issues.csv``,
+``review/`` (the annotators' append-only logs, ``export-*/``).
 """
 
 from __future__ import annotations

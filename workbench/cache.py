@@ -82,11 +82,9 @@ def fingerprint(path: Path) -> str:
     if not path.is_dir():
         raise WorkbenchError(f"{path} does not exist: cannot fingerprint it for the stage cache")
     h = hashlib.md5()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        h.update(f"{rel.as_posix()}\t{_file_md5(f)}\n".encode())
+    from . import walk
+    for f in walk.files(path):
+        h.update(f"{f.relative_to(path).as_posix()}\t{_file_md5(f)}\n".encode())
     card = path.parent / f"{path.name}.md"
     if card.is_file():
         h.update(f"card\t{_file_md5(card)}\n".encode())
@@ -191,13 +189,13 @@ def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
     """{relative path: (size, mtime_ns)} of every file in the run directory except the markers."""
     run_dir = Path(run_dir)
     out = {}
-    for f in run_dir.rglob("*"):
-        if f.is_file():
-            rel = f.relative_to(run_dir)
-            if rel.parts[0] == MARKER_DIR or (len(rel.parts) == 1 and rel.name in UNTRACKED):
-                continue
-            st = f.stat()
-            out[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
+    from . import walk
+    for f in walk.files(run_dir, hidden=True):
+        rel = f.relative_to(run_dir)
+        if rel.parts[0] == MARKER_DIR or (len(rel.parts) == 1 and rel.name in UNTRACKED):
+            continue
+        st = f.stat()
+        out[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
     return out
 
 

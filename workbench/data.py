@@ -317,7 +317,8 @@ def path_kind(path: Path) -> str:
         npzs = sorted(path.glob("*.npz"))
         if len(npzs) == 1 and npzs[0].with_suffix(".md").is_file():
             return "ingested"
-        for i, f in enumerate(p for p in path.rglob("*") if p.is_file()):
+        from . import walk
+        for i, f in enumerate(walk.iter_files(path)):
             if is_dicom(f):
                 return "dicom"
             if i >= 200:

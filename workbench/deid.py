@@ -153,10 +153,11 @@ def _blobs(path: Path):
 def audit(paths, registry: PHIRegistry) -> list[tuple[str, str]]:
     """Every (file, attribute) where an original identifying value appears in one of ``paths``
     (files, or folders searched recursively)."""
+    from . import walk
     files: list[Path] = []
     for p in paths:
         p = Path(p)
-        files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+        files.extend(walk.files(p, hidden=True) if p.is_dir() else [p])   # everything, hidden files too
     hits = []
     for f in files:
         for name, blob, is_array in _blobs(f):

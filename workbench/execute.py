@@ -168,10 +168,11 @@ class StageKernel:
             return {k: v for k, v in env.items() if k.startswith(SETUP_ENV_PREFIXES)}
         return wanted[1:] != self.started_with[1:] or setup(wanted[0]) != setup(self.started_with[0])
 
-    def for_stage(self, stage: str, kernel_name: str):
-        """The kernel manager to run ``stage`` on, its namespace reset (started now if needed)."""
+    def for_stage(self, stage: str, kernel_name: str, env: dict | None = None):
+        """The kernel manager to run ``stage`` on, its namespace reset (started now if needed, with ``env``:
+        default this process's environment)."""
         from jupyter_core.utils import run_sync
-        wanted = (dict(os.environ), os.getcwd(), kernel_name)
+        wanted = (dict(os.environ if env is None else env), os.getcwd(), kernel_name)
         if self.km is not None and (self._differs(wanted) or not run_sync(self.km.is_alive)()):
             self.close()
         if self.km is None:
@@ -273,30 +274,34 @@ def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress
     out = out_dir / f"{STAGES[stage]}.ipynb"
     if out.exists() or (out_dir / "params" / f"{stage}.json").exists():
         raise WorkbenchError(f"stage {stage} already ran in {out_dir}: run directories are write-once; start a new run")
-    os.environ["WORKBENCH_HEADLESS"] = "1"
-    os.environ["KERAS_BACKEND"] = "jax"
-    # the fast CPU path's process settings must be there when the kernel starts; the later stages run the model
-    # on the backend settings it was trained with, whether in the pipeline's kernel or in one of their own
+    # The kernel's environment: headless, JAX, and the fast CPU path's process settings (they must be there when
+    # the kernel starts; the later stages run the model on the backend settings it was trained with). Passed to
+    # the kernel only: this process's own environment is left as it was (a Dask worker or a JupyterLab kernel that
+    # runs a stage must not keep them).
     from .runtime import kernel_env
+    env = {**os.environ, "WORKBENCH_HEADLESS": "1", "KERAS_BACKEND": "jax"}
     if stage == "train":
-        os.environ.update(kernel_env(values.get("conv_impl", "fast")))
+        env.update(kernel_env(values.get("conv_impl", "fast")))
     elif stage in ("evaluate", "annotate"):
-        os.environ.update(kernel_env(_trained_conv_impl(run_dir)))
+        env.update(kernel_env(_trained_conv_impl(run_dir)))
     kernel_name = ensure_kernel(headless=True)
-    shared = {"km": kernel.for_stage(stage, kernel_name)} if kernel is not None else {}
+    own = kernel is None       # a kernel of its own: started here with that environment, shut down at the end
+    kernel = kernel if kernel is not None else StageKernel()
     try:
+        km = kernel.for_stage(stage, kernel_name, env=env)
         papermill.execute_notebook(
             str(notebook_path(stage)), str(out), parameters={**values, "run_dir": str(run_dir)},
             kernel_name=kernel_name, progress_bar=progress, cwd=os.getcwd(),
             # the notebook's own printed lines (e.g. one line per training epoch) reach the terminal too
-            stdout_file=sys.stdout if progress else None, **shared,
+            stdout_file=sys.stdout if progress else None, km=km,
         )
     except PapermillExecutionError as e:
         export_html(out)
         raise WorkbenchError(f"stage {stage} failed: {_error_line(out, e)}") from None
     finally:
-        if kernel is not None:
-            kernel.after_stage()
+        kernel.after_stage()
+        if own:
+            kernel.close()
     html = export_html(out)
     if stage == "annotate":  # DICOM pools: the executed notebook and its report are searched too
         from .annotate import phi_check

@@ -82,8 +82,8 @@ class FolderData:
 
 
 def _list_images(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    from . import walk
+    return walk.relative(root, suffixes=IMAGE_SUFFIXES)
 
 
 def _few(items, n: int = 5) -> str:
@@ -91,9 +91,54 @@ def _few(items, n: int = 5) -> str:
     return ", ".join(map(str, items[:n])) + (f" … ({len(items)} in all)" if len(items) > n else "")
 
 
+def normalise_file(name: str) -> str:
+    """A file column entry as a path relative to the folder, POSIX form: backslashes to slashes, leading
+    "./" and doubled slashes removed, so that ``a.png``, ``./a.png`` and ``.\\a.png`` name one file."""
+    import posixpath
+    f = str(name).strip().replace("\\", "/")
+    while f.startswith("./"):
+        f = f[2:]
+    return posixpath.normpath(f) if f else f
+
+
+def labels_table(csv: Path, on_disk, file_column: str = "file", label_column: str = "label", where: str = "",
+                 root=None):
+    """The one reader of a labels CSV (image-folder datasets, folder pools' ``labels_csv``): columns checked,
+    file names normalised (``normalise_file``), labels stripped; an empty label, a file listed twice (also
+    under two spellings of one path, e.g. ``a.png`` and ``./a.png``) or a file not in ``on_disk`` is a one-line
+    error naming the CSV. Returns the table with the normalised file column."""
+    import pandas as pd
+    where = where or f"labels CSV {csv}"
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except Exception as e:  # noqa: BLE001 - pandas raises many types for a bad CSV
+        raise WorkbenchError(f"{where} cannot be read ({type(e).__name__}: {e})") from None
+    for col in (file_column, label_column):
+        if col not in table.columns:
+            raise WorkbenchError(f"{where} has no column {col!r} (columns: {', '.join(table.columns)}); "
+                                 "set file_column / label_column")
+    given = table[file_column].astype(str)
+    table[file_column] = [normalise_file(f) for f in given]
+    table[label_column] = table[label_column].str.strip()
+    rows = lambda mask: [int(i) + 2 for i in np.flatnonzero(mask)]  # noqa: E731  (CSV line numbers)
+    empty = rows(table[label_column] == "")
+    if empty:
+        raise WorkbenchError(f"{where}: empty label on line(s) {_few(empty)}")
+    dup = table[file_column].duplicated(keep=False)
+    if dup.any():
+        spellings = sorted(set(given[dup].str.strip()))
+        raise WorkbenchError(f"{where} lists file(s) more than once (lines {_few(rows(dup))}: {_few(spellings)}); "
+                             "keep one row per file")
+    present = set(on_disk)
+    missing = [f for f in table[file_column] if f not in present]
+    if missing:
+        raise WorkbenchError(f"{where} names {len(missing)} file(s) not in {root or 'the folder'} "
+                             f"(or not readable images): {_few(missing)}")
+    return table
+
+
 def read_labels(root: Path, opts: FolderOptions, on_disk: list[str]) -> tuple[dict[str, str], dict[str, str] | None, str]:
     """file → label, file → split (or None), and where the labels came from."""
-    import pandas as pd
     csv = Path(opts.csv)
     csv = csv if csv.is_absolute() else root / csv
     if not csv.is_file():
@@ -106,31 +151,7 @@ def read_labels(root: Path, opts: FolderOptions, on_disk: list[str]) -> tuple[di
                 "add a labels CSV with file and label columns, or put each image in a folder named by its class"
             )
         return {f: f.split("/", 1)[0] for f in on_disk}, None, "class sub-folder names"
-    try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except Exception as e:  # noqa: BLE001 - pandas raises many types for a bad CSV
-        raise WorkbenchError(f"labels CSV {csv} cannot be read ({type(e).__name__}: {e})") from None
-    for col in (opts.file_column, opts.label_column):
-        if col not in table.columns:
-            raise WorkbenchError(
-                f"labels CSV {csv} has no column {col!r} (columns: {', '.join(table.columns)}); "
-                "set file_column / label_column"
-            )
-    table[opts.file_column] = table[opts.file_column].str.strip().str.replace("\\", "/", regex=False)
-    table[opts.label_column] = table[opts.label_column].str.strip()
-    rows = lambda mask: [int(i) + 2 for i in np.flatnonzero(mask)]  # noqa: E731  (CSV line numbers)
-    empty = rows(table[opts.label_column] == "")
-    if empty:
-        raise WorkbenchError(f"labels CSV {csv}: empty label on line(s) {_few(empty)}")
-    dup = table[opts.file_column].duplicated(keep=False)
-    if dup.any():
-        raise WorkbenchError(f"labels CSV {csv} lists file(s) more than once: "
-                             f"{_few(sorted(set(table[opts.file_column][dup])))}")
-    present = set(on_disk)
-    missing = [f for f in table[opts.file_column] if f not in present]
-    if missing:
-        raise WorkbenchError(f"labels CSV {csv} names {len(missing)} file(s) not in {root} "
-                             f"(or not readable images): {_few(missing)}")
+    table = labels_table(csv, on_disk, opts.file_column, opts.label_column, f"labels CSV {csv}", root)
     labels = dict(zip(table[opts.file_column], table[opts.label_column]))
     splits = None
     if opts.split_column in table.columns:

@@ -109,7 +109,8 @@ def ingest(dicom_dir: Path, out: Path, opts: IngestOptions = IngestOptions(), lo
                              "choose a new --out")
     if out.resolve() == dicom_dir.resolve() or dicom_dir.resolve() in out.resolve().parents:
         raise WorkbenchError(f"output folder {out} must be outside the DICOM folder {dicom_dir}")
-    all_files = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    from . import walk
+    all_files = [p for p in walk.files(dicom_dir) if p.name != "DICOMDIR"]
     candidates = [p for p in all_files if _dicom.is_dicom(p)]
     if not candidates:
         raise WorkbenchError(f"DICOM folder {dicom_dir} holds no DICOM files (Part 10 'DICM' header or *.dcm)")

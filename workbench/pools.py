@@ -37,7 +37,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import re
 import warnings
 import zipfile
@@ -588,25 +587,9 @@ class _FolderPool(Pool):
 
     # listing -------------------------------------------------------------------
     def _list(self) -> list[str]:
-        out, seen = [], {os.path.realpath(self.root)}
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            base = Path(dirpath)
-            keep = []
-            for d in sorted(dirnames):
-                real = os.path.realpath(base / d)
-                if not d.startswith(".") and real not in seen:   # linked folders once (no cycles)
-                    seen.add(real)
-                    keep.append(d)
-            dirnames[:] = keep
-            for fn in sorted(filenames):
-                if fn.startswith("."):
-                    continue
-                p = base / fn
-                if self._csv is not None and p.resolve() == self._csv:
-                    continue
-                if p.is_file():
-                    out.append(p.relative_to(self.root).as_posix())
-        return sorted(out)
+        from . import walk
+        return [p.relative_to(self.root).as_posix() for p in walk.files(self.root)
+                if self._csv is None or p.resolve() != self._csv]
 
     def _units(self) -> int:
         return len(self._files or ())
@@ -826,33 +809,17 @@ class _FolderPool(Pool):
         return [(m, fr) for m, fr in zip(self._md5, self._item_frame)]
 
     def _read_csv(self) -> dict[str, int]:
-        """file → class index from the labels CSV (columns file, label)."""
-        import pandas as pd
+        """file → class index from the labels CSV (columns file, label; workbench.imagefolder.labels_table)."""
+        from .imagefolder import labels_table
         where = f"labels CSV {self._csv.name}"
-        try:
-            table = pd.read_csv(self._csv, dtype=str, keep_default_na=False)
-        except Exception as e:  # noqa: BLE001 - pandas raises many types for a bad CSV
-            raise WorkbenchError(f"{where} cannot be read ({type(e).__name__})") from None
-        for col in ("file", "label"):
-            if col not in table.columns:
-                raise WorkbenchError(f"{where} has no column {col!r} (columns: {', '.join(table.columns)}); "
-                                     "it needs file and label")
-        files = table["file"].str.strip().str.replace("\\", "/", regex=False).str.replace(r"^(\./)+", "", regex=True)
-        values = table["label"].str.strip()
+        table = labels_table(self._csv, self._files, "file", "label", where, "the pool folder")
         names = self._class_names
         lookup = {str(i): i for i in range(len(names))} if names is not None else None
         if names is not None:
             lookup.update({n: i for i, n in enumerate(names)})
-        present = set(self._files)
-        out, missing, unknown = {}, 0, []
-        for f, v in zip(files, values):
-            if f not in present:
-                missing += 1
-                continue
-            if lookup is not None:
-                idx = lookup.get(v)
-            else:
-                idx = int(v) if v.isdigit() else None
+        out, unknown = {}, []
+        for f, v in zip(table["file"], table["label"]):
+            idx = lookup.get(v) if lookup is not None else (int(v) if v.isdigit() else None)
             if idx is None:
                 unknown.append(v)
                 continue
@@ -861,11 +828,6 @@ class _FolderPool(Pool):
             hint = (f"the run's classes are {', '.join(names[:20])}" if names is not None
                     else "without the run's class names only class indices are accepted")
             raise WorkbenchError(f"{where}: unknown label value(s) {', '.join(sorted(set(unknown))[:5])}; {hint}")
-        if missing:
-            raise WorkbenchError(f"{where} names {missing} file(s) that are not in the pool folder "
-                                 "(paths relative to the folder)")
-        if table["file"].duplicated().any():
-            raise WorkbenchError(f"{where} lists a file more than once")
         return out
 
     # later passes ----------------------------------------------------------------
@@ -927,7 +889,8 @@ def phi_registry(spec: str):
     if not str(spec).strip() or not root.is_dir():
         return None
     registry = _deid.PHIRegistry()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    from . import walk
+    for path in walk.files(root):       # the folder pool's own listing: linked folders included
         if not _dicom.is_dicom(path):
             continue
         try:
