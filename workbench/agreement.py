@@ -253,6 +253,11 @@ def _r(x) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
 
 
+def _mean_or_none(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return _r(float(np.mean(vals))) if vals else None
+
+
 def agreement_stats(m: np.ndarray, names: list[str], k: int, ordinal: bool = False, resamples: int = 1000,
                     seed: int = 0, class_names: list[str] | None = None) -> dict:
     """Agreement of an (items, annotators) label matrix (NaN: not labelled): Fleiss' kappa, Krippendorff's
@@ -398,10 +403,9 @@ def model_versus(ann: Annotations, model: np.ndarray, cons: np.ndarray, vote: np
         out = {"note": "multi-label: each label as a yes/no decision; kappa and agreement are means over labels "
                        "(no intervals)",
                "per_label": {ann.class_names[j]: p for j, p in enumerate(per)}}
+
         def mean(a, part, key):
-            vals = [p["annotators"][a][part][key] for p in per]
-            vals = [v for v in vals if v is not None]
-            return _r(float(np.mean(vals))) if vals else None
+            return _mean_or_none([p["annotators"][a][part][key] for p in per])
 
         out["annotators"] = {a: {part: {key: mean(a, part, key) for key in ("percent_agreement", "cohen_kappa")}
                                  for part in ("all", "blind")} for a in ann.annotators}
@@ -454,8 +458,8 @@ def multilabel_agreement(labels: np.ndarray, names: list[str], label_names: list
         entry = mean_of(lambda st, p=p: st["pairwise"][p]["cohen_kappa"], seed + 3 + 17 * a + b)
         out["pairwise"].append({"annotators": pair["annotators"], "n_items": pair["n_items"],
                                 "cohen_kappa": entry["value"], "cohen_kappa_ci95": entry["ci95"],
-                                "percent_agreement": _r(np.mean([st["pairwise"][p]["percent_agreement"]
-                                                                 for st in per.values()]))})
+                                "percent_agreement": _mean_or_none([st["pairwise"][p]["percent_agreement"]
+                                                                    for st in per.values()])})
     out["n_items_multiply_labelled"] = first["n_items_multiply_labelled"]
     out["note"] = "multi-label: every statistic per label (a yes/no decision), the top-level values their mean"
     out["per_label"] = {name: {k: v for k, v in st.items() if k != "between_confusion"} for name, st in per.items()}
