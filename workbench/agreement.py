@@ -446,7 +446,9 @@ def multilabel_agreement(labels: np.ndarray, names: list[str], label_names: list
         ok = [j for j, v in enumerate(vals) if v is not None]
         value = _r(float(np.mean([vals[j] for j in ok]))) if ok else None
         draws = [samples[j][seed_key] for j in ok if seed_key in samples[j]]
-        ci = _ci(np.nanmean(np.stack(draws), 0)) if draws and len(draws) == len(ok) else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a resample where no label varies: NaN, dropped
+            ci = _ci(np.nanmean(np.stack(draws), 0)) if draws and len(draws) == len(ok) else None
         return {"value": value, "ci95": ci, "labels_averaged": len(ok)}
 
     out = {"fleiss_kappa": mean_of(lambda st: st["fleiss_kappa"]["value"], seed + 1),
