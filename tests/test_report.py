@@ -84,3 +84,29 @@ def test_report_errors(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: runs directory")
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode == 2 and "no run directories" in proc.stderr
+
+
+def test_one_vocabulary_of_run_metrics_for_index_sweep_and_cli(tmp_path):
+    """The run index, the sweep and the command line read the same number under the same name: the auto-accept
+    coverage is annotation_summary.json's coverage (auto-accepted / pool) everywhere."""
+    import inspect
+    import json
+
+    from workbench import cli, report, sweep
+    run = tmp_path / "run"
+    pool = run / "annotate" / "test"
+    (pool / "params").mkdir(parents=True)
+    (pool / "params" / "annotate.json").write_text("{}")
+    (run / "metrics.json").write_text(json.dumps({"test": {"acc": 0.9, "auc": None}}))
+    (pool / "annotation_summary.json").write_text(json.dumps({
+        "coverage": 0.25, "n_auto_accepted": 5, "pool_size": 20, "achieved": {"precision": 1.0, "coverage": 0.5}}))
+    r = report.run_results(run)
+    assert report.metric_value(r, "auto_accept_coverage") == 0.25                     # not achieved.coverage
+    assert report.metric_value(r, "test_auc") is None and report.fmt(None) == "n/a"
+    got = {k: get(r) for k, _, get in sweep._metrics()}
+    assert got["auto_accept_coverage"] == 0.25 and got["test_acc"] == 0.9
+    assert {k for k, _, _ in sweep._metrics()} <= set(report.METRIC)
+    headers = {m.header for m in report.RUN_METRICS}
+    assert "auto-accept coverage" in headers and "auto-accepted" not in headers and "auto-label coverage" not in headers
+    assert "_AGG_JS" not in inspect.getsource(sweep) and "sort_script" in inspect.getsource(sweep.write_report)
+    assert cli._num(None) == "n/a" and cli._num(0.5) == "0.5000"

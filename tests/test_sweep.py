@@ -250,9 +250,9 @@ def test_aggregate_mean_sd_and_t_interval_across_seeds():
     from scipy import stats
     accs = {("0.001", "0"): 0.70, ("0.001", "1"): 0.74, ("0.001", "2"): 0.75, ("0.01", "0"): 0.60}
     rows = [{"overrides": {"learning_rate": lr, "seed": s}, "status": "done",
-             "metrics": {k: None for k, _, _ in sweep.METRICS} | {"test_acc": acc}} for (lr, s), acc in accs.items()]
+             "metrics": {k: None for k in sweep.SWEEP_METRICS} | {"test_acc": acc}} for (lr, s), acc in accs.items()]
     rows.append({"overrides": {"learning_rate": "0.01", "seed": "1"}, "status": "failed",
-                 "metrics": {k: None for k, _, _ in sweep.METRICS}})
+                 "metrics": {k: None for k in sweep.SWEEP_METRICS}})
     agg = {a["params"]["learning_rate"]: a for a in sweep.aggregate(rows, ["learning_rate", "seed"])}
     three = agg["0.001"]["test_acc"]
     v = np.array([0.70, 0.74, 0.75])
@@ -339,7 +339,7 @@ def test_sweep_report_aggregates_and_plots(local_sweep):
     assert len(rows) == 1 and rows[0]["n_runs"] == "2" and rows[0]["seeds"] == "0 1"
     assert float(rows[0]["test_acc_mean"]) == pytest.approx(np.mean(accs))
     assert float(rows[0]["test_acc_sd"]) == pytest.approx(np.std(accs, ddof=1))
-    for k in ("test_auc_mean", "test_ece_mean", "autolabel_coverage_mean", "train_seconds_mean"):
+    for k in ("test_auc_mean", "test_ece_mean", "auto_accept_coverage_mean", "train_seconds_mean"):
         assert rows[0][k] != "", k
     page = (d / "index.html").read_text()
     assert "Per setting across seeds" in page and page.count("data:image/png;base64") == 1

@@ -32,11 +32,8 @@ def _overrides(args) -> dict:
 
 
 def _num(v, digits: int = 4) -> str:
-    """A metric for the summary lines: 'n/a' when it is missing or null (e.g. AUC of a single-class split)."""
-    try:
-        return f"{float(v):.{digits}f}" if v is not None and v == v else "n/a"
-    except (TypeError, ValueError):
-        return "n/a"
+    from .report import fmt     # one formatter for the summary lines, the run index and the sweep
+    return fmt(v, digits)
 
 
 def _summary(run_dir: Path) -> str:

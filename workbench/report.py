@@ -351,32 +351,94 @@ REPORT_FILES = (("train", "10_train.html"), ("evaluate", "20_evaluate.html"), ("
 SHOWN_PARAMS = ("dataset", "model", "size", "width", "epochs", "augment", "learning_rate", "seed")
 
 
-def _metric_columns():
-    """(key, header, value getter, interval getter, higher is better)."""
-    def g(*path):
-        def get(m):
-            for p in path:
-                if not isinstance(m, dict) or p not in m:
-                    return None
-                m = m[p]
-            return m
-        return get
-    return [
-        ("test_acc", "test ACC", g("test", "acc"), g("test", "acc_ci95"), True),
-        ("test_auc", "test AUC", g("test", "auc"), g("test", "auc_ci95"), True),
-        ("test_balanced_acc", "balanced ACC", g("test", "balanced_acc"), g("test", "balanced_acc_ci95"), True),
-        ("test_ece", "ECE", g("test", "ece"), g("test", "ece_ci95"), False),
-        ("test_ece_after_temperature", "ECE after T", g("test", "ece_after_temperature"),
-         g("test", "ece_after_temperature_ci95"), False),
-        ("tta_acc_gain", "TTA ACC gain", g("variants", "tta", "acc_gain"), g("variants", "tta", "acc_gain_ci95"), True),
-        ("ensemble_acc_gain", "ensemble ACC gain", g("variants", "ensemble", "acc_gain"),
-         g("variants", "ensemble", "acc_gain_ci95"), True),
-        ("annotate_coverage", "auto-accepted", g("annotate", "coverage"), lambda m: None, True),
-        ("annotate_precision", "auto-accept precision", g("annotate", "achieved", "precision"), lambda m: None, True),
-    ]
+# ---------------------------------------------------------------------- one vocabulary of run metrics
+# The run index, the sweep's tables and plots and the command line read a run's numbers through these, so that
+# one name means one number everywhere (the sweep's "auto-label coverage" and the index's "auto-accepted" were
+# two different coverages on one page).
+@dataclass(frozen=True)
+class RunMetric:
+    key: str
+    header: str
+    path: tuple                     # into ``run_results``: ("metrics", "test", "acc")
+    ci: tuple | None = None         # its 95 % interval, where one is recorded
+    higher: bool = True             # higher is better (the sort order)
+    digits: int = 4
 
 
-SORT_KEYS = ("name", *(c[0] for c in _metric_columns()))
+RUN_METRICS = (
+    RunMetric("test_acc", "test ACC", ("metrics", "test", "acc"), ("metrics", "test", "acc_ci95")),
+    RunMetric("test_auc", "test AUC", ("metrics", "test", "auc"), ("metrics", "test", "auc_ci95")),
+    RunMetric("test_balanced_acc", "balanced ACC", ("metrics", "test", "balanced_acc"),
+              ("metrics", "test", "balanced_acc_ci95")),
+    RunMetric("test_ece", "ECE", ("metrics", "test", "ece"), ("metrics", "test", "ece_ci95"), higher=False),
+    RunMetric("test_ece_after_temperature", "ECE after T", ("metrics", "test", "ece_after_temperature"),
+              ("metrics", "test", "ece_after_temperature_ci95"), higher=False),
+    RunMetric("tta_acc_gain", "TTA ACC gain", ("metrics", "variants", "tta", "acc_gain"),
+              ("metrics", "variants", "tta", "acc_gain_ci95")),
+    RunMetric("ensemble_acc_gain", "ensemble ACC gain", ("metrics", "variants", "ensemble", "acc_gain"),
+              ("metrics", "variants", "ensemble", "acc_gain_ci95")),
+    # the share of the pool auto-accepted (annotation_summary.json "coverage"), and the precision of those items
+    # where the pool's labels are known (its "achieved" precision)
+    RunMetric("auto_accept_coverage", "auto-accept coverage", ("annotate", "coverage")),
+    RunMetric("auto_accept_precision", "auto-accept precision", ("annotate", "achieved", "precision"),
+              ("annotate", "achieved", "precision_ci95")),
+    RunMetric("train_seconds", "train seconds", ("train", "train_seconds"), higher=False, digits=1),
+)
+METRIC = {m.key: m for m in RUN_METRICS}
+
+
+def _dig(doc, path):
+    for p in path:
+        if not isinstance(doc, dict) or p not in doc:
+            return None
+        doc = doc[p]
+    return doc
+
+
+def metric_value(results: dict, key: str) -> float | None:
+    """A run's number (``run_results``) by its key in ``RUN_METRICS``; None when missing, null or not finite."""
+    v = _dig(results, METRIC[key].path)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") else None
+
+
+def metric_ci(results: dict, key: str):
+    m = METRIC[key]
+    return _dig(results, m.ci) if m.ci else None
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number for a summary line or a table cell: 'n/a' when missing, null or not a number."""
+    try:
+        return f"{float(value):.{digits}f}" if value is not None and float(value) == float(value) else "n/a"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def run_results(run_dir) -> dict:
+    """What a run's metrics are read from: ``metrics`` (metrics.json), ``annotate`` (the annotation summary of its
+    first annotated pool: the pipeline's own) and ``train`` (train_summary.json)."""
+    from .runs import pool_dirs
+    d = Path(run_dir)
+    pools = pool_dirs(d)
+    return {"metrics": _read(d / "metrics.json") or {}, "train": _read(d / "train_summary.json") or {},
+            "annotate": (_read(pools[0] / "annotation_summary.json") if pools else None) or {}}
+
+
+def sort_script(table_id: str, function: str) -> str:
+    """The one click-to-sort script of the run index and the sweep page (numbers as numbers, blanks last)."""
+    return (f"function {function}(col){{const t=document.getElementById('{table_id}'),b=t.tBodies[0],h=t.tHead.rows[0].cells;"
+            + """
+const dir=h[col].dataset.dir==='desc'?'asc':'desc';for(const c of h)c.dataset.dir='';h[col].dataset.dir=dir;
+const rows=[...b.rows];rows.sort((r1,r2)=>{const x=r1.cells[col].dataset.v,y=r2.cells[col].dataset.v;
+if(x===y)return 0;if(x==='')return 1;if(y==='')return -1;const nx=parseFloat(x),ny=parseFloat(y);
+const r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return dir==='asc'?r:-r;});
+rows.forEach(r=>b.appendChild(r));}""")
+
+
+INDEX_METRICS = tuple(k for k in METRIC if k != "train_seconds")
+
+
+SORT_KEYS = ("name", *INDEX_METRICS)
 
 
 def _is_run(d: Path) -> bool:
@@ -393,16 +455,13 @@ def collect_runs(runs_dir) -> list[dict]:
         pools = pool_dirs(d)
         params = {s: _read(d / "params" / f"{s}.json") for s in ("train", "evaluate")}
         params["annotate"] = _read(pools[0] / "params" / "annotate.json") if pools else None
-        metrics = _read(d / "metrics.json") or {}
-        ann = _read(pools[0] / "annotation_summary.json") if pools else None   # the run's first pool
-        if ann:
-            metrics = {**metrics, "annotate": ann}
+        results = run_results(d)
         prov = _read(d / "provenance.json") or {}
         reports = [(label, f) for label, f in REPORT_FILES if (d / f).is_file()]
         reports += [(f"annotate: {p.name}", f"annotate/{p.name}/30_annotate.html") for p in pools
                     if (p / "30_annotate.html").is_file()]
         out.append({"name": d.name, "path": d, "params": {k: v for k, v in params.items() if v is not None},
-                    "metrics": metrics, "time": (prov.get("train") or {}).get("time_utc"),
+                    "results": results, "time": (prov.get("train") or {}).get("time_utc"),
                     "stages": [s for s in ("train", "evaluate", "annotate") if params[s] is not None],
                     "reports": reports})
     return out
@@ -413,14 +472,6 @@ th,td{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}t
 white-space:nowrap}th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
 td.num{text-align:right;white-space:nowrap}.ci{color:#666;font-size:11px}.note{color:#555;font-size:12px}
 details{font-size:11px}"""
-
-_JS = """function sortBy(col){const t=document.getElementById('runs'),b=t.tBodies[0],h=t.tHead.rows[0].cells;
-const dir=h[col].dataset.dir==='desc'?'asc':'desc';for(const c of h)c.dataset.dir='';h[col].dataset.dir=dir;
-const rows=[...b.rows];rows.sort((r1,r2)=>{const x=r1.cells[col].dataset.v,y=r2.cells[col].dataset.v;
-if(x===y)return 0;if(x==='')return 1;if(y==='')return -1;const nx=parseFloat(x),ny=parseFloat(y);
-const r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return dir==='asc'?r:-r;});
-rows.forEach(r=>b.appendChild(r));}"""
-
 
 def _cell(value, ci=None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and value != value):
@@ -435,8 +486,8 @@ def index_html(runs: list[dict], runs_dir, sort: str = "test_acc", base: Path | 
     base = Path(base or runs_dir)
     if sort not in SORT_KEYS:
         raise WorkbenchError(f"cannot sort by {sort!r}; choose one of {', '.join(SORT_KEYS)}")
-    cols = _metric_columns()
-    cols = [c for c in cols if any(c[2](r["metrics"]) is not None for r in runs)] or cols[:2]
+    cols = [k for k in INDEX_METRICS if any(metric_value(r["results"], k) is not None for r in runs)] \
+        or list(INDEX_METRICS[:2])
     # parameters: the usual ones, plus any train/evaluate parameter whose value differs between runs
     keys = list(SHOWN_PARAMS)
     for stage in ("train", "evaluate"):
@@ -457,15 +508,14 @@ def index_html(runs: list[dict], runs_dir, sort: str = "test_acc", base: Path | 
     if sort == "name":
         runs = sorted(runs, key=lambda r: r["name"])
     else:
-        col = next(c for c in _metric_columns() if c[0] == sort)
-        have = [r for r in runs if isinstance(col[2](r["metrics"]), (int, float))]
-        have.sort(key=lambda r: col[2](r["metrics"]), reverse=col[4])
+        have = [r for r in runs if metric_value(r["results"], sort) is not None]
+        have.sort(key=lambda r: metric_value(r["results"], sort), reverse=METRIC[sort].higher)
         runs = have + [r for r in runs if r not in have]
 
-    head = ["run", "stages", *keys, *(c[1] for c in cols), "reports"]
+    head = ["run", "stages", *keys, *(METRIC[k].header for k in cols), "reports"]
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>workbench runs: {html.escape(str(runs_dir))}</title>", f"<style>{_CSS}</style>",
-           f"<script>{_JS}</script></head><body>",
+           f"<script>{sort_script('runs', 'sortBy')}</script></head><body>",
            f"<h1>workbench runs</h1><p class=\"note\">{len(runs)} run(s) in {html.escape(str(runs_dir))}; "
            f"generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Metrics on the test split with "
            "95 % bootstrap intervals below the value. Click a column header to sort. "
@@ -484,9 +534,8 @@ def index_html(runs: list[dict], runs_dir, sort: str = "test_acc", base: Path | 
             cells.append(_cell(v) if isinstance(v, float) else
                          f'<td data-v="{html.escape("" if v is None else str(v))}">'
                          f'{html.escape("–" if v is None else str(v))}</td>')
-        for _, _, get, get_ci, _ in cols:
-            v = get(r["metrics"])
-            cells.append(_cell(float(v) if isinstance(v, (int, float)) else None, get_ci(r["metrics"])))
+        for k in cols:
+            cells.append(_cell(metric_value(r["results"], k), metric_ci(r["results"], k), METRIC[k].digits))
         links = " · ".join(f'<a href="{quote(Path(os.path.relpath(r["path"] / f, base)).as_posix())}">'
                            f'{html.escape(label)}</a>' for label, f in r["reports"])
         cells.append(f'<td data-v="{len(r["reports"])}">{links or "–"}</td>')

@@ -51,33 +51,14 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _XLA_THREAD_FLAGS = re.compile(r"(--)?(xla_cpu_multi_thread_eigen|intra_op_parallelism_threads)=\S*")
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 
-# the aggregate table: (column, header, getter over read_results(run_dir) + the run's task info)
-METRICS = (
-    ("test_acc", "ACC", lambda r: _get(r, "metrics.json", "test", "acc")),
-    ("test_auc", "AUC", lambda r: _get(r, "metrics.json", "test", "auc")),
-    ("test_ece", "ECE", lambda r: _get(r, "metrics.json", "test", "ece")),
-    ("autolabel_precision", "auto-label precision", lambda r: _get(r, "annotation_summary.json", "achieved", "precision")),
-    ("autolabel_coverage", "auto-label coverage", lambda r: _coverage(r)),
-    ("train_seconds", "train seconds", lambda r: _get(r, "train_summary.json", "train_seconds")),
-)
+# the aggregate table's metrics: keys of workbench.report.RUN_METRICS (one vocabulary with the run index)
+SWEEP_METRICS = ("test_acc", "test_auc", "test_ece", "auto_accept_precision", "auto_accept_coverage", "train_seconds")
 
 
-def _get(results: dict, name: str, *path):
-    v = results.get(name)
-    for p in path:
-        if not isinstance(v, dict) or p not in v:
-            return None
-        v = v[p]
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def _coverage(results: dict):
-    v = _get(results, "annotation_summary.json", "achieved", "coverage")
-    if v is None:
-        a = results.get("annotation_summary.json") or {}
-        if a.get("pool_size"):
-            v = a.get("n_auto_accepted", 0) / a["pool_size"]
-    return v
+def _metrics():
+    """(key, header, getter over report.run_results) of every metric the sweep aggregates."""
+    from . import report
+    return tuple((k, report.METRIC[k].header, (lambda r, k=k: report.metric_value(r, k))) for k in SWEEP_METRICS)
 
 
 # --- the spec ---------------------------------------------------------------------------------------------
@@ -503,13 +484,13 @@ def _short_error(exc) -> str:
 
 
 def _headline(run_dir: str) -> str:
-    from .execute import read_results
-    r = read_results(Path(run_dir))
-    acc, auc = _get(r, "metrics.json", "test", "acc"), _get(r, "metrics.json", "test", "auc")
-    if acc is not None and auc is not None:
-        return f"test ACC {acc:.4f}, AUC {auc:.4f}"
-    val = _get(r, "train_summary.json", "best_val_acc")
-    return f"trained: best val ACC {val:.4f}" if val is not None else "no metrics"
+    from .report import fmt, metric_value, run_results
+    r = run_results(Path(run_dir))
+    acc = metric_value(r, "test_acc")
+    if acc is not None:
+        return f"test ACC {fmt(acc)}, AUC {fmt(metric_value(r, 'test_auc'))}"
+    val = (r.get("train") or {}).get("best_val_acc")
+    return f"trained: best val ACC {fmt(val)}" if val is not None else "no metrics"
 
 
 def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = None, out=print,
@@ -726,14 +707,14 @@ def _t_interval(values: list[float]) -> dict:
 
 def collect(sweep_dir: Path) -> tuple[dict, list[dict]]:
     """The sweep's state and one row per setting with its parameters and metrics (read from its run)."""
-    from .execute import read_results
+    from .report import run_results
     state = json.loads(_state_path(sweep_dir).read_text())
     rows = []
     for st in state["settings"]:
-        results = read_results(Path(st["run_dir"])) if st["status"] in ("done", "cached") and st["run_dir"] else {}
+        results = run_results(Path(st["run_dir"])) if st["status"] in ("done", "cached") and st["run_dir"] else {}
         rows.append({"label": st["label"], "overrides": st["overrides"], "status": st["status"],
                      "run_dir": st["run_dir"], "attempts": st["attempts"],
-                     "metrics": {k: get(results) for k, _, get in METRICS}, "wall_s": st.get("wall_s")})
+                     "metrics": {k: get(results) for k, _, get in _metrics()}, "wall_s": st.get("wall_s")})
     return state, rows
 
 
@@ -751,7 +732,7 @@ def aggregate(rows: list[dict], swept: list[str]) -> list[dict]:
     for g in groups.values():
         row = {"params": g["params"], "n_runs": len(g["runs"]),
                "seeds": sorted({str(r["overrides"].get("seed", 0)) for r in g["runs"]})}
-        for k, _, _ in METRICS:
+        for k, _, _ in _metrics():
             vals = [r["metrics"][k] for r in g["runs"] if r["metrics"][k] is not None]
             row[k] = _t_interval(vals)
         out.append(row)
@@ -762,10 +743,15 @@ def _num(v, d=4) -> str:
     return "–" if v is None else f"{v:.{d}f}"
 
 
+def report_digits(key: str) -> int:
+    from .report import METRIC
+    return METRIC[key].digits
+
+
 def _plot_png(rows: list[dict], swept: list[str]) -> str | None:
     """Each metric against each swept parameter (runs as dots, the mean at each value as a line)."""
     params = [k for k in swept if k != "seed"] or [k for k in swept]
-    metrics = [(k, h) for k, h, _ in METRICS if any(r["metrics"][k] is not None for r in rows
+    metrics = [(k, h) for k, h, _ in _metrics() if any(r["metrics"][k] is not None for r in rows
                                                      if r["status"] in ("done", "cached"))]
     if not params or not metrics:
         return None
@@ -824,14 +810,6 @@ def _is_number(v) -> bool:
         return False
 
 
-_AGG_JS = """function sortTable(id,col){const t=document.getElementById(id),b=t.tBodies[0],h=t.tHead.rows[0].cells;
-const dir=h[col].dataset.dir==='desc'?'asc':'desc';for(const c of h)c.dataset.dir='';h[col].dataset.dir=dir;
-const rows=[...b.rows];rows.sort((r1,r2)=>{const x=r1.cells[col].dataset.v,y=r2.cells[col].dataset.v;
-if(x===y)return 0;if(x==='')return 1;if(y==='')return -1;const nx=parseFloat(x),ny=parseFloat(y);
-const r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return dir==='asc'?r:-r;});
-rows.forEach(r=>b.appendChild(r));}"""
-
-
 def write_report(sweep_dir: Path) -> Path:
     """``index.html`` (self-contained, sortable), ``sweep_results.csv`` (the aggregate table) and
     ``sweep_runs.csv`` (every run) of a sweep, from its state and its run directories."""
@@ -847,17 +825,17 @@ def write_report(sweep_dir: Path) -> Path:
     with open(sweep_dir / "sweep_results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*group_by, "n_runs", "seeds",
-                    *(f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "sd", "ci95_low", "ci95_high"))])
+                    *(f"{k}_{s}" for k, _, _ in _metrics() for s in ("mean", "sd", "ci95_low", "ci95_high"))])
         for a in agg:
             w.writerow([*(a["params"][k] for k in group_by), a["n_runs"], " ".join(a["seeds"]),
-                        *(x for k, _, _ in METRICS for x in (a[k]["mean"], a[k]["sd"], *a[k]["ci95"]))])
+                        *(x for k, _, _ in _metrics() for x in (a[k]["mean"], a[k]["sd"], *a[k]["ci95"]))])
     with open(sweep_dir / "sweep_runs.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["setting", *swept, "status", "attempts", *(k for k, _, _ in METRICS), "wall_s", "run_dir", "error"])
+        w.writerow(["setting", *swept, "status", "attempts", *(k for k, _, _ in _metrics()), "wall_s", "run_dir", "error"])
         for r in rows:
             err = next((a["error"] for a in reversed(r["attempts"]) if a.get("error")), "")
             w.writerow([r["label"], *(r["overrides"].get(k) for k in swept), r["status"], len(r["attempts"]),
-                        *(r["metrics"][k] for k, _, _ in METRICS), r["wall_s"],
+                        *(r["metrics"][k] for k, _, _ in _metrics()), r["wall_s"],
                         os.path.relpath(r["run_dir"], sweep_dir) if r["run_dir"] else "", err if r["status"] == "failed" else ""])
 
     # index.html: the sweep's sections, then workbench.report's table of every run
@@ -869,7 +847,7 @@ def write_report(sweep_dir: Path) -> Path:
              f"This invocation: {counts['done']} run, {counts['cached']} already finished (reused, not recomputed), "
              f"{counts['failed']} failed"
              + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "") + ".</p>"]
-    head = [*group_by, "runs", *(h for _, h, _ in METRICS)]
+    head = [*group_by, "runs", *(h for _, h, _ in _metrics())]
     parts.append("<h3>Per setting across seeds</h3><p class=\"note\">mean ± sd, 95 % t-interval below "
                  "(n − 1 degrees of freedom; none with a single run). Also in sweep_results.csv.</p>")
     parts.append('<table id="agg"><thead><tr>' + "".join(
@@ -878,12 +856,12 @@ def write_report(sweep_dir: Path) -> Path:
         cells = [f'<td data-v="{html.escape(str(a["params"][k]))}">{html.escape(_fmt(a["params"][k]))}</td>'
                  for k in group_by]
         cells.append(f'<td class="num" data-v="{a["n_runs"]}">{a["n_runs"]}</td>')
-        for k, _, _ in METRICS:
+        for k, _, _ in _metrics():
             s = a[k]
             if s["mean"] is None:
                 cells.append('<td class="num" data-v="">–</td>')
                 continue
-            d = 1 if k == "train_seconds" else 4
+            d = report_digits(k)
             ci = s["ci95"]
             cells.append(f'<td class="num" data-v="{s["mean"]}">{_num(s["mean"], d)}'
                          + (f' ± {_num(s["sd"], d)}<br><span class="ci">[{_num(ci[0], d)}, {_num(ci[1], d)}]</span>'
@@ -909,7 +887,8 @@ def write_report(sweep_dir: Path) -> Path:
     runs = [r for r in collect_runs(sweep_dir) if str(Path(r["path"]).resolve()) in listed]
     page = index_html(runs, sweep_dir, sort="name", base=sweep_dir) if runs else \
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body><p>no run directories</p></body></html>"
-    page = page.replace("</head>", f"<script>{_AGG_JS}</script></head>", 1)
+    from .report import sort_script
+    page = page.replace("</head>", f"<script>{sort_script('agg', 'sortTable')}</script></head>", 1)
     anchor = '<table id="runs">' if '<table id="runs">' in page else "</body>"
     page = page.replace(anchor, "\n".join(parts) + "\n" + anchor, 1)
     out = sweep_dir / "index.html"
