@@ -59,7 +59,22 @@ RESULTS = ROOT / "bench" / "results" / "robustness.json"
 RUNS = ROOT / "runs" / "bench-robustness"
 QUICK_DATASET = "tests/fixtures/bloodmnist_tiny.npz"
 QUICK_OVERRIDES = {"epochs": "1", "width": "8", "batch_size": "64"}
-DATASETS, RECIPES, VARIANTS, SEEDS = ("bloodmnist", "breastmnist", "retinamnist"), ("demo", "full"), ("none", "card"), (0, 1, 2)
+DATASETS, RECIPES, SEEDS = ("bloodmnist", "breastmnist", "retinamnist"), ("demo", "full"), (0, 1, 2)
+# training variants: photometric none (today's recipes), card (every image gets the card's acquisition changes,
+# each change with its own probability), card-p0.5 (half the images get them: -p photometric_p 0.5)
+VARIANTS = ("none", "card", "card-p0.5")
+DEFAULT_VARIANTS = ("none", "card")
+
+
+def variant_params(variant: str) -> dict:
+    """The train parameters of a variant label: none, card, card-p<share>."""
+    if variant == "none":
+        return {"photometric": "none"}
+    if variant == "card":
+        return {"photometric": "card"}
+    if variant.startswith("card-p"):
+        return {"photometric": "card", "photometric_p": variant[len("card-p"):]}
+    raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 CORRUPTION_SEED = {"val": 0, "test": 1}
 CLEAN_TOLERANCE = 0.005     # an adaptation may cost at most 0.5 points of clean val accuracy to be chosen
 GOALS = {"bloodmnist": {"mean_corrupted": 0.90, "worst": 0.80}}
@@ -199,7 +214,9 @@ def train(dataset: str, recipe: str, photometric: str, seed: int, overrides: dic
         if found is not None:
             log(f"reusing {found}")
             return found
-    p = ["-p", "recipe", recipe, "-p", "seed", str(seed), "-p", "dataset", dataset, "-p", "photometric", photometric]
+    p = ["-p", "recipe", recipe, "-p", "seed", str(seed), "-p", "dataset", dataset]
+    for k, v in variant_params(photometric).items():
+        p += ["-p", k, v]
     for k, v in overrides.items():
         p += ["-p", k, v]
     env = {**os.environ, "WORKBENCH_RUNS_DIR": str(runs)}
@@ -282,7 +299,7 @@ def render_md(doc: dict) -> str:
     L = ["# Robustness to acquisition changes (`make bench-robustness`, bench/robustness.py)", "",
          "Each run trained through `workbench run train` with only recipe, seed, dataset and `photometric` set "
          "(`none`: today's recipe, geometric augmentation only; `card`: plus the data card's acquisition changes "
-         "within its ranges). Accuracy (arg-max class) under the card's corruption suite (workbench.corrupt: "
+         "within its ranges; `card-p0.5`: those changes on half the training images, `-p photometric_p 0.5`). Accuracy (arg-max class) under the card's corruption suite (workbench.corrupt: "
          "every corruption × severities 1-3, at native resolution, seeded), on a fixed class-stratified subset "
          f"of at most {st.get('n_eval', '?')} images per split; clean accuracy on the whole split. Test-time "
          "adaptation (workbench.adapt) is estimated on each corrupted subset alone, without labels. The "
@@ -383,7 +400,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="photometric values: none (today), card")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="training variants: none (today's recipe), "
+                    "card (-p photometric card), card-p0.5 (and -p photometric_p 0.5)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--n-eval", type=int, default=500, help="images per split under the corruptions (subset)")
     ap.add_argument("--quick", action="store_true", help="tiny fixture, 1 epoch, width 8 (a test of the benchmark)")
@@ -406,7 +424,7 @@ def main(argv=None) -> int:
     recipes = ["demo"] if args.quick else [r.strip() for r in args.recipes.split(",") if r.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",") if s.strip()]
-    if any(v not in VARIANTS for v in variants) or any(r not in RECIPES for r in recipes):
+    if any(v not in VARIANTS and not v.startswith("card-p") for v in variants) or any(r not in RECIPES for r in recipes):
         print(f"error: --variants takes {', '.join(VARIANTS)} and --recipes {', '.join(RECIPES)}", file=sys.stderr)
         return 2
     runs = out.parent / "runs" if args.quick else RUNS

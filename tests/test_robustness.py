@@ -64,6 +64,23 @@ def test_recipes_leave_photometric_to_the_recipe_and_none_adds_nothing():
         [type(o).__name__ for o in augment.build("dihedral", 0, 3).transforms]
 
 
+def test_photometric_share_leaves_the_rest_as_acquired(tmp_path):
+    ds = data.load_dataset(str(TINY))
+    P = params.make("train", {**TINY_P, "photometric": "card", "photometric_p": 0.5, "augment": "none"})
+    t, photo = train.augmentation(P, ds)
+    assert photo["p"] == 0.5 and [type(o).__name__ for o in t.transforms] == ["Sequential"]
+    x = ds.images["train"]
+    same = np.mean([np.array_equal(a, b) for a, b in zip(augment.apply(t, x), x)])
+    assert 0.4 < same < 0.65                                  # about half untouched (seeded: deterministic)
+    augment.save(t, "none", 0, tmp_path / "a.yaml", photometric=photo)
+    doc = yaml.safe_load((tmp_path / "a.yaml").read_text())
+    seq = doc["albumentations"]["transform"]["transforms"][0]
+    assert doc["photometric"]["p"] == 0.5 and seq["p"] == 0.5
+    assert {t["__class_fullname__"].split(".")[-1] for t in seq["transforms"]} >= {"ColorJitter", "StainJitter"}
+    t2, _ = augment.load(tmp_path / "a.yaml")
+    assert np.array_equal(augment.apply(t2, x[:32]), augment.apply(train.augmentation(P, ds)[0], x[:32]))
+
+
 def test_card_without_acquisition_gets_the_conservative_default_loudly(tmp_path, capsys):
     text = re.sub(r"^acquisition: .*\n", "", (FIXTURES / "bloodmnist_tiny.md").read_text(), flags=re.M)
     (tmp_path / "blood.md").write_text(text)

@@ -216,7 +216,10 @@ def build(preset: str, seed: int, n_channels: int = 3, photometric: dict | None 
         raise WorkbenchError(f"unknown augmentation preset {preset!r} (parameter 'augment'); choose one of {', '.join(PRESETS)}")
     ops = PRESETS[preset](n_channels)
     if photometric:
-        ops = ops + photometric_ops(photometric["changes"], n_channels, side, photometric.get("family") or "")
+        photo = photometric_ops(photometric["changes"], n_channels, side, photometric.get("family") or "")
+        share = float(photometric.get("p", 1.0))
+        # a share below 1: the acquisition changes as one block, applied to that share of the images
+        ops = ops + (photo if share >= 1.0 else [A.Sequential(photo, p=share)])
     return reseed(A.Compose(ops), seed)
 
 

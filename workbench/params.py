@@ -44,6 +44,9 @@ class TrainParams:
                           "colour, stain, blur, noise... within the ranges the data card's acquisition field gives; a "
                           "card without them gets a conservative default, with a warning) or none",
                           choices=("card", "none"), recipe=True)
+    photometric_p: float = _p(1.0, "with photometric card: the share of training images that get the acquisition "
+                              "changes (each change then fires with its own probability); the rest stay as acquired",
+                              min=0.0, max=1.0)
     epochs: int = _p(-1, "(recipe) maximum number of epochs", min=1, max=1000, recipe=True)
     steps_per_epoch: int = _p(-1, "(recipe) optimizer steps per epoch (recipe: one pass over the train split; a "
                               "small split is passed over several times per epoch, so that the recipe makes about "
@@ -78,8 +81,9 @@ class EvaluateParams:
                           max=100000)
     target_sensitivity: float = _p(0.95, "binary tasks: the threshold is chosen on val to reach this sensitivity",
                                    min=0.5, max=1.0)
-    tta: int = _p(0, "test-time augmentation: extra passes drawn from the training augmentation of the run (0: off)",
-                  min=0, max=64)
+    tta_passes: int = _p(0, "extra test-time augmentation: passes drawn from the training augmentation of the run, "
+                         "averaged with the model's own prediction (0: off; the train stage's tta is the 8-way "
+                         "flips-and-turns mean inside the saved model)", min=0, max=64)
     ensemble: str = _p("", "other run directories (comma-separated) averaged with this model (empty: off)")
     gallery_size: int = _p(16, "images in the top-losses gallery", min=1, max=200)
     cam_layer: str = _p("", "layer for Grad-CAM (empty: the last feature map of at least 7x7)")
@@ -153,6 +157,20 @@ class ExploreParams:
     predictions_run: str = _p("", "run whose predictions to inspect (empty: the latest; none: skip)")
     dicom_file: str = _p("", "DICOM file for the window controls (empty: pydicom's bundled CT slice)")
 
+
+# A name declared by several stages means one thing in all of them (a pipeline sends -p NAME to every stage
+# that declares it): each such name and its one meaning. tests/test_params.py fails on a new shared name
+# until it is listed here, and on a shared name with two types.
+SHARED = {
+    "run_dir": "the run directory the stage writes to or reads from",
+    "seed": "the seed of the stage's own randomness",
+    "dataset": "the data: a card name or a path",
+    "size": "the image side length of the data",
+    "max_per_split": "a stratified subset: at most this many images per split",
+    "batch_size": "images per batch through the network (per optimizer step when training, per forward pass when "
+                  "predicting)",
+    "gallery_size": "images per gallery in the report",
+}
 
 STAGE_PARAMS = {"explore": ExploreParams, "train": TrainParams, "evaluate": EvaluateParams, "annotate": AnnotateParams}
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

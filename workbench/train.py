@@ -334,7 +334,7 @@ def add_extra_labels(ds: _data.Dataset, spec: str) -> tuple[_data.Dataset, dict]
 def augmentation(params: TrainParams, ds: _data.Dataset):
     """The training pipeline: the geometric preset, then (``photometric card``) the data card's acquisition
     changes within its ranges (workbench.augment.photometric_of); returns (pipeline, photometric info or None)."""
-    photo = _augment.photometric_of(ds.card) if params.photometric == "card" else None
+    photo = {**_augment.photometric_of(ds.card), "p": params.photometric_p} if params.photometric == "card" else None
     t = _augment.build(params.augment, params.seed, n_channels=ds.input_shape[-1], photometric=photo,
                        side=ds.input_shape[0])
     return t, photo
