@@ -51,7 +51,7 @@ def two_runs(tmp_path_factory):
 
 def test_tta_and_ensemble(two_runs):
     a, b = two_runs
-    out = evaluate.run(params(a, tta=2, ensemble=str(b)))
+    out = evaluate.run(params(a, tta_passes=2, ensemble=str(b)))
     m = json.loads((a / "metrics.json").read_text())
     assert out["test"]["acc"] == m["test"]["acc"]
     with np.load(a / "predictions.npz") as z:
@@ -121,7 +121,7 @@ def test_parameter_errors_before_anything_is_written(tmp_path, two_runs):
         (params(a, ensemble=f"{two_runs[1]}, {two_runs[1]}"), "twice"),
         (params(a, ensemble=str(tmp_path)), "holds no trained model"),
         (params(a, cam_layer="s9_relu"), "parameter 'cam_layer'"),
-        (params(none, tta=2), "changes nothing"),
+        (params(none, tta_passes=2), "changes nothing"),
     ]
     for p, msg in cases:
         with pytest.raises(WorkbenchError, match=msg):
@@ -133,6 +133,6 @@ def test_parameter_errors_before_anything_is_written(tmp_path, two_runs):
 
 
 def test_parameter_ranges():
-    for k, v in (("n_resamples", 10), ("tta", -1), ("target_sensitivity", 0.2), ("gallery_size", 0)):
+    for k, v in (("n_resamples", 10), ("tta_passes", -1), ("target_sensitivity", 0.2), ("gallery_size", 0)):
         with pytest.raises(WorkbenchError, match=f"parameter '{k}'"):
             make("evaluate", {k: v})

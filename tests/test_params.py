@@ -171,3 +171,23 @@ def test_choice_names_are_the_registries_and_checking_imports_no_keras():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_a_name_shared_by_stages_has_one_type_and_one_documented_meaning():
+    """A pipeline sends -p NAME to every stage that declares it, so a shared name must mean one thing: `tta` was
+    yes/no in train and a number of passes in evaluate (`pipeline -p tta yes` failed in evaluate)."""
+    from collections import defaultdict
+
+    from workbench import params
+    seen = defaultdict(set)
+    for stage in params.STAGE_PARAMS:
+        for name, f in params.fields(stage).items():
+            seen[name].add((stage, f.type))
+    shared = {n: v for n, v in seen.items() if len({s for s, _ in v}) > 1}
+    assert set(shared) == set(params.SHARED), "document a new shared name's one meaning in params.SHARED (or rename it)"
+    for name, v in shared.items():
+        assert len({t for _, t in v}) == 1, f"{name} has two types: {v}"
+    assert "tta" in params.fields("train") and "tta" not in params.fields("evaluate")
+    from workbench.execute import split_pipeline_overrides
+    per_stage = split_pipeline_overrides({"tta": "yes", "tta_passes": "2"})
+    assert per_stage["train"]["tta"] == "yes" and per_stage["evaluate"]["tta_passes"] == 2

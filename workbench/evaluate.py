@@ -70,13 +70,13 @@ def _check_tta(run_dir: Path, passes: int) -> None:
         return
     path = run_dir / "augment.yaml"
     if not path.is_file():
-        raise WorkbenchError(f"parameter 'tta' = {passes}: {run_dir} has no augment.yaml to draw the test-time "
-                             "augmentations from; set tta 0")
+        raise WorkbenchError(f"parameter 'tta_passes' = {passes}: {run_dir} has no augment.yaml to draw the test-time "
+                             "augmentations from; set tta_passes 0")
     from . import augment as _augment
     t, doc = _augment.load(path)
     if _augment.is_identity(t):
-        raise WorkbenchError(f"parameter 'tta' = {passes}: the run was trained with augmentation preset "
-                             f"{doc.get('preset')!r}, which changes nothing; set tta 0 or train with augmentation")
+        raise WorkbenchError(f"parameter 'tta_passes' = {passes}: the run was trained with augmentation preset "
+                             f"{doc.get('preset')!r}, which changes nothing; set tta_passes 0 or train with augmentation")
 
 
 def open_stage(params: EvaluateParams):
@@ -86,7 +86,7 @@ def open_stage(params: EvaluateParams):
     target = _target_dir(params)
     trained = _runload.load(target)
     members = ensemble_members(params, target)
-    _check_tta(target, params.tta)
+    _check_tta(target, params.tta_passes)
     _explain.check_layer(trained.model, params.cam_layer)
     run = _runs.open_stage("evaluate", params, upstream=_runs.TRAIN_ARTIFACTS)
     ds = trained.dataset()
@@ -167,11 +167,11 @@ def compute(run: _runs.Run, trained, ds, params: EvaluateParams) -> dict:
     arrays = {"val_probs": probs["val"], "test_probs": probs["test"], "val_labels": y["val"], "test_labels": y["test"],
               "test_probs_calibrated": _predict.calibrated(probs["test"], cal["temperature"], task)}
     variants = {}
-    if params.tta:
-        p_tta = _predict.tta_predict(model, ds.images["test"], trained.path / "augment.yaml", params.tta, seed,
+    if params.tta_passes:
+        p_tta = _predict.tta_predict(model, ds.images["test"], trained.path / "augment.yaml", params.tta_passes, seed,
                                      params.batch_size)
         arrays["test_probs_tta"] = p_tta
-        variants["tta"] = {"passes": params.tta,
+        variants["tta"] = {"passes": params.tta_passes,
                            **_metrics.paired_gain(y["test"], probs["test"], p_tta, task, n_boot, seed)}
     members = ensemble_members(params, trained.path)
     if members:
