@@ -64,8 +64,9 @@ demo: $(STAMP) ## train → evaluate → annotate on the embedded BloodMNIST; pr
 test: $(STAMP) ## run the test suite (unit + end-to-end notebooks on a tiny real subset)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lab: $(STAMP) ## start JupyterLab with the "Python 3 (workbench)" kernel and the notebooks open
-	cd notebooks && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) \
+lab: $(STAMP) ## start JupyterLab on working copies of the notebooks (lab/, git-ignored: the tracked ones stay clean)
+	@$(BIN)/python -m workbench.notebooks lab lab >/dev/null
+	cd lab && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) \
 		00_explore.ipynb 10_train.ipynb 20_evaluate.ipynb 30_annotate.ipynb
 
 test-browser: $(STAMP) ## only the real-browser tests (JupyterLab + headless Chromium via Playwright)

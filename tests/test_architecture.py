@@ -85,3 +85,24 @@ def test_notebooks_are_committed_without_outputs():
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         nb = nbformat.read(str(path), as_version=4)
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+def test_make_lab_opens_working_copies_and_leaves_the_tracked_notebooks_alone(tmp_path, capsys):
+    import os
+
+    from workbench.notebooks import lab_copies
+    from workbench.paths import NOTEBOOKS_DIR
+    tracked = {p.name: p.read_bytes() for p in NOTEBOOKS_DIR.glob("*.ipynb")}
+    copies = lab_copies(tmp_path / "lab")
+    assert sorted(p.name for p in copies) == sorted(tracked) and all(p.parent == tmp_path / "lab" for p in copies)
+    assert all(p.read_bytes() == tracked[p.name] for p in copies)
+    copies[0].write_text("my executed notebook")          # the user saves their work in the copy
+    os.utime(copies[0], (1, 1))                            # ... and the tracked notebook is newer than it
+    again = lab_copies(tmp_path / "lab")
+    assert again[0].read_text() == "my executed notebook"  # kept
+    newer = tmp_path / "lab" / copies[0].name.replace(".ipynb", ".new.ipynb")
+    assert newer.read_bytes() == tracked[copies[0].name] and "changed since your copy" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in NOTEBOOKS_DIR.glob("*.ipynb")} == tracked
+    make = (NOTEBOOKS_DIR.parent / "Makefile").read_text()
+    lab = make[make.index("\nlab:"):make.index("\ntest-browser:")]
+    assert "workbench.notebooks lab lab" in lab and "cd lab &&" in lab and "cd notebooks" not in lab
