@@ -74,7 +74,7 @@ def tta_passes(model, images: np.ndarray, transform, n_passes: int = 8, batch_si
     from .progress import tqdm
     if _augment.is_identity(transform):
         raise WorkbenchError("test-time augmentation needs an augmentation: the run was trained with preset 'none'; "
-                             "set tta 0 or choose another strategy (parameter 'strategy')")
+                             "set tta_passes 0 or choose another strategy (parameter 'strategy')")
     return np.stack([predict(model, _augment.apply(transform, images), batch_size, progress=False)
                      for _ in tqdm(range(n_passes), desc=desc, unit="pass")])
 
