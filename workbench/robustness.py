@@ -150,8 +150,8 @@ def figure(trained, ds, result: dict):
     truth = (";".join(ds.class_names[i] for i in np.flatnonzero(y)) if _tasks.is_multilabel(ds.task)
              else ds.class_names[int(np.asarray(y).reshape(-1)[0])])
     return image_grid(np.stack(images), caps, ncols=min(7, len(images)), caption_colors=colors,
-                      title=f"Test image #{result['example']['index']} (true: {truth[:30]}) under each corruption at "
-                            f"severity {EXAMPLE_SEVERITY}; prediction and confidence (green right, red wrong)")
+                      title=f"Test image #{result['example']['index']} (true: {truth[:24]}), each corruption at severity "
+                            f"{EXAMPLE_SEVERITY}\nprediction and confidence (green: right, red: wrong)")
 
 
 def card_section(run_dir) -> list[str]:
