@@ -203,8 +203,8 @@ def test_evaluate_and_annotate_record_the_features(tiny_run):
     for name in ("knn", "linear_probe"):
         assert 0 <= fb[name]["acc"] <= 1 and fb[name]["acc_ci95"][0] <= fb[name]["acc"] <= fb[name]["acc_ci95"][1]
     assert fb["linear_probe"]["C"] in (0.01, 0.1, 1.0, 10.0)
-    out = annotate.run(params.make("annotate", {"run_dir": str(tiny_run), "pool": "test", "audit_folds": 0,
-                                                "bootstrap": 100}))
+    out = annotate.run(params.make("annotate", {"run_dir": str(tiny_run), "pool": "test", "audit_folds": 2,
+                                                "audit_epochs": 1, "bootstrap": 100}))
     pool_dir = tiny_run / "annotate" / "test"
     table = pd.read_csv(pool_dir / "annotations.csv")
     assert list(table.columns) == [*annotate.ANNOTATION_COLUMNS, "knn_label", "knn_agree", "ood_score"]
@@ -217,6 +217,36 @@ def test_evaluate_and_annotate_record_the_features(tiny_run):
     near = pd.read_csv(pool_dir / "train_near_duplicates.csv")
     assert summary["train_near_duplicates"]["n_pairs"] == len(near)
     assert list(near.columns) == ["id", "index", "train_index", "train_id", "train_label", "similarity"]
+    # what belongs to the run is computed once: a second pool reads the audit, val's predictions and the map
+    cache = tiny_run / "cache"
+    made = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert {n.split("-")[0] for n in made} == {"val", "audit"}     # (the map is drawn by the notebook only)
+    assert json.loads((pool_dir / "label_audit.json").read_text())["computed"].startswith("computed now")
+    annotate.run(params.make("annotate", {"run_dir": str(tiny_run), "pool": "val", "audit_folds": 2,
+                                          "audit_epochs": 1, "bootstrap": 100}))
+    second = tiny_run / "annotate" / "val"
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == made          # read, never rewritten
+    assert json.loads((second / "label_audit.json").read_text())["computed"] == "read from the run's cache"
+    assert (second / "label_issues.csv").read_bytes() == (pool_dir / "label_issues.csv").read_bytes()
+
+
+
+def test_the_runs_map_is_fitted_once_and_new_points_are_placed_on_it(trained):
+    from workbench import features as F
+    tr, va = F.split_features(trained, "train"), F.split_features(trained, "val")
+    first = F.run_projection(trained, tr, va, method="pca")
+    again = F.run_projection(trained, tr, va, method="pca")
+    assert not first["cached"] and again["cached"] and first["path"] == again["path"]
+    assert np.array_equal(first["train_xy"], again["train_xy"]) and first["train_xy"].shape == (len(tr), 2)
+    assert first["method"] == "pca" and again["val_xy"].shape == (len(va), 2)
+    # a point is placed at the similarity-weighted mean of its neighbours' positions
+    anchors = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    xy = F.place(anchors, np.array([[0, 1], [1, 2]]), np.array([[1.0, 1.0], [0.75, 0.25]]))
+    assert np.allclose(xy, [[5.0, 0.0], [7.5, 2.5]])
+    index = F.Index(tr.embeddings, trained.dataset().labels["train"])
+    sims, idx = index.search(tr.embeddings[:5], 3)
+    placed = F.place(first["train_xy"], idx, sims)      # a train image lands next to itself on the map
+    assert np.linalg.norm(placed - first["train_xy"][:5], axis=1).max() < np.ptp(first["train_xy"], axis=0).max() / 2
 
 
 def test_bench_compares_the_agreement_rule_at_equal_coverage():

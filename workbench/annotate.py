@@ -163,9 +163,16 @@ per_class_thresholds = _metrics.per_class_thresholds     # moved to workbench.me
 
 
 def val_predictions(trained, params: AnnotateParams, temp=None) -> np.ndarray:
-    """Val probabilities, calibrated as the pool's will be."""
-    return _predict.calibrated(_predict.predict(trained.model, trained.dataset().images["val"], params.batch_size,
-                                                desc="predict val"), temp, trained.task)
+    """Val probabilities, calibrated as the pool's will be. They belong to the run, not to a pool: computed once
+    per model and val split and kept in RUN/cache/ (every later pool reads them back)."""
+    from .features import split_id
+    path = _runs.run_cache_path(trained.path, "val-predictions", {"model": trained.model_hash,
+                                                                  "val": split_id(trained, "val")}).with_suffix(".npz")
+    arrays, hit = _runs.cached_arrays(path, lambda: {"probs": _predict.predict(
+        trained.model, trained.dataset().images["val"], params.batch_size, desc="predict val")})
+    if hit:
+        print(f"val predictions of this model read from the run's cache ({path.name})")
+    return _predict.calibrated(np.asarray(arrays["probs"], dtype=np.float64), temp, trained.task)
 
 
 def ood_gates(fx, params: AnnotateParams) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -600,8 +607,15 @@ def rank_for_review(run: _runs.Run, trained, pool, table: pd.DataFrame, probs: n
 
 
 # ---------------------------------------------------------------------- label audit
+AUDIT_FILES = ("label_issues.csv", "audit_probs.npz", "label_audit.json")
+
+
 def audit_labels(run: _runs.Run, trained, params: AnnotateParams) -> pd.DataFrame | None:
-    """Confident learning over the train split with cross-validated probabilities → label_issues.csv."""
+    """Confident learning over the train split with cross-validated probabilities → label_issues.csv.
+
+    The audit is about the run's training labels, not the pool: it is computed once per run (train parameters,
+    data, folds, epochs, seed) into RUN/cache/audit-<key>/ and every pool's directory gets a copy of its files
+    (``label_audit.json`` says where they came from)."""
     from . import audit
     from . import augment as _augment
     from . import models as _models
@@ -630,20 +644,36 @@ def audit_labels(run: _runs.Run, trained, params: AnnotateParams) -> pd.DataFram
     def transform(seed):
         return _augment.build(tp.augment, seed, n_channels=ds.input_shape[-1])
 
-    probs, folds = audit.cross_val_probs(images, labels, build, folds=params.audit_folds, epochs=params.audit_epochs,
-                                         seed=params.seed, transform_factory=transform, batch_size=tp.batch_size,
-                                         learning_rate=tp.learning_rate)
-    issues = audit.issues_table(audit.find_issues(labels, probs), ds.class_names, "train")
-    issues.to_csv(run.file("label_issues.csv"), index=False)
-    np.savez_compressed(run.file("audit_probs.npz"), probs=probs.astype(np.float32), folds=folds, labels=labels)
-    oof_acc = float((probs.argmax(1) == labels).mean())
-    run.write_json("label_audit.json", {
-        "method": "confident learning (cleanlab find_label_issues, prune_by_noise_rate, ranked by self_confidence)",
-        "split": "train", "n": int(len(labels)), "folds": params.audit_folds, "epochs": params.audit_epochs,
-        "out_of_sample_acc": oof_acc, "n_issues": int(len(issues)),
-        "issue_rate": float(len(issues) / len(labels))})
-    print(f"label audit: {len(issues)} of {len(labels)} train labels flagged "
-          f"(out-of-sample accuracy {oof_acc:.3f}, {params.audit_folds} folds x {params.audit_epochs} epochs)")
+    def fill(folder: Path):
+        probs, folds = audit.cross_val_probs(images, labels, build, folds=params.audit_folds,
+                                             epochs=params.audit_epochs, seed=params.seed, transform_factory=transform,
+                                             batch_size=tp.batch_size, learning_rate=tp.learning_rate)
+        issues = audit.issues_table(audit.find_issues(labels, probs), ds.class_names, "train")
+        issues.to_csv(folder / "label_issues.csv", index=False)
+        np.savez_compressed(folder / "audit_probs.npz", probs=probs.astype(np.float32), folds=folds, labels=labels)
+        oof_acc = float((probs.argmax(1) == labels).mean())
+        (folder / "label_audit.json").write_text(json.dumps({
+            "method": "confident learning (cleanlab find_label_issues, prune_by_noise_rate, ranked by self_confidence)",
+            "split": "train", "n": int(len(labels)), "folds": params.audit_folds, "epochs": params.audit_epochs,
+            "out_of_sample_acc": oof_acc, "n_issues": int(len(issues)),
+            "issue_rate": float(len(issues) / len(labels))}, indent=1) + "\n")
+
+    from .params import to_dict
+    key = {"train": {k: v for k, v in to_dict(tp).items() if k != "run_dir"}, "data": ds.md5, "n": int(len(labels)), "folds": params.audit_folds,
+           "epochs": params.audit_epochs, "seed": params.seed, "classes": list(ds.class_names)}
+    folder, hit = _runs.cached_folder(_runs.run_cache_path(trained.path, "audit", key), fill)
+    import shutil
+    copied = {name: run.file(name) for name in AUDIT_FILES[:2]}
+    for name, dest in copied.items():
+        shutil.copyfile(folder / name, dest)
+    meta = json.loads((folder / "label_audit.json").read_text())
+    meta["computed"] = "read from the run's cache" if hit else "computed now and kept in the run's cache"
+    meta["cache"] = str(folder.relative_to(trained.path))
+    run.write_json("label_audit.json", meta)
+    issues = pd.read_csv(copied["label_issues.csv"])
+    print(f"label audit: {meta['n_issues']} of {meta['n']} train labels flagged (out-of-sample accuracy "
+          f"{meta['out_of_sample_acc']:.3f}, {meta['folds']} folds x {meta['epochs']} epochs; "
+          f"{'read from' if hit else 'kept in'} the run's cache {meta['cache']})")
     return issues
 
 

@@ -657,6 +657,8 @@ class PoolFeatures:
     near: object                     # pandas DataFrame: train_near_duplicates.csv
     threshold: float = NEAR_DUPLICATE
     extra: dict = field(default_factory=dict)
+    knn_idx: np.ndarray | None = None     # (N, k) train indices of each pool item's nearest neighbours
+    knn_sims: np.ndarray | None = None    # (N, k) their centred cosine similarities
 
     @property
     def knn_agree(self) -> np.ndarray:
@@ -754,7 +756,7 @@ def annotate_pool(run, trained, pool, params, pool_probs: np.ndarray, k: int = K
     model_label = _decided(np.asarray(pool_probs), trained.task)
     fx = PoolFeatures(train=tr, val=va, pool=po, task=trained.task, class_names=list(trained.class_names), k=kk,
                       knn_probs=knn_probs, knn_label=knn_label, model_label=model_label, ood=ood, val_ood=val_ood,
-                      near=near, threshold=threshold)
+                      near=near, threshold=threshold, knn_idx=idx, knn_sims=sims)
     print(f"features: kNN (k = {kk}) agrees with the model on {fx.knn_agree.mean():.3f} of the pool; "
           f"{int(fx.ood_flag.sum())} item(s) above val's {OOD_QUANTILE:.0%} OOD quantile; "
           f"{near['id'].nunique() if len(near) else 0} item(s) with a train near-duplicate (cosine ≥ {threshold})")
@@ -939,16 +941,17 @@ def map_figure(data: MapData, colourings: tuple[str, ...] = ("label", "split"), 
 
 
 def map_data(parts: list[dict], method: str = "auto", seed: int = 0, center: np.ndarray | None = None,
-             title: str = "Embedding map") -> MapData:
+             title: str = "Embedding map", xy: np.ndarray | None = None, used: str = "") -> MapData:
     """Project several sources together. Each part: ``name``, ``embeddings`` (n, D), ``images``
     (callable(positions) → uint8 display images), ``colourings`` {name: (n,) values}. Every part gets a
     ``split`` colouring (its name). Coordinates come from ``project`` on centred unit vectors (``center``:
     the train mean, as the kNN search uses)."""
     if not parts:
         raise WorkbenchError("an embedding map needs at least one set of points")
-    emb = np.concatenate([np.asarray(p["embeddings"], dtype=np.float32) for p in parts])
-    c = center if center is not None else np.asarray(parts[0]["embeddings"], dtype=np.float32).mean(0)
-    xy, used = project(_unit(emb - c), method, seed)
+    if xy is None:      # else: coordinates given (a run's cached projection, see ``run_projection``)
+        emb = np.concatenate([np.asarray(p["embeddings"], dtype=np.float32) for p in parts])
+        c = center if center is not None else np.asarray(parts[0]["embeddings"], dtype=np.float32).mean(0)
+        xy, used = project(_unit(emb - c), method, seed)
     names = sorted({k for p in parts for k in p.get("colourings", {})} | {"split"},
                    key=lambda k: ("label", "prediction", "confidence", "split").index(k)
                    if k in ("label", "prediction", "confidence", "split") else 10)
@@ -1176,6 +1179,33 @@ def explore_map(run_dir="", method: str = "auto", seed: int = 0):
     return show_map(run_map(run_dir, method, seed), "label", seed)
 
 
+def run_projection(trained, train: Features, val: Features, method: str = "auto", seed: int = 0) -> dict:
+    """The 2-D map of a run's train and val embeddings, computed once per model and kept in the run's cache
+    (RUN/cache/map-<key>.npz): every annotated pool is drawn on the same map instead of fitting UMAP again
+    (its numba functions compile in every new process: 30-40 s; then the fit). Returns train_xy, val_xy, method."""
+    from . import runs as _runs
+    key = {"model": trained.model_hash, "train": split_id(trained, "train"), "val": split_id(trained, "val"),
+           "method": method, "seed": int(seed), "layer": train.layer, "version": FEATURES_VERSION}
+    path = _runs.run_cache_path(trained.path, "map", key).with_suffix(".npz")
+    center = train.embeddings.mean(0)
+
+    def compute():
+        xy, used = project(_unit(np.concatenate([train.embeddings, val.embeddings]) - center), method, seed)
+        return {"train_xy": xy[:len(train)], "val_xy": xy[len(train):], "method": np.array(used)}
+    arrays, hit = _runs.cached_arrays(path, compute)
+    return {"train_xy": arrays["train_xy"], "val_xy": arrays["val_xy"], "method": str(arrays["method"]),
+            "cached": hit, "path": path}
+
+
+def place(anchor_xy: np.ndarray, idx: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """New points on an existing map: each at the similarity-weighted mean of its nearest anchors' positions
+    (weights: the centred cosine, floored at a small positive value). A point far from all anchors lands among
+    its nearest ones; the OOD colouring tells them apart."""
+    w = np.maximum(np.asarray(sims, dtype=np.float64), 1e-3)
+    pts = np.asarray(anchor_xy, dtype=np.float64)[np.asarray(idx)]          # (N, k, 2)
+    return ((pts * w[..., None]).sum(1) / w.sum(1, keepdims=True)).astype(np.float32)
+
+
 def annotate_map(fx: PoolFeatures, trained, pool, table, issues=None, params=None, pool_name: str = "pool",
                  method: str = "auto"):
     """The annotate report's map: train, val and the pool, coloured by label (pool: its known label, else
@@ -1209,6 +1239,14 @@ def annotate_map(fx: PoolFeatures, trained, pool, table, issues=None, params=Non
     spec = display_spec(trained)
     parts.append({"name": pool_name, "embeddings": fx.pool.embeddings, "colourings": pool_col,
                   "images": lambda pos: conform(pool.raw(np.asarray(pos, dtype=int)), spec)})
-    data = map_data(parts, method, seed, index.center, title=f"Train, val and pool {pool.name}")
+    proj = run_projection(trained, fx.train, fx.val, method, seed)
+    if fx.knn_idx is not None and len(fx.pool):
+        pool_xy = place(proj["train_xy"], fx.knn_idx, fx.knn_sims)
+    else:
+        pool_xy = np.zeros((len(fx.pool), 2), np.float32)
+    xy = np.concatenate([proj["train_xy"], proj["val_xy"], pool_xy])
+    data = map_data(parts, method, seed, index.center, title=f"Train, val and pool {pool.name}", xy=xy,
+                    used=f"{proj['method']} of train and val (the run's map, {'cached' if proj['cached'] else 'new'}); "
+                         "pool items placed among their 11 nearest train images")
     return show_map(data, "label", seed)
 

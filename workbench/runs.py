@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -226,3 +227,59 @@ def add_provenance(run: Run, **fields) -> None:
     tmp = p.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
     os.replace(tmp, p)
+
+
+# ---------------------------------------------------------------------- what belongs to a trained run
+# Results that depend only on the trained run (its model, data and training parameters), not on a pool: every
+# annotated pool needs them, so they are computed once per run and kept in RUN/cache/<name>-<key>, keyed by
+# everything they depend on. Write-once: an entry appears whole (a finished temporary file or folder renamed
+# into place) or not at all, and is never replaced; a changed model, data or parameter gets another key.
+RUN_CACHE_DIR = "cache"
+
+
+def run_cache_path(run_dir, name: str, key_doc: dict) -> Path:
+    """``RUN/cache/<name>-<16 hex digits of the key>`` (a file or a folder: the caller adds the suffix)."""
+    import hashlib
+    digest = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(run_dir) / RUN_CACHE_DIR / f"{name}-{digest}"
+
+
+def cached_arrays(path: Path, compute) -> tuple[dict, bool]:
+    """The arrays in ``path`` (an .npz written by an earlier call), or ``compute()``'s dict of arrays, written
+    there once. Returns (arrays, whether they came from the cache)."""
+    import numpy as np
+    path = Path(path)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}, True
+        except (OSError, ValueError):
+            pass                                   # unreadable: recomputed, the file is left for inspection
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return arrays, False
+
+
+def cached_folder(path: Path, fill) -> tuple[Path, bool]:
+    """A folder of files written once by ``fill(tmp_folder)``; returns (the folder, whether it existed)."""
+    path = Path(path)
+    if path.is_dir():
+        return path, True
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    try:
+        os.rename(tmp, path)
+    except OSError:                                # another process finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path, False
