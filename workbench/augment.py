@@ -287,3 +287,49 @@ def _plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+# ------------------------------------------------------------------------------------------ FixMatch's strong views
+# The strong augmentation of FixMatch (Sohn et al., NeurIPS 2020, §2.3 and appendix Table 12: RandAugment with a
+# random magnitude, two ops per image, then Cutout), on top of the run's own (weak) preset, within the data card's
+# orientation rule: geometry never mirrors or turns an orientation-fixed image (the dihedral ops come only from a
+# preset that already has them, i.e. orientation-free data), and the rotation and shear of orientation-fixed data
+# stay small (10°: a tilted patient, not another anatomy). The paper's ranges otherwise: rotation ±30°, shear ±0.3
+# (≈ 17°), translation ±30 % of the side, posterize 4-8 bits, solarize at any threshold, Cutout up to half the side
+# filled with grey. Colour (saturation) only for RGB.
+def randaugment_ops(n_channels: int, orientation_free: bool) -> list:
+    """The RandAugment op list FixMatch draws two ops from (each at a random magnitude within its range)."""
+    rot, shear = (30, 17) if orientation_free else (10, 10)
+    ops = [
+        A.NoOp(),
+        A.AutoContrast(p=1.0),
+        A.Equalize(p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.45, contrast_limit=0.0, p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.45, p=1.0),
+        A.Sharpen(alpha=(0.05, 0.95), lightness=(1.0, 1.0), p=1.0),
+        A.Posterize(num_bits=(4, 8), p=1.0),
+        A.Solarize(threshold_range=(0.0, 1.0), p=1.0),
+        A.Affine(rotate=(-rot, rot), border_mode=0, fill=127, p=1.0),
+        A.Affine(shear={"x": (-shear, shear), "y": (0, 0)}, border_mode=0, fill=127, p=1.0),
+        A.Affine(shear={"x": (0, 0), "y": (-shear, shear)}, border_mode=0, fill=127, p=1.0),
+        A.Affine(translate_percent={"x": (-0.3, 0.3), "y": (0, 0)}, border_mode=0, fill=127, p=1.0),
+        A.Affine(translate_percent={"x": (0, 0), "y": (-0.3, 0.3)}, border_mode=0, fill=127, p=1.0),
+    ]
+    if n_channels == 3:
+        ops.append(A.ColorJitter(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(0.05, 1.95), hue=(0.0, 0.0),
+                                 p=1.0))
+    return ops
+
+
+def strong(preset: str, seed: int, n_channels: int = 3, photometric: dict | None = None, side: int = 28,
+           orientation_free: bool = False) -> A.Compose:
+    """FixMatch's strong view: the preset's pipeline (``build``: the weak view), then two RandAugment ops and
+    Cutout. Refuses a preset that mirrors or turns images when ``orientation_free`` is False."""
+    if ORIENTATION_CHANGES.get(preset) and not orientation_free:
+        raise WorkbenchError(f"augmentation preset {preset!r} applies {ORIENTATION_CHANGES[preset]}, but the data are "
+                             "orientation-fixed: the strong views would break the orientation rule (parameter 'augment')")
+    ops = list(build(preset, seed, n_channels, photometric, side).transforms)
+    ops += [A.SomeOf(randaugment_ops(n_channels, orientation_free), n=2, replace=True, p=1.0),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.5), hole_width_range=(0.1, 0.5),
+                            fill=127, p=1.0)]
+    return reseed(A.Compose(ops), seed)

@@ -70,6 +70,20 @@ class TrainParams:
                         "defaults)", choices=("fast", "stock"))
     extra_labels: str = _p("", "extra training labels: a review export directory (or its labelled.npz) from "
                                "the annotate stage, appended to the train split (empty: none)")
+    label_fraction: float = _p(1.0, "keep this share of the train split's labels (a stratified, seeded subset, at "
+                               "least one image per class; label-efficiency studies): the rest of the train split "
+                               "is then the pool 'train' of unlabelled", min=0.0001, max=1.0)
+    unlabelled: str = _p("", "semi-supervised training (FixMatch, workbench.semisup) with these unlabelled images: "
+                         "train (with label_fraction < 1: the train images whose labels were held out), a folder "
+                         "(PNG/JPEG/TIFF/DICOM, searched recursively) or a MedMNIST-style .npz (FILE.npz:PREFIX) - "
+                         "the pools of annotate; single-label tasks only (empty: supervised)")
+    unlabelled_ratio: int = _p(3, "FixMatch's mu: unlabelled images per labelled image in a batch (the paper's 7 "
+                               "costs about twice as much on a CPU)", min=1, max=16)
+    pseudo_threshold: float = _p(0.95, "FixMatch's tau: a weak view's top probability at or above it makes its "
+                                 "pseudo-label count in the loss", min=0.0, max=1.0)
+    unlabelled_weight: float = _p(1.0, "FixMatch's lambda_u: weight of the pseudo-label loss", min=0.0, max=100.0)
+    compare_supervised: bool = _p(True, "with unlabelled: also train the same recipe on the labelled images alone "
+                                  "(supervised/ in the run), for the train report and the annotate comparison")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from . import models as _models
 from . import preprocess as _pre
 from . import runs as _runs
 from . import runtime as _runtime
+from . import semisup as _semisup
 from . import tasks as _tasks
 from .errors import WorkbenchError
 from .params import TrainParams
@@ -124,6 +125,7 @@ def open_stage(params: TrainParams):
     (params + provenance). Everything that can fail on bad input fails before the directory is made."""
     ds, extra = load_data(params)
     p = resolve(params, ds)
+    _semisup.check(p, ds)    # unlabelled: the task, the pool's path (workbench.semisup)
     backend = _runtime.configure_backend(p.conv_impl)
     run = _runs.open_stage("train", p)
     o = orientation(ds)
@@ -196,6 +198,9 @@ class AugmentedBatches(keras.utils.PyDataset):
             self.order = self.rng.permutation(len(self.images))
 
 
+SHOWN = ("loss", "acc", "mask_rate", "val_loss", "val_acc")   # the progress bar's metrics
+
+
 class TqdmTraining(keras.callbacks.Callback):
     """One bar over all training steps, with the last epoch's metrics as postfix."""
 
@@ -209,11 +214,12 @@ class TqdmTraining(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
+        if logs and "mask_rate" in logs and batch % 10 == 0:   # semi-supervised: the pseudo-label mask rate, live
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in SHOWN}, refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "acc", "val_loss", "val_acc")},
-                             refresh=False)
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in SHOWN}, refresh=False)
         self.bar.set_description(f"epoch {epoch + 1}")
         if headless():  # one readable line per epoch in the executed notebook (a log line, not a bar)
             print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
@@ -227,6 +233,7 @@ def load_data(params: TrainParams) -> tuple[_data.Dataset, dict | None]:
     """The dataset as loaded (raw pixels, before the input path), with any review export appended to
     train (and what was appended, for the provenance; None without ``extra_labels``)."""
     ds = _data.load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split, seed=params.seed)
+    ds = _semisup.label_subset(ds, params.label_fraction, params.seed)   # label_fraction < 1: a label budget
     if params.extra_labels:
         return add_extra_labels(ds, params.extra_labels)
     return ds, None
@@ -432,18 +439,27 @@ def class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return out
 
 
-def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, run: _runs.Run) -> pd.DataFrame:
-    """Fit and checkpoint the best epoch (by val_loss) to model.keras; return the history table."""
+def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, run: _runs.Run,
+        unlabelled: _semisup.Unlabelled | None = None) -> pd.DataFrame:
+    """Fit and checkpoint the best epoch (by val_loss) to model.keras; return the history table. With
+    ``unlabelled`` (``load_unlabelled``): FixMatch on the labelled and unlabelled images (workbench.semisup)."""
     keras.utils.set_random_seed(params.seed)
     import jax
     n_dev = jax.device_count()
     if n_dev > 1 and params.batch_size % n_dev:
         raise WorkbenchError(f"parameter 'batch_size' = {params.batch_size} must be a multiple of the {n_dev} "
                              "devices for data-parallel training")
-    batches = AugmentedBatches(ds.images["train"], ds.labels["train"], params.batch_size, transform, params.seed,
-                               multiple_of=n_dev, steps=params.steps_per_epoch)
+    trainer, monitor = model, None
+    if unlabelled is not None:   # FixMatch: labelled + weak/strong unlabelled views each step, the network wrapped
+        batches, trainer, monitor = _semisup.setup(model, ds, transform, params, unlabelled, orientation(ds)["free"],
+                                                   augmentation(params, ds)[1])
+        per_epoch = len(batches) * params.batch_size * (1 + params.unlabelled_ratio)
+    else:
+        batches = AugmentedBatches(ds.images["train"], ds.labels["train"], params.batch_size, transform, params.seed,
+                                   multiple_of=n_dev, steps=params.steps_per_epoch)
     steps = len(batches)
-    per_epoch = steps * params.batch_size if batches.steps else len(ds.labels["train"])  # images per epoch
+    if unlabelled is None:
+        per_epoch = steps * params.batch_size if batches.steps else len(ds.labels["train"])  # images per epoch
     total = params.epochs * steps
     warmup = min(params.warmup_epochs * steps, max(total - 1, 0))
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -454,7 +470,7 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     # EMA: the averaged weights are written into the model once per epoch, so validation, early stopping
     # and the checkpoint all see them
     ema = {"use_ema": True, "ema_momentum": 0.99, "ema_overwrite_frequency": steps} if params.ema == "yes" else {}
-    model.compile(
+    trainer.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, **ema),
         loss=_tasks.loss(ds.task), metrics=[_tasks.accuracy_metric(ds.task)],
     )
@@ -462,7 +478,9 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     model_path = run.file("backbone.keras" if tta else "model.keras")
     history_path = run.file("history.csv")
     callbacks = [
-        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_loss", save_best_only=True) if monitor is None
+        else _semisup.BestNet(model, model_path),      # FixMatch: the network, not its trainer
+        *([monitor] if monitor is not None else []),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience, restore_best_weights=True),
         keras.callbacks.CSVLogger(str(history_path)),
         keras.callbacks.TerminateOnNaN(),
@@ -471,7 +489,7 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     cw = class_weight(ds.labels["train"], ds.num_classes) if params.class_weights else None
     t0 = time.perf_counter()
     y_val = ds.labels["val"].astype("float32") if _tasks.is_multilabel(ds.task) else ds.labels["val"]
-    model.fit(batches, validation_data=(ds.images["val"].astype("float32"), y_val),
+    trainer.fit(batches, validation_data=(ds.images["val"].astype("float32"), y_val),
               epochs=params.epochs, callbacks=callbacks, class_weight=cw, verbose=0)
     seconds = time.perf_counter() - t0
     if tta:
@@ -487,9 +505,44 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "tta": tta, "ema": params.ema == "yes", "conv_impl": params.conv_impl, "task": ds.task,
         "loss": _tasks.loss(ds.task), "output_activation": _tasks.activation(ds.task),
+        "labelled_images": int(len(ds.labels["train"])),
     }
+    if unlabelled is not None:
+        summary["semi_supervised"] = _semisup.summary(params, unlabelled, monitor, hist, run)
     run.write_json("train_summary.json", summary)
     return hist
+
+
+def load_unlabelled(params: TrainParams, ds: _data.Dataset, spec: _inputs.InputSpec, run: _runs.Run | None = None):
+    """The unlabelled pool (``unlabelled``) through the run's input path, or None (workbench.semisup)."""
+    return _semisup.load_unlabelled(params, ds, spec, run)
+
+
+def fit_supervised_baseline(params: TrainParams, ds: _data.Dataset, run: _runs.Run) -> pd.DataFrame | None:
+    """With ``unlabelled`` and ``compare_supervised``: the same recipe, seed and initialisation on the labelled
+    images alone, into ``RUN/supervised/`` (model.keras, history.csv, train_summary.json): what the unlabelled
+    images added, for the report and the annotate stage. None otherwise."""
+    if not (params.unlabelled and params.compare_supervised):
+        return None
+    p = dataclasses.replace(params, unlabelled="")
+    transform, _ = augmentation(p, ds)            # a fresh pipeline: the stream a supervised run would draw
+    sub = _runs.Run(path=run.path / _semisup.BASELINE_DIR, stage="train")
+    return fit(build_model(p, ds), ds, transform, p, sub)
+
+
+def semi_supervised_report(params: TrainParams, history: pd.DataFrame, run: _runs.Run):
+    """The mask-rate and pseudo-label-accuracy figure of a semi-supervised run (a note for a supervised one)."""
+    from .report import Markdown
+    if not params.unlabelled:
+        return Markdown("Supervised training (no `unlabelled` images).")
+    return _semisup.mask_rate_figure(history, run.path)
+
+
+def semi_supervised_comparison(params: TrainParams, run: _runs.Run):
+    from .report import Markdown
+    if not params.unlabelled:
+        return Markdown("Supervised training (no `unlabelled` images).")
+    return _semisup.comparison_table(run.path)
 
 
 def preview_augmentation(params: TrainParams, ds: _data.Dataset, n_images: int = 8, n_samples: int = 3):
@@ -534,15 +587,28 @@ NOTEBOOK = _cells.Stage(
         _cells.md("## Augmentation\nApplied on the fly to training batches; the pipeline is saved as `augment.yaml`."),
         _cells.code("aug = train.make_augmentation(P, ds, run)"),
         _cells.show("train.preview_augmentation(P, ds)"),
+        _cells.md("## Unlabelled images\nWith `-p unlabelled POOL` (a folder, an `.npz`, or `train` with "
+                  "`label_fraction` < 1), FixMatch learns from them too (workbench.semisup): each step takes "
+                  "`unlabelled_ratio` unlabelled images per labelled one, a weak view (the preset above) and a strong "
+                  "view (two RandAugment ops and Cutout, within the card's orientation rule). The pool's labels, where "
+                  "it has them, are only read to report the pseudo-labels' accuracy, never trained on."),
+        _cells.code("unl = train.load_unlabelled(P, ds, spec, run)  # None without -p unlabelled"),
         _cells.md("## Model"),
         _cells.code("model = train.build_model(P, ds, run)"),
         _cells.show("model.summary()"),
         _cells.md("## Training\nAdamW with linear warm-up and cosine decay; early stopping on val loss restores the "
                   "best epoch, which is also the checkpoint saved as `model.keras`."),
-        _cells.code("history = train.fit(model, ds, aug, P, run)"),
+        _cells.code("history = train.fit(model, ds, aug, P, run, unlabelled=unl)"),
         _cells.show("history"),
         _cells.show("wb.viz.training_curves(history)"),
         _cells.show('run.read_json("train_summary.json")'),
+        _cells.md("## Pseudo-labels\nSemi-supervised runs: the share of unlabelled images whose weak view reaches "
+                  "`pseudo_threshold` (the mask rate) per epoch, in the training batches and on a fixed sample of the "
+                  "pool; where the pool's labels are known, how often those pseudo-labels are right. Then the same "
+                  "recipe trained on the labelled images alone (`compare_supervised`, in `supervised/`)."),
+        _cells.show("train.semi_supervised_report(P, history, run)"),
+        _cells.code("baseline = train.fit_supervised_baseline(P, ds, run)"),
+        _cells.show("train.semi_supervised_comparison(P, run)"),
     ),
     result=("run",),
 )

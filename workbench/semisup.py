@@ -1,0 +1,407 @@
+"""Semi-supervised training on the user's unlabelled images: FixMatch (Sohn et al., "FixMatch: Simplifying
+Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2020), written from the paper with Keras 3 ops.
+
+Each optimizer step takes ``B`` labelled images (``batch_size``) and ``mu * B`` unlabelled ones
+(``unlabelled_ratio``). An unlabelled image is seen twice: a *weak* view (the run's own augmentation preset,
+which follows the data card's orientation rule) and a *strong* view (the weak view, then two RandAugment ops at
+random magnitudes and Cutout: ``workbench.augment.strong``, within the same orientation rule). The network's
+prediction on the weak view, when its top probability reaches ``tau`` (``pseudo_threshold``), becomes a hard
+pseudo-label for the strong view; the loss is
+
+    l_s + lambda_u * l_u,   l_s = mean over the B labelled images of H(y, p(y | weak view)),
+                            l_u = 1/(mu B) * sum over the unlabelled of 1[max q >= tau] * H(argmax q, p(y | strong view)),
+
+with q = p(y | weak view) held constant (no gradient through it: ``ops.stop_gradient``, so the weak pass is a
+forward pass only). Batch normalisation sees the weak batch, then the labelled and strong images together (the
+paper's single forward pass, as two calls in one step). ``lambda_u`` is ``unlabelled_weight``.
+
+Task types: ``binary-class``, ``multi-class`` and ``ordinal-regression`` (trained as multi-class, the MedMNIST
+protocol), i.e. one softmax over classes. ``multi-label, binary-class`` is refused with a one-line error: FixMatch's
+pseudo-label is the arg-max of one softmax; a per-label version is not the paper's method.
+
+What can differ from the paper, and why: ``mu`` defaults to 3, not 7 (a CPU pays for every unlabelled image
+twice; ``-p unlabelled_ratio 7`` gives the paper's); the optimizer, schedule, epochs and early stopping are the
+recipe's (AdamW, cosine, far fewer steps than the paper's 2^20), not SGD with Nesterov momentum; no EMA of the
+weights unless the recipe's ``ema`` says so.
+
+The unlabelled pool (``unlabelled``) is opened by ``workbench.pools.open_pool`` — the pool kinds of the annotate
+stage — and read once through the run's input path (``workbench.inputs``): ``train`` (with ``label_fraction`` < 1,
+the train images whose labels were held out), a folder (PNG, JPEG, TIFF, DICOM) or an ``.npz``. The val and test
+splits are refused (val picks the checkpoint and test is scored by evaluate: learning from their images, even
+without labels, would make both optimistic), and pool items byte-identical to a val or test image are left out.
+The pool's labels, where it has them (a split, an ``.npz`` with ``*_labels``), are never given to training: only
+the monitor (``PseudoLabelMonitor``) reads them, after each epoch, to report how accurate the pseudo-labels are
+(``unlabelled_history.csv``). A test trains twice, with the pool's labels shuffled, and gets the same model.
+
+Label budgets (``label_fraction``): a stratified, seeded subset of the train split keeps its labels
+(``label_subset``); the rest becomes the pool ``train``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import keras
+import numpy as np
+
+from . import augment as _augment
+from . import tasks as _tasks
+from .errors import WorkbenchError
+from .progress import tqdm
+
+METHOD = "FixMatch (Sohn et al., NeurIPS 2020)"
+SUPPORTED_TASKS = (_tasks.BINARY, _tasks.MULTICLASS, _tasks.ORDINAL)
+EXCLUDED_SPLITS = ("val", "test")
+MONITOR_ITEMS = 2048          # pool items scored after every epoch for the report (a seeded sample)
+MAX_POOL_BYTES = 4 << 30      # the pool is held in memory (uint8, after the input path)
+HISTORY_FILE = "unlabelled_history.csv"
+BASELINE_DIR = "supervised"   # the same recipe on the labelled images alone (compare_supervised)
+
+
+# ------------------------------------------------------------------------------------------- checks, label budget
+def check(params, ds) -> None:
+    """Fail with one line, before anything is trained, on what semi-supervised training cannot do here."""
+    if not params.unlabelled:
+        return
+    if ds.task not in SUPPORTED_TASKS:
+        raise WorkbenchError(f"parameter 'unlabelled': semi-supervised training (FixMatch) supports single-label tasks "
+                             f"({', '.join(SUPPORTED_TASKS)}); dataset {ds.name} is {ds.task}: train without "
+                             "unlabelled images")
+    if params.class_weights:
+        raise WorkbenchError("parameter 'class_weights' is not supported with 'unlabelled' (FixMatch's loss is "
+                             "unweighted): leave it false")
+    spec = params.unlabelled.strip()
+    if spec in EXCLUDED_SPLITS:
+        raise WorkbenchError(f"parameter 'unlabelled' = {spec!r}: the {spec} split "
+                             f"{'picks the checkpoint' if spec == 'val' else 'is scored by the evaluate stage'}; "
+                             "learning from its images, even unlabelled, would make that optimistic: give train "
+                             "(with label_fraction < 1), a folder or an .npz")
+    if spec == "train" and params.label_fraction >= 1.0:
+        raise WorkbenchError("parameter 'unlabelled' = 'train': every train image is already labelled; set "
+                             "label_fraction below 1 to hold labels out, or give a folder or an .npz of unlabelled images")
+    _open(params, ds)    # the path, the .npz keys and dtype: one line each (workbench.pools)
+
+
+def labelled_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the images that keep their labels: ``floor(fraction * N)`` of them (at least one per
+    class), stratified by class and seeded (``workbench.data.stratified_indices``)."""
+    from .data import stratified_indices
+    labels = np.asarray(labels)
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    k = len(np.unique(labels)) if labels.ndim == 1 else 1
+    n = max(k, int(math.floor(fraction * len(labels) + 1e-9)))
+    return stratified_indices(labels, n, seed)
+
+
+def label_subset(ds, fraction: float, seed: int):
+    """The dataset whose train split keeps only ``labelled_indices`` (val and test untouched)."""
+    if fraction >= 1.0:
+        return ds
+    keep = labelled_indices(ds.labels["train"], fraction, seed)
+    note = (f"label budget: {len(keep)} of {len(ds.labels['train'])} train labels kept ({fraction:g}, stratified, "
+            f"seed {seed})")
+    return replace(ds, images={**ds.images, "train": ds.images["train"][keep]},
+                   labels={**ds.labels, "train": ds.labels["train"][keep]}, notes=[*ds.notes, note])
+
+
+def held_out(ds_full, fraction: float, seed: int):
+    """The dataset whose train split holds the images ``label_subset`` took the labels from (the pool 'train')."""
+    keep = labelled_indices(ds_full.labels["train"], fraction, seed)
+    rest = np.setdiff1d(np.arange(len(ds_full.labels["train"])), keep)
+    return replace(ds_full, images={**ds_full.images, "train": ds_full.images["train"][rest]},
+                   labels={**ds_full.labels, "train": ds_full.labels["train"][rest]},
+                   notes=[*ds_full.notes, f"the {len(rest)} train images whose labels label_fraction held out"])
+
+
+def _open(params, ds):
+    from .pools import open_pool
+    spec = params.unlabelled.strip()
+    source = None
+    if spec == "train":
+        from .data import load_dataset
+        source = held_out(load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split,
+                                       seed=params.seed), params.label_fraction, params.seed)
+    try:
+        return open_pool(spec, dataset=source, class_names=list(ds.class_names))
+    except WorkbenchError as e:
+        raise WorkbenchError(f"parameter 'unlabelled': {e}") from None
+
+
+# ------------------------------------------------------------------------------------------- the pool in memory
+@dataclass
+class Unlabelled:
+    """The unlabelled images after the input path (uint8, the model's shape), and what the report may know."""
+    images: np.ndarray
+    labels: np.ndarray | None             # ground truth where the pool has it: NEVER used for training
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _md5s(images: np.ndarray) -> list[str]:
+    import hashlib
+    return [hashlib.md5(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
+def load_unlabelled(params, ds, spec, run=None) -> Unlabelled | None:
+    """Read the pool ``params.unlabelled`` once through the input path ``spec`` (the dataset ``ds`` already went
+    through it); items byte-identical to a val or test image are left out. None without ``unlabelled``."""
+    if not params.unlabelled:
+        return None
+    pool = _open(params, ds)
+    shape = tuple(spec.shape)
+    chunks, positions = [], []
+    nbytes = 0
+    for pos, imgs in pool.batches(spec, 512):
+        nbytes += imgs.nbytes
+        if nbytes > MAX_POOL_BYTES:
+            raise WorkbenchError(f"parameter 'unlabelled': pool {pool.name} exceeds {MAX_POOL_BYTES >> 30} GiB at "
+                                 f"{shape[0]} px; give a smaller pool (a sub-folder or a sample)")
+        chunks.append(imgs)
+        positions.append(pos)
+    images = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
+    order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, int)
+    images = images[order]
+    labels = pool.labels
+    seen = set(_md5s(ds.images["val"])) | set(_md5s(ds.images["test"]))
+    dup = np.array([m in seen for m in _md5s(images)], dtype=bool)
+    keep = ~dup
+    images = images[keep]
+    if labels is not None:
+        labels = np.asarray(labels)
+        labels = labels[keep] if labels.ndim == 1 else None
+        if labels is not None and (labels < 0).all():
+            labels = None
+    if not len(images):
+        raise WorkbenchError(f"parameter 'unlabelled': pool {pool.name} holds no image outside val and test")
+    info = {"spec": params.unlabelled, "name": pool.name, "kind": pool.kind, "source": pool.source,
+            "pool_id": pool.pool_id, "n": int(len(images)), "rejected": len(pool.rejected),
+            "left_out_as_val_or_test_images": int(dup.sum()), "labels_known": labels is not None}
+    msg = f"unlabelled pool {pool.name} ({pool.kind}): {len(images)} images"
+    if dup.any():
+        msg += f"; {int(dup.sum())} left out (byte-identical to val or test images)"
+    if pool.rejected:
+        msg += f"; {len(pool.rejected)} file(s) rejected"
+    print(msg + (" (its labels are known: used only to report the pseudo-labels' accuracy)" if labels is not None else ""))
+    if run is not None:
+        from . import runs as _runs
+        _runs.add_provenance(run, unlabelled=info)
+    return Unlabelled(images, labels, info)
+
+
+# ------------------------------------------------------------------------------------------- batches
+class FixMatchBatches(keras.utils.PyDataset):
+    """``((labelled, weak, strong), labels)`` per step: B labelled images (their own augmentation), and mu * B
+    unlabelled images in a weak and a strong view. Both streams are successive seeded permutations (every image
+    once per pass; a pool smaller than a batch repeats within it)."""
+
+    def __init__(self, images, labels, unlabelled: np.ndarray, batch_size: int, mu: int, transform, weak, strong,
+                 seed: int, steps: int):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images, self.labels, self.unlabelled = images, labels, unlabelled
+        self.b, self.mu, self.steps = int(batch_size), int(mu), int(steps)
+        self.transform, self.weak, self.strong = transform, weak, strong
+        self.rng_l = np.random.default_rng([seed, 1])
+        self.rng_u = np.random.default_rng([seed, 2])
+        self.buf_l = np.zeros(0, np.int64)
+        self.buf_u = np.zeros(0, np.int64)
+
+    def __len__(self):
+        return self.steps
+
+    @staticmethod
+    def _take(buf, rng, n_items, k):
+        while len(buf) < k:
+            buf = np.concatenate([buf, rng.permutation(n_items)])
+        return buf[:k], buf[k:]
+
+    def __getitem__(self, i):
+        il, self.buf_l = self._take(self.buf_l, self.rng_l, len(self.images), self.b)
+        iu, self.buf_u = self._take(self.buf_u, self.rng_u, len(self.unlabelled), self.b * self.mu)
+        u = self.unlabelled[iu]
+        x_l = _augment.apply(self.transform, self.images[il]).astype("float32")
+        x_w = _augment.apply(self.weak, u).astype("float32")
+        x_s = _augment.apply(self.strong, u).astype("float32")
+        return (x_l, x_w, x_s), self.labels[il]
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+class FixMatch(keras.Model):
+    """Wraps the registry network: on a ``(labelled, weak, strong)`` batch it returns the three predictions and
+    FixMatch's loss (``compute_loss``); on plain images (validation, prediction) it is the network itself. Only the
+    network is saved (``BestNet``)."""
+
+    def __init__(self, net: keras.Model, threshold: float, weight: float, **kwargs):
+        super().__init__(name="fixmatch", **kwargs)
+        self.net = net
+        self.threshold, self.weight = float(threshold), float(weight)
+        self.mask_rate = keras.metrics.Mean(name="mask_rate")
+        self.sup_loss = keras.metrics.Mean(name="sup_loss")
+        self.unsup_loss = keras.metrics.Mean(name="unsup_loss")
+
+    def call(self, inputs, training=False):
+        if isinstance(inputs, (tuple, list)):
+            x_l, x_w, x_s = inputs
+            q = keras.ops.stop_gradient(self.net(x_w, training=training))   # forward only: no gradient
+            p = self.net(keras.ops.concatenate([x_l, x_s], axis=0), training=training)
+            n = x_l.shape[0]
+            return {"labelled": p[:n], "strong": p[n:], "weak": q}
+        return self.net(inputs, training=training)
+
+    def evaluate(self, *args, **kwargs):
+        """Validation: the network's loss and accuracy (the FixMatch metrics mean nothing on labelled images)."""
+        out = super().evaluate(*args, **kwargs)
+        if isinstance(out, dict):
+            out = {k: v for k, v in out.items() if k not in (m.name for m in self.fixmatch_metrics)}
+        return out
+
+    @property
+    def fixmatch_metrics(self):
+        return (self.mask_rate, self.sup_loss, self.unsup_loss)
+
+    def _unsup(self, y_pred):
+        q = y_pred["weak"]
+        mask = keras.ops.cast(keras.ops.max(q, axis=-1) >= self.threshold, "float32")
+        pseudo = keras.ops.argmax(q, axis=-1)
+        h = keras.losses.sparse_categorical_crossentropy(pseudo, y_pred["strong"])
+        return keras.ops.mean(mask * h), keras.ops.mean(mask)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if not isinstance(y_pred, dict):
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        sup = super().compute_loss(x, y, y_pred["labelled"], sample_weight, training)
+        unsup, _ = self._unsup(y_pred)
+        return sup + self.weight * unsup
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if not isinstance(y_pred, dict):
+            return super().compute_metrics(x, y, y_pred, sample_weight)
+        unsup, mask = self._unsup(y_pred)
+        sup = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, y_pred["labelled"]))
+        self.mask_rate.update_state(mask)
+        self.sup_loss.update_state(sup)
+        self.unsup_loss.update_state(unsup)
+        return super().compute_metrics(x, y, y_pred["labelled"], sample_weight)
+
+
+class BestNet(keras.callbacks.Callback):
+    """Save the wrapped network (not the trainer) whenever ``val_loss`` improves: ModelCheckpoint for FixMatch."""
+
+    def __init__(self, net: keras.Model, path):
+        super().__init__()
+        self.net, self.path, self.best = net, str(path), math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        v = (logs or {}).get("val_loss")
+        if v is not None and v < self.best:
+            self.best = float(v)
+            self.net.save(self.path)
+
+
+class PseudoLabelMonitor(keras.callbacks.Callback):
+    """After every epoch: the network (inference mode, the images as given) on a fixed seeded sample of the pool:
+    the share whose top probability reaches tau (the pool's mask rate) and, where the pool's labels are known, the
+    accuracy of those pseudo-labels and of all. The labels are read here only, never by training."""
+
+    def __init__(self, net: keras.Model, pool: Unlabelled, threshold: float, seed: int, n: int = MONITOR_ITEMS):
+        super().__init__()
+        rng = np.random.default_rng([seed, 3])
+        idx = np.sort(rng.choice(len(pool), size=min(n, len(pool)), replace=False))
+        self.net, self.x, self.threshold = net, pool.images[idx], float(threshold)
+        self.y = None if pool.labels is None else np.asarray(pool.labels)[idx]
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from .predict import predict
+        probs = predict(self.net, self.x, batch_size=512, progress=False)
+        conf, pred = probs.max(1), probs.argmax(1)
+        mask = conf >= self.threshold
+        row = {"epoch": epoch + 1, "pool_mask_rate": float(mask.mean()), "n_scored": int(len(self.x))}
+        if self.y is not None:
+            ok = pred == self.y
+            row["pseudo_label_acc"] = float(ok[mask].mean()) if mask.any() else float("nan")
+            row["prediction_acc"] = float(ok.mean())
+        self.rows.append(row)
+
+
+def setup(net: keras.Model, ds, transform, params, unl: Unlabelled, orientation_free: bool, photometric=None):
+    """(batches, trainer, monitor) for ``train.fit``."""
+    weak = _augment.build(params.augment, params.seed + 1, n_channels=ds.input_shape[-1], photometric=photometric,
+                          side=ds.input_shape[0])
+    strong = _augment.strong(params.augment, params.seed + 2, n_channels=ds.input_shape[-1], photometric=photometric,
+                             side=ds.input_shape[0], orientation_free=orientation_free)
+    # at least one pass over the labelled images per epoch, as the supervised batches (train.AugmentedBatches)
+    steps = max(params.steps_per_epoch, math.ceil(len(ds.labels["train"]) / params.batch_size))
+    batches = FixMatchBatches(ds.images["train"], ds.labels["train"], unl.images, params.batch_size,
+                              params.unlabelled_ratio, transform, weak, strong, params.seed, steps)
+    trainer = FixMatch(net, params.pseudo_threshold, params.unlabelled_weight)
+    monitor = PseudoLabelMonitor(net, unl, params.pseudo_threshold, params.seed)
+    return batches, trainer, monitor
+
+
+def summary(params, unl: Unlabelled, monitor: PseudoLabelMonitor, hist, run) -> dict:
+    """What train_summary.json records of the semi-supervised training; writes unlabelled_history.csv."""
+    import pandas as pd
+    table = pd.DataFrame(monitor.rows)
+    table.to_csv(run.file(HISTORY_FILE), index=False)
+    last = monitor.rows[-1] if monitor.rows else {}
+    out = {"method": METHOD, "unlabelled_ratio": params.unlabelled_ratio, "pseudo_threshold": params.pseudo_threshold,
+           "unlabelled_weight": params.unlabelled_weight, "pool": unl.info,
+           "mask_rate_last_epoch": float(hist["mask_rate"].iloc[-1]) if "mask_rate" in hist else None,
+           "pool_mask_rate_last_epoch": last.get("pool_mask_rate"),
+           "pseudo_label_acc_last_epoch": _finite(last.get("pseudo_label_acc")),
+           "history": HISTORY_FILE}
+    return out
+
+
+def _finite(v):
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+# ------------------------------------------------------------------------------------------- report
+def mask_rate_figure(history, run_dir):
+    """The mask rate per epoch (training batches: weak views at tau; the pool sample in inference mode) and, where
+    the pool's labels are known, the accuracy of the pseudo-labels."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from pathlib import Path
+    path = Path(run_dir) / HISTORY_FILE
+    mon = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    fig, ax = plt.subplots(1, 2 if "pseudo_label_acc" in mon else 1, figsize=(10 if "pseudo_label_acc" in mon else 5.5, 3.6),
+                           squeeze=False)
+    a = ax[0, 0]
+    epochs = np.arange(1, len(history) + 1)
+    if "mask_rate" in history:
+        a.plot(epochs, history["mask_rate"], marker="o", label="training batches (weak views)")
+    if len(mon):
+        a.plot(mon["epoch"], mon["pool_mask_rate"], marker="s", label=f"pool sample ({int(mon['n_scored'].iloc[0])})")
+    a.set(xlabel="epoch", ylabel="share at or above tau", title="Pseudo-label mask rate", ylim=(0, 1.02))
+    a.legend(fontsize=8)
+    if "pseudo_label_acc" in mon:
+        b = ax[0, 1]
+        b.plot(mon["epoch"], mon["pseudo_label_acc"], marker="o", label="pseudo-labels (mask on)")
+        b.plot(mon["epoch"], mon["prediction_acc"], marker="s", label="all predictions")
+        b.set(xlabel="epoch", ylabel="accuracy against the pool's labels", ylim=(0, 1.02),
+              title="Pseudo-label accuracy (labels never trained on)")
+        b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_table(run_dir):
+    """The semi-supervised network beside the same recipe trained on the labelled images alone (val)."""
+    import json
+
+    import pandas as pd
+    from pathlib import Path
+    run_dir = Path(run_dir)
+    semi = json.loads((run_dir / "train_summary.json").read_text())
+    rows = {"semi-supervised (FixMatch)": semi}
+    base = run_dir / BASELINE_DIR / "train_summary.json"
+    if base.is_file():
+        rows["supervised only (same recipe, labelled images)"] = json.loads(base.read_text())
+    keys = ("best_val_acc", "best_val_loss", "best_epoch", "epochs_run", "train_seconds")
+    return pd.DataFrame({name: {k: s.get(k) for k in keys} for name, s in rows.items()}).T
