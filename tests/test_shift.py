@@ -89,7 +89,7 @@ def test_effect_floor_keeps_a_tiny_but_significant_difference_from_firing():
     rng = np.random.default_rng(3)
     vp, vy = softmax_probs(rng, 40000, 4, signal=4.0)
     pp, _ = softmax_probs(rng, 40000, 4, signal=3.9)
-    res = shift.check(vp, vy, pp)
+    res = shift.check(vp, vy, pp, floors={"confidence": 0.05, "doc": 0.05, "predicted_classes": 0.1})
     conf = next(t for t in res["tests"] if t["name"] == "confidence")
     assert conf["p_no_difference"] < 1e-4 and conf["effect"] < conf["floor"] and not res["fired"]
     assert shift.check(vp, vy, pp, floors={"confidence": 0.0})["fired"]

@@ -47,10 +47,17 @@ from .errors import WorkbenchError
 MULTI_LABEL = "multi-label, binary-class"
 TASKS = ("binary-class", "multi-class", "ordinal-regression", MULTI_LABEL)
 ALPHA = 0.01
-# Floors of the minimum-effect tests: the largest difference between a pool and val that is treated as
-# harmless. PROVISIONAL: to be chosen on the design set of bench/certify.py.
-FLOORS = {"confidence": 0.05, "predicted_classes": 0.10, "accept_share": 0.03, "doc": 0.01, "ood_share": 0.02}
-FLOORS_SOURCE = "provisional"
+# Floors of the minimum-effect tests: the largest difference between a pool and val treated as harmless.
+# Chosen on the design pools of bench/certify.py (make bench-certify; bench/results/certify.md, part 1): per
+# test, the smallest floor at which it fires alone on at most 1 % of the exchangeable pools of every
+# (dataset, model, source, size): 100-5,000 images from val ∪ test and from test alone, BloodMNIST, BreastMNIST
+# and RetinaMNIST, demo models of seeds 0 and 1. They are small: at these sizes the difference between val
+# (which chose the model's epoch and temperature) and new images of the same kind stays within the tests' own
+# noise, which the minimum-effect tests already account for. A pool that differs by more is not refused: it
+# is certified on its own labelled sample (workbench.certify). Checked, unchanged, on separate evaluation pools
+# and a third model (part 2 of the same report).
+FLOORS = {"confidence": 0.005, "predicted_classes": 0.0, "accept_share": 0.015, "doc": 0.003, "ood_share": 0.005}
+FLOORS_SOURCE = "bench/certify.py design pools (bench/results/certify.md, part 1)"
 EFFECTS = {"confidence": "KS D", "predicted_classes": "Cohen's w", "accept_share": "share difference",
            "doc": "difference of mean confidences", "ood_share": "share difference"}
 MIN_ITEMS = 30      # z-tests (normal approximation) need this many items on each side
