@@ -28,7 +28,22 @@ def _overrides(args) -> dict:
         from .data import default_cards_dir
         if ds.endswith(".npz") or "/" in ds or ds not in card_names(default_cards_dir()):
             values["dataset"] = str(Path(ds).resolve())
+    for name in POOL_PARAMS:       # pools of images (a split name stays a split name)
+        if isinstance(values.get(name), str) and values[name].strip():
+            values[name] = ",".join(_absolute_pool(v.strip()) for v in values[name].split(","))
     return values
+
+
+POOL_PARAMS = ("unlabelled", "images")   # train's unlabelled pool, pretrain's pools (comma-separated)
+
+
+def _absolute_pool(spec: str) -> str:
+    """A folder or ``FILE.npz[:KEY]`` pool given relative to the caller, made absolute (also for the stage cache's
+    fingerprints); split names and paths that do not exist are left as they are (the stage says what is wrong)."""
+    path, sep, key = spec.partition(":") if ".npz:" in spec else (spec, "", "")
+    if spec in ("train", "val", "test") or not Path(path).expanduser().exists():
+        return spec
+    return str(Path(path).expanduser().resolve()) + sep + key
 
 
 def _num(v, digits: int = 4) -> str:
@@ -89,7 +104,10 @@ def cmd_run(args) -> Path:
             require(run_dir)
     elif args.stage in ("train", "explore"):
         from .execute import check_overrides
-        check_overrides(args.stage, overrides)  # fail before creating a directory
+        typed = check_overrides(args.stage, overrides)  # fail before creating a directory
+        if args.stage == "train":
+            from .unlabelled import preflight
+            preflight(typed)
         run_dir = new_run_dir(args.name or args.stage)
     else:
         raise WorkbenchError(f"stage {args.stage} needs --run DIR: the run directory of a trained model")
@@ -102,6 +120,12 @@ def cmd_pipeline(args) -> Path:
     from .execute import PIPELINE, split_pipeline_overrides
     from .runs import new_run_dir
     per_stage = split_pipeline_overrides(_overrides(args))
+    from .unlabelled import preflight
+    preflight(per_stage["train"])
+    unl = per_stage["train"].get("unlabelled", "")
+    if unl and unl != "train" and "pool" not in per_stage["annotate"]:
+        # the loop closes: the images trained on without labels are the pool annotated (semi-supervised vs supervised)
+        per_stage["annotate"]["pool"] = unl
     keys = stage_keys(per_stage, PIPELINE)  # also checks the dataset before a directory is made
     run_dir = new_run_dir(args.name or "pipeline")
     print(f"run directory: {run_dir}", flush=True)

@@ -69,7 +69,7 @@ class TrainedRun:
         tp = self.params
         ds = load_dataset(tp.dataset, size=tp.size, max_per_split=tp.max_per_split, seed=tp.seed)
         if tp.label_fraction < 1.0:   # a label budget: the train split is the labelled subset the model saw
-            from .semisup import label_subset
+            from .unlabelled import label_subset
             ds = label_subset(ds, tp.label_fraction, tp.seed)
         if self.data_md5 and ds.md5 != self.data_md5:
             raise WorkbenchError(

@@ -24,7 +24,8 @@ twice; ``-p unlabelled_ratio 7`` gives the paper's); the optimizer, schedule, ep
 recipe's (AdamW, cosine, far fewer steps than the paper's 2^20), not SGD with Nesterov momentum; no EMA of the
 weights unless the recipe's ``ema`` says so.
 
-The unlabelled pool (``unlabelled``) is opened by ``workbench.pools.open_pool`` — the pool kinds of the annotate
+The unlabelled pool (``unlabelled``; workbench.unlabelled: the data side, no Keras) is opened by
+``workbench.pools.open_pool`` — the pool kinds of the annotate
 stage — and read once through the run's input path (``workbench.inputs``): ``train`` (with ``label_fraction`` < 1,
 the train images whose labels were held out), a folder (PNG, JPEG, TIFF, DICOM) or an ``.npz``. The val and test
 splits are refused (val picks the checkpoint and test is scored by evaluate: learning from their images, even
@@ -34,162 +35,24 @@ the monitor (``PseudoLabelMonitor``) reads them, after each epoch, to report how
 (``unlabelled_history.csv``). A test trains twice, with the pool's labels shuffled, and gets the same model.
 
 Label budgets (``label_fraction``): a stratified, seeded subset of the train split keeps its labels
-(``label_subset``); the rest becomes the pool ``train``.
+(``unlabelled.label_subset``); the rest becomes the pool ``train``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-
 import keras
 import numpy as np
 
 from . import augment as _augment
-from . import tasks as _tasks
-from .errors import WorkbenchError
-from .progress import tqdm
+from . import unlabelled as _unlabelled
 
 METHOD = "FixMatch (Sohn et al., NeurIPS 2020)"
-SUPPORTED_TASKS = (_tasks.BINARY, _tasks.MULTICLASS, _tasks.ORDINAL)
-EXCLUDED_SPLITS = ("val", "test")
+SUPPORTED_TASKS = _unlabelled.SUPPORTED_TASKS
+Unlabelled = _unlabelled.Unlabelled
 MONITOR_ITEMS = 2048          # pool items scored after every epoch for the report (a seeded sample)
-MAX_POOL_BYTES = 4 << 30      # the pool is held in memory (uint8, after the input path)
 HISTORY_FILE = "unlabelled_history.csv"
 BASELINE_DIR = "supervised"   # the same recipe on the labelled images alone (compare_supervised)
-
-
-# ------------------------------------------------------------------------------------------- checks, label budget
-def check(params, ds) -> None:
-    """Fail with one line, before anything is trained, on what semi-supervised training cannot do here."""
-    if not params.unlabelled:
-        return
-    if ds.task not in SUPPORTED_TASKS:
-        raise WorkbenchError(f"parameter 'unlabelled': semi-supervised training (FixMatch) supports single-label tasks "
-                             f"({', '.join(SUPPORTED_TASKS)}); dataset {ds.name} is {ds.task}: train without "
-                             "unlabelled images")
-    if params.class_weights:
-        raise WorkbenchError("parameter 'class_weights' is not supported with 'unlabelled' (FixMatch's loss is "
-                             "unweighted): leave it false")
-    spec = params.unlabelled.strip()
-    if spec in EXCLUDED_SPLITS:
-        raise WorkbenchError(f"parameter 'unlabelled' = {spec!r}: the {spec} split "
-                             f"{'picks the checkpoint' if spec == 'val' else 'is scored by the evaluate stage'}; "
-                             "learning from its images, even unlabelled, would make that optimistic: give train "
-                             "(with label_fraction < 1), a folder or an .npz")
-    if spec == "train" and params.label_fraction >= 1.0:
-        raise WorkbenchError("parameter 'unlabelled' = 'train': every train image is already labelled; set "
-                             "label_fraction below 1 to hold labels out, or give a folder or an .npz of unlabelled images")
-    _open(params, ds)    # the path, the .npz keys and dtype: one line each (workbench.pools)
-
-
-def labelled_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of the images that keep their labels: ``floor(fraction * N)`` of them (at least one per
-    class), stratified by class and seeded (``workbench.data.stratified_indices``)."""
-    from .data import stratified_indices
-    labels = np.asarray(labels)
-    if fraction >= 1.0:
-        return np.arange(len(labels))
-    k = len(np.unique(labels)) if labels.ndim == 1 else 1
-    n = max(k, int(math.floor(fraction * len(labels) + 1e-9)))
-    return stratified_indices(labels, n, seed)
-
-
-def label_subset(ds, fraction: float, seed: int):
-    """The dataset whose train split keeps only ``labelled_indices`` (val and test untouched)."""
-    if fraction >= 1.0:
-        return ds
-    keep = labelled_indices(ds.labels["train"], fraction, seed)
-    note = (f"label budget: {len(keep)} of {len(ds.labels['train'])} train labels kept ({fraction:g}, stratified, "
-            f"seed {seed})")
-    return replace(ds, images={**ds.images, "train": ds.images["train"][keep]},
-                   labels={**ds.labels, "train": ds.labels["train"][keep]}, notes=[*ds.notes, note])
-
-
-def held_out(ds_full, fraction: float, seed: int):
-    """The dataset whose train split holds the images ``label_subset`` took the labels from (the pool 'train')."""
-    keep = labelled_indices(ds_full.labels["train"], fraction, seed)
-    rest = np.setdiff1d(np.arange(len(ds_full.labels["train"])), keep)
-    return replace(ds_full, images={**ds_full.images, "train": ds_full.images["train"][rest]},
-                   labels={**ds_full.labels, "train": ds_full.labels["train"][rest]},
-                   notes=[*ds_full.notes, f"the {len(rest)} train images whose labels label_fraction held out"])
-
-
-def _open(params, ds):
-    from .pools import open_pool
-    spec = params.unlabelled.strip()
-    source = None
-    if spec == "train":
-        from .data import load_dataset
-        source = held_out(load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split,
-                                       seed=params.seed), params.label_fraction, params.seed)
-    try:
-        return open_pool(spec, dataset=source, class_names=list(ds.class_names))
-    except WorkbenchError as e:
-        raise WorkbenchError(f"parameter 'unlabelled': {e}") from None
-
-
-# ------------------------------------------------------------------------------------------- the pool in memory
-@dataclass
-class Unlabelled:
-    """The unlabelled images after the input path (uint8, the model's shape), and what the report may know."""
-    images: np.ndarray
-    labels: np.ndarray | None             # ground truth where the pool has it: NEVER used for training
-    info: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def _md5s(images: np.ndarray) -> list[str]:
-    import hashlib
-    return [hashlib.md5(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
-
-
-def load_unlabelled(params, ds, spec, run=None) -> Unlabelled | None:
-    """Read the pool ``params.unlabelled`` once through the input path ``spec`` (the dataset ``ds`` already went
-    through it); items byte-identical to a val or test image are left out. None without ``unlabelled``."""
-    if not params.unlabelled:
-        return None
-    pool = _open(params, ds)
-    shape = tuple(spec.shape)
-    chunks, positions = [], []
-    nbytes = 0
-    for pos, imgs in pool.batches(spec, 512):
-        nbytes += imgs.nbytes
-        if nbytes > MAX_POOL_BYTES:
-            raise WorkbenchError(f"parameter 'unlabelled': pool {pool.name} exceeds {MAX_POOL_BYTES >> 30} GiB at "
-                                 f"{shape[0]} px; give a smaller pool (a sub-folder or a sample)")
-        chunks.append(imgs)
-        positions.append(pos)
-    images = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
-    order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, int)
-    images = images[order]
-    labels = pool.labels
-    seen = set(_md5s(ds.images["val"])) | set(_md5s(ds.images["test"]))
-    dup = np.array([m in seen for m in _md5s(images)], dtype=bool)
-    keep = ~dup
-    images = images[keep]
-    if labels is not None:
-        labels = np.asarray(labels)
-        labels = labels[keep] if labels.ndim == 1 else None
-        if labels is not None and (labels < 0).all():
-            labels = None
-    if not len(images):
-        raise WorkbenchError(f"parameter 'unlabelled': pool {pool.name} holds no image outside val and test")
-    info = {"spec": params.unlabelled, "name": pool.name, "kind": pool.kind, "source": pool.source,
-            "pool_id": pool.pool_id, "n": int(len(images)), "rejected": len(pool.rejected),
-            "left_out_as_val_or_test_images": int(dup.sum()), "labels_known": labels is not None}
-    msg = f"unlabelled pool {pool.name} ({pool.kind}): {len(images)} images"
-    if dup.any():
-        msg += f"; {int(dup.sum())} left out (byte-identical to val or test images)"
-    if pool.rejected:
-        msg += f"; {len(pool.rejected)} file(s) rejected"
-    print(msg + (" (its labels are known: used only to report the pseudo-labels' accuracy)" if labels is not None else ""))
-    if run is not None:
-        from . import runs as _runs
-        _runs.add_provenance(run, unlabelled=info)
-    return Unlabelled(images, labels, info)
 
 
 # ------------------------------------------------------------------------------------------- batches

@@ -35,6 +35,7 @@ from . import runs as _runs
 from . import runtime as _runtime
 from . import semisup as _semisup
 from . import tasks as _tasks
+from . import unlabelled as _unlabelled
 from .errors import WorkbenchError
 from .params import TrainParams
 from .progress import headless, tqdm
@@ -125,7 +126,7 @@ def open_stage(params: TrainParams):
     (params + provenance). Everything that can fail on bad input fails before the directory is made."""
     ds, extra = load_data(params)
     p = resolve(params, ds)
-    _semisup.check(p, ds)    # unlabelled: the task, the pool's path (workbench.semisup)
+    _unlabelled.check(p, ds)    # unlabelled: the task, the pool's path (workbench.unlabelled)
     backend = _runtime.configure_backend(p.conv_impl)
     run = _runs.open_stage("train", p)
     o = orientation(ds)
@@ -233,7 +234,7 @@ def load_data(params: TrainParams) -> tuple[_data.Dataset, dict | None]:
     """The dataset as loaded (raw pixels, before the input path), with any review export appended to
     train (and what was appended, for the provenance; None without ``extra_labels``)."""
     ds = _data.load_dataset(params.dataset, size=params.size, max_per_split=params.max_per_split, seed=params.seed)
-    ds = _semisup.label_subset(ds, params.label_fraction, params.seed)   # label_fraction < 1: a label budget
+    ds = _unlabelled.label_subset(ds, params.label_fraction, params.seed)   # label_fraction < 1: a label budget
     if params.extra_labels:
         return add_extra_labels(ds, params.extra_labels)
     return ds, None
@@ -440,7 +441,7 @@ def class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
 
 
 def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, run: _runs.Run,
-        unlabelled: _semisup.Unlabelled | None = None) -> pd.DataFrame:
+        unlabelled: _unlabelled.Unlabelled | None = None) -> pd.DataFrame:
     """Fit and checkpoint the best epoch (by val_loss) to model.keras; return the history table. With
     ``unlabelled`` (``load_unlabelled``): FixMatch on the labelled and unlabelled images (workbench.semisup)."""
     keras.utils.set_random_seed(params.seed)
@@ -514,8 +515,8 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
 
 
 def load_unlabelled(params: TrainParams, ds: _data.Dataset, spec: _inputs.InputSpec, run: _runs.Run | None = None):
-    """The unlabelled pool (``unlabelled``) through the run's input path, or None (workbench.semisup)."""
-    return _semisup.load_unlabelled(params, ds, spec, run)
+    """The unlabelled pool (``unlabelled``) through the run's input path, or None (workbench.unlabelled)."""
+    return _unlabelled.load_unlabelled(params, ds, spec, run)
 
 
 def fit_supervised_baseline(params: TrainParams, ds: _data.Dataset, run: _runs.Run) -> pd.DataFrame | None:
