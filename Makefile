@@ -67,7 +67,7 @@ test: $(STAMP) ## run the test suite (unit + end-to-end notebooks on a tiny real
 lab: $(STAMP) ## start JupyterLab on working copies of the notebooks (lab/, git-ignored: the tracked ones stay clean)
 	@$(BIN)/python -m workbench.notebooks lab lab >/dev/null
 	cd lab && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) \
-		00_explore.ipynb 10_train.ipynb 20_evaluate.ipynb 30_annotate.ipynb
+		00_explore.ipynb 05_pretrain.ipynb 10_train.ipynb 20_evaluate.ipynb 30_annotate.ipynb
 
 test-browser: $(STAMP) ## only the real-browser tests (JupyterLab + headless Chromium via Playwright)
 	$(BIN)/python -m pytest -q -m browser $(PYTEST_ARGS)

@@ -14,7 +14,7 @@ PKG = ROOT / "workbench"
 MODULES = {p.stem: p for p in PKG.glob("*.py")}
 # the data/config layer and the pure-numpy modules: importable anywhere without a deep-learning runtime
 LIGHT = ("data", "cards", "metrics", "calibration", "review", "params", "progress", "inputs", "tasks", "runtime",
-         "cells", "runs", "shift", "pools", "imagefolder", "preprocess", "dicom", "deid", "paths", "errors")
+         "cells", "runs", "shift", "pools", "imagefolder", "preprocess", "dicom", "deid", "paths", "errors", "unlabelled")
 
 
 def test_light_modules_load_neither_keras_jax_nor_matplotlib():
@@ -72,7 +72,7 @@ def test_no_module_uses_another_modules_private_names():
     assert not offences, offences
 
 
-@pytest.mark.parametrize("stage", ["explore", "train", "evaluate", "annotate"])
+@pytest.mark.parametrize("stage", ["explore", "pretrain", "train", "evaluate", "annotate"])
 def test_notebooks_on_disk_are_generated_from_the_cell_lists(stage):
     from workbench.notebooks import render
     from workbench.paths import notebook_path

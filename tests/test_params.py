@@ -26,7 +26,7 @@ def _err(stage, name, value) -> str:
 
 
 def test_stages():
-    assert STAGES == ("explore", "train", "evaluate", "annotate")
+    assert STAGES == ("explore", "pretrain", "train", "evaluate", "annotate")
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -333,3 +333,21 @@ def strong(preset: str, seed: int, n_channels: int = 3, photometric: dict | None
             A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.5), hole_width_range=(0.1, 0.5),
                             fill=127, p=1.0)]
     return reseed(A.Compose(ops), seed)
+
+
+# ------------------------------------------------------------------------------------------ SimCLR's views
+def contrastive(seed: int, n_channels: int = 3, side: int = 28, orientation_free: bool = False) -> A.Compose:
+    """The two-view augmentation of self-supervised pretraining (SimCLR, Chen et al. ICML 2020, §3 and appendix A:
+    random resized crop, colour distortion, no blur at CIFAR's 32 px), within the data card's orientation rule:
+    the 8 flips and quarter turns only for orientation-free data, never a mirror image otherwise. The crop keeps
+    35-100 % of the area (SimCLR's 8 % lower bound loses the one cell or lesion a 28 px image holds); colour: the
+    paper's jitter at strength 0.5 (brightness, contrast, saturation 0.4, hue 0.1; p 0.8) and grey scale p 0.2 for
+    RGB, brightness and contrast only for grey images."""
+    ops = [A.RandomResizedCrop(size=(side, side), scale=(0.35, 1.0), ratio=(0.75, 1.333), p=1.0)]
+    if orientation_free:
+        ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if n_channels == 3:
+        ops += [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8), A.ToGray(p=0.2)]
+    else:
+        ops += [A.RandomBrightnessContrast(brightness_limit=0.4, contrast_limit=0.4, p=0.8)]
+    return reseed(A.Compose(ops), seed)

@@ -86,6 +86,16 @@ def _summary(run_dir: Path) -> str:
             lines.append(f"SHIFT: the pool differs from val ({'; '.join(shift.get('reasons', [])[:2])})")
         if c.get("message") and c.get("certified_by") != "val":
             lines.append(f"CERTIFY: {c['message']}")
+    pre = run_dir / "pretrain_summary.json"
+    if pre.is_file():
+        import json
+        d = json.loads(pre.read_text())
+        pr = d.get("probe") or {}
+        if pr:
+            got, rnd = pr["pretrained"], pr["random_init"]
+            lines.append(f"pretrain ({d['method']}, {d['steps']} steps, {d['train_seconds']:.0f} s): val kNN ACC "
+                         f"{_num(got['knn']['acc'])} (random init {_num(rnd['knn']['acc'])}), linear probe ACC "
+                         f"{_num(got['linear_probe']['acc'])} (random init {_num(rnd['linear_probe']['acc'])})")
     reports = sorted(run_dir.glob("*.html"))
     if res.get("annotation_dir"):
         reports += sorted(Path(res["annotation_dir"]).glob("*.html"))
@@ -100,9 +110,9 @@ def cmd_run(args) -> Path:
     overrides = _overrides(args)
     if args.run:
         run_dir = Path(args.run)
-        if args.stage not in ("train", "explore"):
+        if args.stage not in ("train", "explore", "pretrain"):
             require(run_dir)
-    elif args.stage in ("train", "explore"):
+    elif args.stage in ("train", "explore", "pretrain"):
         from .execute import check_overrides
         typed = check_overrides(args.stage, overrides)  # fail before creating a directory
         if args.stage == "train":
@@ -265,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no cell progress bar")
 
     r = sub.add_parser("run", help="execute one stage notebook")
-    r.add_argument("stage", choices=["explore", "train", "evaluate", "annotate"])
+    r.add_argument("stage", choices=["explore", "pretrain", "train", "evaluate", "annotate"])
     r.add_argument("--run", help="run directory (required for evaluate/annotate)")
     common(r)
     pl = sub.add_parser("pipeline", help="train → evaluate → annotate into a new run directory")
@@ -290,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--sort", default="test_acc", choices=SORT_KEYS, help="initial order (default test_acc)")
     rp.add_argument("-o", "--out", help="where to write the page (default RUNS_DIR/index.html)")
     ph = sub.add_parser("params", help="list a stage's parameters")
-    ph.add_argument("stage", choices=["explore", "train", "evaluate", "annotate"])
+    ph.add_argument("stage", choices=["explore", "pretrain", "train", "evaluate", "annotate"])
 
     fe = sub.add_parser("fetch", help="download an official MedMNIST file named by its data card (md5-checked)")
     fe.add_argument("flag", help="data card name, e.g. pathmnist")

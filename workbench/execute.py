@@ -280,7 +280,7 @@ def run_stage(stage: str, run_dir: Path, overrides: dict | None = None, progress
     # runs a stage must not keep them).
     from .runtime import kernel_env
     env = {**os.environ, "WORKBENCH_HEADLESS": "1", "KERAS_BACKEND": "jax"}
-    if stage == "train":
+    if stage in ("train", "pretrain"):
         env.update(kernel_env(values.get("conv_impl", "fast")))
     elif stage in ("evaluate", "annotate"):
         env.update(kernel_env(_trained_conv_impl(run_dir)))

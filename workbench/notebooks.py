@@ -10,9 +10,9 @@ from .paths import NOTEBOOKS_DIR, STAGES
 
 
 def stage_notebooks() -> dict[str, Stage]:
-    from . import annotate, evaluate, explore, train
-    return {"explore": explore.NOTEBOOK, "train": train.NOTEBOOK, "evaluate": evaluate.NOTEBOOK,
-            "annotate": annotate.NOTEBOOK}
+    from . import annotate, evaluate, explore, pretrain, train
+    return {"explore": explore.NOTEBOOK, "pretrain": pretrain.NOTEBOOK, "train": train.NOTEBOOK,
+            "evaluate": evaluate.NOTEBOOK, "annotate": annotate.NOTEBOOK}
 
 
 def render(stage: str) -> str:

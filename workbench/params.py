@@ -87,6 +87,33 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    run_dir: str = _p("", "run directory to write into (empty: a new one under runs/)")
+    seed: int = _p(0, "seed for the views, the batches and the weights", min=0)
+    dataset: str = _p("bloodmnist", "the dataset whose input shape, data card (orientation) and labelled train/val "
+                      "splits (the kNN and linear-probe scores) the pretraining uses: a card name or a path")
+    size: int = _p(28, "image size: one of the data card's file sizes", min=8, max=1024)
+    max_per_split: int = _p(0, "stratified subset: at most this many images per split (0: all)", min=0)
+    images: str = _p("train", "the images to pretrain on, comma-separated pools, no label used: train (the dataset's "
+                     "train split), a folder (PNG/JPEG/TIFF/DICOM, searched recursively) or an .npz (val and test are "
+                     "refused: they score the representation)")
+    recipe: str = _p("real", "pretraining recipe: real (about 1,400 steps of 256 image pairs) or tiny (a few steps, "
+                     "for tests); sets every (recipe) parameter left at -1 (workbench.pretrain.RECIPES)",
+                     choices=("real", "tiny"))
+    model: str = _p("cnn", "model from the registry whose backbone is pretrained (the train run must use the same, "
+                    "with the same width, for init_from to copy it)", choices_from="models")
+    width: int = _p(16, "base number of filters (the demo recipe's 16; the full recipe's 32)", min=4, max=512)
+    epochs: int = _p(-1, "(recipe) passes over the images", min=1, max=1000, recipe=True)
+    batch_size: int = _p(-1, "(recipe) images per step (each seen in two views)", min=2, max=4096, recipe=True)
+    learning_rate: float = _p(-1.0, "(recipe) peak learning rate of the cosine schedule", min=1e-7, max=1.0, recipe=True)
+    weight_decay: float = _p(0.0001, "AdamW weight decay", min=0.0, max=1.0)
+    temperature: float = _p(0.5, "SimCLR's temperature of the NT-Xent loss", min=0.01, max=10.0)
+    projection_dim: int = _p(64, "output size of the projection head (dropped after pretraining)", min=8, max=2048)
+    conv_impl: str = _p("fast", "CPU training path: fast (workbench.layers) or stock (plain Keras on the backend "
+                        "defaults)", choices=("fast", "stock"))
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     run_dir: str = _p("", "run directory with a trained model (empty: the latest run)")
     seed: int = _p(0, "seed of the bootstrap resamples and of test-time augmentation", min=0)
@@ -184,9 +211,17 @@ SHARED = {
     "batch_size": "images per batch through the network (per optimizer step when training, per forward pass when "
                   "predicting)",
     "gallery_size": "images per gallery in the report",
+    "recipe": "the stage's recipe: fills in every parameter marked (recipe) that is left empty (each stage has its own)",
+    "model": "the registry model (workbench.models.MODELS)",
+    "width": "the registry model's base number of filters",
+    "epochs": "the most passes (epochs) the stage trains for",
+    "learning_rate": "the peak learning rate of the cosine schedule",
+    "weight_decay": "AdamW weight decay",
+    "conv_impl": "the CPU training path: fast (workbench.layers) or stock",
 }
 
-STAGE_PARAMS = {"explore": ExploreParams, "train": TrainParams, "evaluate": EvaluateParams, "annotate": AnnotateParams}
+STAGE_PARAMS = {"explore": ExploreParams, "pretrain": PretrainParams, "train": TrainParams, "evaluate": EvaluateParams,
+                "annotate": AnnotateParams}
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 

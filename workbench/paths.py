@@ -9,7 +9,8 @@ CARDS_DIR = ROOT / "data_cards"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 RUNS_DIR = ROOT / "runs"
 
-STAGES = {"explore": "00_explore", "train": "10_train", "evaluate": "20_evaluate", "annotate": "30_annotate"}
+STAGES = {"explore": "00_explore", "pretrain": "05_pretrain", "train": "10_train", "evaluate": "20_evaluate",
+          "annotate": "30_annotate"}
 
 
 def notebook_path(stage: str) -> Path:

@@ -205,22 +205,23 @@ SHOWN = ("loss", "acc", "mask_rate", "val_loss", "val_acc")   # the progress bar
 class TqdmTraining(keras.callbacks.Callback):
     """One bar over all training steps, with the last epoch's metrics as postfix."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int):
+    def __init__(self, epochs: int, steps_per_epoch: int, shown: tuple = SHOWN):
         super().__init__()
         self.total = epochs * steps_per_epoch
         self.bar = None
+        self.shown = shown
 
     def on_train_begin(self, logs=None):
         self.bar = tqdm(total=self.total, desc="train", unit="step")
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
-        if logs and "mask_rate" in logs and batch % 10 == 0:   # semi-supervised: the pseudo-label mask rate, live
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in SHOWN}, refresh=False)
+        if logs and batch % 10 == 0:   # live: e.g. semi-supervised training's pseudo-label mask rate
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in self.shown}, refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in SHOWN}, refresh=False)
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in self.shown}, refresh=False)
         self.bar.set_description(f"epoch {epoch + 1}")
         if headless():  # one readable line per epoch in the executed notebook (a log line, not a bar)
             print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
@@ -388,11 +389,13 @@ def _distribute() -> dict | None:
 
 def _source_model(source: str) -> tuple[keras.Model, Path]:
     path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / "model.keras"
+    if path.is_dir():   # a trained run (model.keras) or a pretrain run (its backbone, encoder.keras: workbench.pretrain)
+        path = path / "model.keras" if (path / "model.keras").is_file() or not (path / "encoder.keras").is_file() \
+            else path / "encoder.keras"
     if not path.is_file():
         raise WorkbenchError(f"parameter 'init_from' = {source!r}: no such .keras file or run directory with "
-                             "model.keras; give a trained run directory or a .keras file")
+                             "model.keras (train) or encoder.keras (pretrain); give a trained or pretrained run "
+                             "directory or a .keras file")
     model = _models.load(path, compile=False)
     return _models.backbone(model), path
 

@@ -134,46 +134,53 @@ def _md5s(images: np.ndarray) -> list[str]:
     return [hashlib.md5(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
 
 
-def load_unlabelled(params, ds, spec, run=None) -> Unlabelled | None:
-    """Read the pool ``params.unlabelled`` once through the input path ``spec`` (the dataset ``ds`` already went
-    through it); items byte-identical to a val or test image are left out. None without ``unlabelled``."""
-    if not params.unlabelled:
-        return None
-    pool = _open(params, ds)
+def read_pool(pool, spec, exclude=(), what: str = "unlabelled") -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Every item of an opened pool through the input path ``spec``, in memory: (images, labels or None, info).
+    Items byte-identical to an image of ``exclude`` (arrays of the val and test images) are left out."""
     shape = tuple(spec.shape)
     chunks, positions = [], []
     nbytes = 0
     for pos, imgs in pool.batches(spec, 512):
         nbytes += imgs.nbytes
         if nbytes > MAX_POOL_BYTES:
-            raise WorkbenchError(f"parameter 'unlabelled': pool {pool.name} exceeds {MAX_POOL_BYTES >> 30} GiB at "
+            raise WorkbenchError(f"parameter '{what}': pool {pool.name} exceeds {MAX_POOL_BYTES >> 30} GiB at "
                                  f"{shape[0]} px; give a smaller pool (a sub-folder or a sample)")
         chunks.append(imgs)
         positions.append(pos)
     images = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
     order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, int)
     images = images[order]
-    labels = pool.labels
-    seen = set(_md5s(ds.images["val"])) | set(_md5s(ds.images["test"]))
+    seen = set().union(*(set(_md5s(x)) for x in exclude)) if len(exclude) else set()
     dup = np.array([m in seen for m in _md5s(images)], dtype=bool)
-    keep = ~dup
-    images = images[keep]
+    images = images[~dup]
+    labels = pool.labels
     if labels is not None:
         labels = np.asarray(labels)
-        labels = labels[keep] if labels.ndim == 1 else None
-        if labels is not None and (labels < 0).all():
-            labels = None
+        # single-label ground truth covering every item, or nothing (a labels CSV may cover some files only)
+        labels = labels[~dup] if labels.ndim == 1 and (labels >= 0).all() else None
     if not len(images):
-        raise WorkbenchError(f"parameter 'unlabelled': pool {pool.name} holds no image outside val and test")
-    info = {"spec": params.unlabelled, "name": pool.name, "kind": pool.kind, "source": pool.source,
-            "pool_id": pool.pool_id, "n": int(len(images)), "rejected": len(pool.rejected),
-            "left_out_as_val_or_test_images": int(dup.sum()), "labels_known": labels is not None}
-    msg = f"unlabelled pool {pool.name} ({pool.kind}): {len(images)} images"
+        raise WorkbenchError(f"parameter '{what}': pool {pool.name} holds no image outside val and test")
+    info = {"name": pool.name, "kind": pool.kind, "source": pool.source, "pool_id": pool.pool_id,
+            "n": int(len(images)), "rejected": len(pool.rejected), "left_out_as_val_or_test_images": int(dup.sum()),
+            "labels_known": labels is not None}
+    msg = f"{what} pool {pool.name} ({pool.kind}): {len(images)} images"
     if dup.any():
         msg += f"; {int(dup.sum())} left out (byte-identical to val or test images)"
     if pool.rejected:
         msg += f"; {len(pool.rejected)} file(s) rejected"
-    print(msg + (" (its labels are known: used only to report the pseudo-labels' accuracy)" if labels is not None else ""))
+    print(msg)
+    return images, labels, info
+
+
+def load_unlabelled(params, ds, spec, run=None) -> Unlabelled | None:
+    """Read the pool ``params.unlabelled`` once through the input path ``spec`` (the dataset ``ds`` already went
+    through it); items byte-identical to a val or test image are left out. None without ``unlabelled``."""
+    if not params.unlabelled:
+        return None
+    images, labels, info = read_pool(_open(params, ds), spec, (ds.images["val"], ds.images["test"]))
+    info = {"spec": params.unlabelled, **info}
+    if labels is not None:
+        print("the pool's labels are known: read only to report the pseudo-labels' accuracy, never trained on")
     if run is not None:
         from . import runs as _runs
         _runs.add_provenance(run, unlabelled=info)
