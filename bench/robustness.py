@@ -71,7 +71,7 @@ def variant_params(variant: str) -> dict:
     if variant == "none":
         return {"photometric": "none"}
     if variant == "card":
-        return {"photometric": "card"}
+        return {"photometric": "card", "photometric_p": "1.0"}
     if variant.startswith("card-p"):
         return {"photometric": "card", "photometric_p": variant[len("card-p"):]}
     raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
