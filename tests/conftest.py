@@ -33,3 +33,15 @@ def pipeline_run(tmp_path_factory):
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory):
+    """One tiny self-supervised pretraining (workbench.pretrain, run without Jupyter) on the tiny fixture's train
+    split, shared by the pretraining and semi-supervised tests."""
+    import workbench  # noqa: F401  (JAX backend)
+    from workbench import params, pretrain
+    run_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    out = pretrain.run(params.make("pretrain", {"dataset": str(TINY), "recipe": "tiny", "width": 8,
+                                                "run_dir": str(run_dir)}))
+    return run_dir, out

@@ -15,13 +15,6 @@ from workbench.errors import WorkbenchError
 TINY_PRE = {"dataset": str(TINY), "recipe": "tiny", "width": 8}
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("pre") / "run"
-    out = pretrain.run(params.make("pretrain", {**TINY_PRE, "run_dir": str(run_dir)}))
-    return run_dir, out
-
-
 def _nt_xent_reference(z, tau):
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     n2 = len(z)
@@ -46,8 +39,8 @@ def test_nt_xent_matches_the_papers_loss():
     assert float(acc_p) == 1.0 and float(loss_p) < ref_loss
 
 
-def test_a_tiny_pretraining_writes_a_backbone_train_loads_by_name_and_shape(pretrained, tmp_path):
-    run_dir, out = pretrained
+def test_a_tiny_pretraining_writes_a_backbone_train_loads_by_name_and_shape(pretrained_run, tmp_path):
+    run_dir, out = pretrained_run
     assert (run_dir / "encoder.keras").is_file() and (run_dir / "input.json").is_file()
     assert out["method"].startswith("SimCLR") and out["steps"] == 3 and out["train_seconds"] > 0
     for which in ("pretrained", "random_init"):                          # scored on val, beside random weights

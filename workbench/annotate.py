@@ -548,6 +548,15 @@ def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, cert: dict,
     return summary
 
 
+def semi_supervised_gain(run: _runs.Run, trained, pool, params: AnnotateParams, cert: dict, table: pd.DataFrame,
+                         temperature=None):
+    """A run trained with unlabelled images (train -p unlabelled, compare_supervised): how many more pool images it
+    auto-accepts than the same recipe on the labelled images alone, each certified like this pool at the same target
+    precision (workbench.semisup.compare_annotation; semi_supervised_comparison.json). A note for other runs."""
+    from . import semisup
+    return semisup.comparison_report(semisup.compare_annotation(run, trained, pool, params, cert, table, temperature))
+
+
 def achieved_table(summary: dict) -> pd.DataFrame:
     a = summary.get("achieved")
     if not a:
@@ -1126,6 +1135,7 @@ NOTEBOOK = _cells.Stage(
                     "                             extra={**fx.summary(table, pool, P.bootstrap, P.seed), 'adaptation': adapt.summary(adapted)}, val_choice=choice)"),
         _cells.show("table.head(10)"),
         _cells.show("annotate.achieved_table(summary)"),
+        _cells.code("annotate.semi_supervised_gain(run, trained, pool, P, cert, table, temperature)  # unlabelled runs"),
         _cells.md("## kNN second opinion\nAuto-accept precision and coverage as decided, and when the kNN label must "
                   "also agree with the model (where the pool's labels are known)."),
         _cells.show("features.agreement_table(summary)"),

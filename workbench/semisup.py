@@ -45,6 +45,7 @@ import keras
 import numpy as np
 
 from . import augment as _augment
+from . import tasks as _tasks
 from . import unlabelled as _unlabelled
 
 METHOD = "FixMatch (Sohn et al., NeurIPS 2020)"
@@ -268,3 +269,121 @@ def comparison_table(run_dir):
         rows["supervised only (same recipe, labelled images)"] = json.loads(base.read_text())
     keys = ("best_val_acc", "best_val_loss", "best_epoch", "epochs_run", "train_seconds")
     return pd.DataFrame({name: {k: s.get(k) for k in keys} for name, s in rows.items()}).T
+
+
+# ------------------------------------------------------------------------------------------- annotate: what it added
+COMPARISON_FILE = "semi_supervised_comparison.json"
+
+
+def _accepted(probs: np.ndarray, thresholds, gate, labelled: np.ndarray) -> np.ndarray:
+    thr = np.asarray(thresholds, dtype=np.float64)
+    pred, conf = probs.argmax(1), probs.max(1)
+    gate = np.zeros(len(probs), bool) if gate is None else np.asarray(gate, bool)
+    return (conf >= thr[pred]) & ~gate & ~labelled
+
+
+def _ood_gates(model, ds, pool, spec, batch_size: int):
+    """(val, pool) out-of-distribution gates of ``model``'s own features, as the annotate stage draws them
+    (Mahalanobis score beyond val's OOD_QUANTILE; workbench.features)."""
+    from . import features as _features
+    tr, _ = _features.embed_images(model, ds.images["train"], desc="supervised: embed train")
+    va, _ = _features.embed_images(model, ds.images["val"], desc="supervised: embed val")
+    po, _ = _features.embed_stream(model, pool.batches(spec, batch_size), len(pool), desc="supervised: embed pool")
+    scorer = _features.OODScorer(tr, ds.labels["train"], ds.task)
+    v, p = scorer.scores(va), scorer.scores(po)
+    thr = float(np.quantile(v, _features.OOD_QUANTILE))
+    return v > thr, p > thr
+
+
+def compare_annotation(run, trained, pool, params, cert: dict, table, temperature=None) -> dict | None:
+    """How many more pool images the semi-supervised model auto-accepts than the same recipe trained on the labelled
+    images alone (``RUN/supervised/``, ``compare_supervised``), each certified the way this pool was (val's
+    Learn-then-Test thresholds, or the pool's labelled certification sample) at the same target precision and
+    guarantee, each with its own calibration (a temperature fitted on val when the run is calibrated) and its own
+    out-of-distribution gate. Where the pool's labels are known, the precision each achieved. Writes
+    ``semi_supervised_comparison.json`` in the pool's directory; None for a run without a supervised baseline."""
+    from . import calibration as _calibration
+    from . import certify as _certify
+    from . import metrics as _metrics
+    from . import models as _models
+    from . import predict as _predict
+    base = trained.path / BASELINE_DIR / "model.keras"
+    if not base.is_file() or _tasks.is_multilabel(trained.task):
+        return None
+    route = cert.get("certified_by")
+    ds = trained.dataset()
+    spec = trained.input.with_resize(params.resize)
+    labels = cert.get("labels") or {}
+    labelled = np.array([i in labels for i in pool.ids], dtype=bool)
+    semi_acc = (table["status"] == "auto-accepted").to_numpy()
+    out = {"certified_by": route, "target_precision": params.target_precision, "guarantee": params.guarantee,
+           "pool_size": int(len(pool)), "semi_supervised": {"n_auto_accepted": int(semi_acc.sum())},
+           "supervised_model": str(base.relative_to(trained.path))}
+    if route not in ("val", "pool"):
+        out["note"] = "the pool is not certified yet: neither model auto-accepts anything"
+        run.write_json(COMPARISON_FILE, out)
+        return out
+    sup = _models.load(base, compile=False)
+    val_raw = _predict.predict(sup, ds.images["val"], params.batch_size, desc="supervised: predict val")
+    pool_raw = _predict.predict_stream(sup, pool.batches(spec, params.batch_size), len(pool), params.batch_size,
+                                       desc="supervised: predict pool")
+    t = (_calibration.fit_temperature(val_raw, ds.labels["val"], trained.task)["temperature"]
+         if params.calibrate and temperature is not None else None)
+    val_p = _predict.calibrated(val_raw, t, trained.task)
+    pool_p = _predict.calibrated(pool_raw, t, trained.task)
+    val_gate, pool_gate = _ood_gates(sup, ds, pool, spec, params.batch_size) if params.ood_gate else (None, None)
+    if route == "val":
+        choice = _metrics.auto_accept_thresholds(val_p, ds.labels["val"], trained.task, params.target_precision,
+                                                 params.thresholds, params.min_class_val, params.guarantee, val_gate)
+    else:
+        choice = _certify.certify_pool(pool_p, labels, pool.ids, np.asarray(cert.get("queue_positions", []), int),
+                                       trained.task, params.target_precision, params.guarantee, params.thresholds,
+                                       params.min_class_val, pool_gate)
+    sup_acc = _accepted(pool_p, choice["thresholds"], pool_gate, labelled)
+    out["supervised"] = {"n_auto_accepted": int(sup_acc.sum()), "temperature": t,
+                         "thresholds": [float(x) for x in choice["thresholds"]]}
+    out["more_auto_accepted"] = int(semi_acc.sum() - sup_acc.sum())
+    rest = ~labelled
+    for name, acc in (("semi_supervised", semi_acc), ("supervised", sup_acc)):
+        out[name]["coverage"] = float(acc[rest].mean()) if rest.any() else 0.0
+    if pool.labels is not None and np.asarray(pool.labels).ndim == 1:
+        y = np.asarray(pool.labels)
+        known = (y >= 0) & rest
+        preds = {"semi_supervised": table["predicted_label"].to_numpy().astype(int), "supervised": pool_p.argmax(1)}
+        for name, acc in (("semi_supervised", semi_acc), ("supervised", sup_acc)):
+            a = _metrics.accepted_precision_coverage(y[known], preds[name][known], acc[known], params.bootstrap,
+                                                     params.seed)
+            out[name]["achieved_precision"] = a.get("precision")
+            out[name]["achieved_precision_ci95"] = a.get("precision_ci95")
+    run.write_json(COMPARISON_FILE, _strict(out))
+    return out
+
+
+def _strict(obj):
+    from .runs import strict_json
+    return strict_json(obj)
+
+
+def comparison_report(result: dict | None):
+    """The comparison as a report cell: a heading, one sentence and the table."""
+    from .report import Markdown
+    head = "## What the unlabelled images added\n\n"
+    if result is None:
+        return Markdown(head + "The run was trained without unlabelled images (or without `compare_supervised`): "
+                               "nothing to compare.")
+    if "supervised" not in result:
+        return Markdown(head + result.get("note", ""))
+    s, u = result["semi_supervised"], result["supervised"]
+    how = "val's Learn-then-Test thresholds" if result["certified_by"] == "val" else "the pool's labelled sample"
+    text = (f"At the same certified precision (target {result['target_precision']}, guarantee {result['guarantee']}, "
+            f"each model certified by {how}), the semi-supervised model auto-accepts **{s['n_auto_accepted']}** of "
+            f"{result['pool_size']} images, the same recipe on the labelled images alone **{u['n_auto_accepted']}**: "
+            f"**{result['more_auto_accepted']:+d}**.")
+
+    def cell(d, k, digits=4):
+        v = d.get(k)
+        return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+    rows = "\n".join(f"| {name} | {d['n_auto_accepted']} | {cell(d, 'coverage')} | {cell(d, 'achieved_precision')} |"
+                     for name, d in (("semi-supervised (this run)", s), ("supervised only (supervised/)", u)))
+    return Markdown(head + text + "\n\n| model | auto-accepted | coverage | achieved precision (pool labels) |\n"
+                    "| --- | ---: | ---: | ---: |\n" + rows)
