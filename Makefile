@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-features bench-robustness bench-annotators clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-features bench-robustness bench-annotators bench-label-efficiency clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -127,6 +127,9 @@ bench-features: $(STAMP) ## kNN / linear probe on a demo run's features, OOD AUR
 
 bench-annotators: $(STAMP) ## simulated annotators on BloodMNIST: CROWDLAB consensus vs majority vote, annotator-quality ranking → bench/results/annotators.*
 	nice -n 10 $(BIN)/python -m bench.annotators $(BENCH_ARGS)
+
+bench-label-efficiency: $(STAMP) ## supervised vs FixMatch vs SimCLR pretraining at 1/5/10/100 % of the labels, 3 seeds, resumable → bench/results/label_efficiency.* (BENCH_ARGS='--datasets bloodmnist --fractions 0.01,0.1 --methods supervised,semi --seeds 0')
+	nice -n 10 $(BIN)/python -m bench.label_efficiency $(BENCH_ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

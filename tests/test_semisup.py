@@ -173,3 +173,12 @@ def test_pipeline_trains_on_the_pool_without_labels_then_annotates_it_and_says_w
     assert "achieved_precision" in cmp_["supervised"]                    # the pool's labels are known
     html = (pool_dir / "30_annotate.html").read_text()
     assert "What the unlabelled images added" in html and f"{cmp_['more_auto_accepted']:+d}" in html
+
+
+def test_a_pool_without_readable_images_fails_when_read_before_training(pools):
+    p = params.make("train", {**TINY_P, "unlabelled": str(pools / "empty")})
+    ds, _ = train.load_data(p)
+    spec = train.make_input_spec(p, ds)
+    with pytest.raises(WorkbenchError, match=r"parameter 'unlabelled': pool empty holds no readable image") as e:
+        train.load_unlabelled(p, train.prepare_dataset(ds, spec), spec)
+    assert "\n" not in str(e.value)

@@ -140,13 +140,16 @@ def read_pool(pool, spec, exclude=(), what: str = "unlabelled") -> tuple[np.ndar
     shape = tuple(spec.shape)
     chunks, positions = [], []
     nbytes = 0
-    for pos, imgs in pool.batches(spec, 512):
-        nbytes += imgs.nbytes
-        if nbytes > MAX_POOL_BYTES:
-            raise WorkbenchError(f"parameter '{what}': pool {pool.name} exceeds {MAX_POOL_BYTES >> 30} GiB at "
-                                 f"{shape[0]} px; give a smaller pool (a sub-folder or a sample)")
-        chunks.append(imgs)
-        positions.append(pos)
+    try:
+        for pos, imgs in pool.batches(spec, 512):
+            nbytes += imgs.nbytes
+            if nbytes > MAX_POOL_BYTES:
+                raise WorkbenchError(f"pool {pool.name} exceeds {MAX_POOL_BYTES >> 30} GiB at {shape[0]} px; give a "
+                                     "smaller pool (a sub-folder or a sample)")
+            chunks.append(imgs)
+            positions.append(pos)
+    except WorkbenchError as e:      # an empty folder, an image of another size than the run's, ...: say which parameter
+        raise WorkbenchError(f"parameter '{what}': {e}") from None
     images = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
     order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, int)
     images = images[order]
