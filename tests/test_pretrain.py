@@ -95,3 +95,21 @@ def test_the_recipe_makes_about_as_many_steps_on_a_small_image_set():
     p, steps = pretrain.resolve(params.make("pretrain", {"epochs": 2}), n_images=11959)
     assert steps == 46                                                          # asked-for epochs: one pass each
     assert json.dumps(params.to_dict(p))                                        # plain values
+
+
+def test_the_reports_figures_and_tables(pretrained_run):
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from workbench import data
+    run_dir, out = pretrained_run
+    table = pretrain.probe_table(out["probe"])
+    assert list(table.index) == ["pretrained backbone", "random init backbone"]
+    assert table.loc["pretrained backbone", "kNN ACC (val)"] == out["probe"]["pretrained"]["knn"]["acc"]
+    hist = pd.read_csv(run_dir / "history.csv")
+    assert {"loss", "contrastive_acc"} <= set(hist.columns) and isinstance(pretrain.curves(hist), Figure)
+    ds = data.load_dataset(str(TINY))
+    p = params.make("pretrain", TINY_PRE)
+    assert isinstance(pretrain.preview_views(p, ds, ds.images["train"][:16]), Figure)
+    from workbench import cli
+    assert "pretrain (SimCLR" in cli._summary(run_dir) and "random init" in cli._summary(run_dir)
