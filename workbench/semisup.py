@@ -319,6 +319,9 @@ def compare_annotation(run, trained, pool, params, cert: dict, table, temperatur
     out = {"certified_by": route, "target_precision": params.target_precision, "guarantee": params.guarantee,
            "pool_size": int(len(pool)), "semi_supervised": {"n_auto_accepted": int(semi_acc.sum())},
            "supervised_model": str(base.relative_to(trained.path))}
+    if params.adapt != "none":
+        out["note_adaptation"] = (f"the semi-supervised model's decisions are those of this pool's adaptation "
+                                  f"({params.adapt}); the supervised model is compared as trained")
     if route not in ("val", "pool"):
         out["note"] = "the pool is not certified yet: neither model auto-accepts anything"
         run.write_json(COMPARISON_FILE, out)
