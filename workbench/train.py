@@ -91,7 +91,9 @@ def resolve(params: TrainParams, ds: _data.Dataset) -> TrainParams:
         # epoch count the user chose keeps its meaning (one pass each)
         steps = max(one_pass, math.ceil(min_steps / out.epochs)) if "epochs" in left else one_pass
         out = dataclasses.replace(out, steps_per_epoch=steps)
-    if out.patience == "epochs":  # no early stopping, however many epochs the user asks for
+    if out.patience == "epochs" or (out.unlabelled and "patience" in left):
+        # no early stopping, however many epochs the user asks for; semi-supervised training always runs its whole
+        # schedule (workbench.semisup.SELECT: the pseudo-labels grow over all of it, as in the paper)
         out = dataclasses.replace(out, patience=out.epochs)
     if out.tta == "auto":
         out = dataclasses.replace(out, tta="yes" if o["free"] and out.augment in _augment.DIHEDRAL_PRESETS else "no")
@@ -130,7 +132,9 @@ def open_stage(params: TrainParams):
     backend = _runtime.configure_backend(p.conv_impl)
     run = _runs.open_stage("train", p)
     o = orientation(ds)
+    from .params import to_dict
     _runs.add_provenance(run, training_path=backend, recipe={"name": p.recipe, **RECIPES[p.recipe]},
+                         requested=to_dict(params),     # before the recipe filled them in (the supervised baseline)
                          data=ds.describe(), orientation={**o, "statement": orientation_statement(p, o)})
     if extra is not None:
         _runs.add_provenance(run, extra_labels=extra)
@@ -453,9 +457,9 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     if n_dev > 1 and params.batch_size % n_dev:
         raise WorkbenchError(f"parameter 'batch_size' = {params.batch_size} must be a multiple of the {n_dev} "
                              "devices for data-parallel training")
-    trainer, monitor = model, None
+    trainer, pseudo = model, None
     if unlabelled is not None:   # FixMatch: labelled + weak/strong unlabelled views each step, the network wrapped
-        batches, trainer, monitor = _semisup.setup(model, ds, transform, params, unlabelled, orientation(ds)["free"],
+        batches, trainer, pseudo = _semisup.setup(model, ds, transform, params, unlabelled, orientation(ds)["free"],
                                                    augmentation(params, ds)[1])
         per_epoch = len(batches) * params.batch_size * (1 + params.unlabelled_ratio)
     else:
@@ -479,13 +483,15 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         loss=_tasks.loss(ds.task), metrics=[_tasks.accuracy_metric(ds.task)],
     )
     tta = params.tta == "yes"
+    # the checkpoint (and what early stopping watches): the lowest val loss; semi-supervised: the highest val accuracy
+    monitor, mode = _semisup.SELECT if unlabelled is not None else ("val_loss", "min")
     model_path = run.file("backbone.keras" if tta else "model.keras")
     history_path = run.file("history.csv")
     callbacks = [
-        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_loss", save_best_only=True) if monitor is None
-        else _semisup.BestNet(model, model_path),      # FixMatch: the network, not its trainer
-        *([monitor] if monitor is not None else []),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_loss", save_best_only=True) if unlabelled is None
+        else _semisup.BestNet(model, model_path, monitor, mode),      # FixMatch: the network, not its trainer
+        *([pseudo] if pseudo is not None else []),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=params.patience, restore_best_weights=True),
         keras.callbacks.CSVLogger(str(history_path)),
         keras.callbacks.TerminateOnNaN(),
         TqdmTraining(params.epochs, steps),
@@ -499,7 +505,7 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
     if tta:
         with_tta(model).save(run.file("model.keras"))
     hist = pd.read_csv(history_path)
-    best = int(hist["val_loss"].idxmin())
+    best = int(hist[monitor].idxmin() if mode == "min" else hist[monitor].idxmax())
     summary = {
         "epochs_run": int(len(hist)), "best_epoch": best + 1,
         "best_val_loss": float(hist["val_loss"][best]), "best_val_acc": float(hist["val_acc"][best]),
@@ -512,7 +518,8 @@ def fit(model: keras.Model, ds: _data.Dataset, transform, params: TrainParams, r
         "labelled_images": int(len(ds.labels["train"])),
     }
     if unlabelled is not None:
-        summary["semi_supervised"] = _semisup.summary(params, unlabelled, monitor, hist, run)
+        summary["semi_supervised"] = _semisup.summary(params, unlabelled, pseudo, hist, run)
+        summary["checkpoint_selected_by"] = f"{monitor} ({mode})"
     run.write_json("train_summary.json", summary)
     return hist
 
@@ -528,7 +535,11 @@ def fit_supervised_baseline(params: TrainParams, ds: _data.Dataset, run: _runs.R
     images added, for the report and the annotate stage. None otherwise."""
     if not (params.unlabelled and params.compare_supervised):
         return None
-    p = dataclasses.replace(params, unlabelled="")
+    from .params import make
+    requested = run.read_json("provenance.json").get("train", {}).get("requested") or {}
+    # the parameters as asked for, without the unlabelled images, resolved as a supervised run resolves them
+    p = resolve(make("train", {**requested, "run_dir": params.run_dir, "unlabelled": ""}), ds) if requested \
+        else dataclasses.replace(params, unlabelled="")
     transform, _ = augmentation(p, ds)            # a fresh pipeline: the stream a supervised run would draw
     sub = _runs.Run(path=run.path / _semisup.BASELINE_DIR, stage="train")
     return fit(build_model(p, ds), ds, transform, p, sub)
