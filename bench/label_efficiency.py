@@ -269,6 +269,15 @@ def render_md(doc: dict) -> str:
                 "ResNet-18 or Wide ResNet-28-2; FixMatch's own numbers are on CIFAR-10 with about 2^20 steps, ours "
                 "with the recipe's 1,400. No published semi- or self-supervised result on these MedMNIST files at "
                 "these label fractions was found in the sources searched, so none is compared against.", ""]
+    if doc.get("superseded"):
+        out += ["## Superseded rows", "",
+                "Measured with an earlier version of the method and kept for the record (not in the tables above):", ""]
+        for e in doc["superseded"]:
+            r = e["row"]
+            out.append(f"- {r['dataset']} {r['fraction']:.0%} {r['method']} seed {r['seed']} (git {r['git']['sha']}): "
+                       f"test ACC {r['test_acc']:.4f}, AUC {r['test_auc']:.4f}, {r['epochs_run']} epochs (best "
+                       f"{r['best_epoch']}), {r['train_seconds']:.0f} s. {e['reason']}")
+        out.append("")
     missing = not_run(doc)
     out += ["## Not run", ""]
     if missing:
