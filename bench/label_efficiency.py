@@ -172,7 +172,11 @@ def aggregate(rows: list[dict]) -> dict:
     for r in rows:
         groups.setdefault((r["dataset"], float(r["fraction"]), r["method"]), []).append(r)
     out = {}
-    for key, rs in sorted(groups.items()):
+
+    def order(item):
+        (d, f, m), _ = item
+        return (DATASETS.index(d) if d in DATASETS else 99, d, f, METHODS.index(m) if m in METHODS else 99, m)
+    for key, rs in sorted(groups.items(), key=order):
         rs = sorted(rs, key=lambda r: r["seed"])
         e = {"seeds": [r["seed"] for r in rs], "n": len(rs)}
         for k in ("test_acc", "test_auc", "val_acc", "train_seconds", "wall_seconds", "pool_mask_rate_last_epoch",
