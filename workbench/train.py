@@ -529,6 +529,21 @@ def load_unlabelled(params: TrainParams, ds: _data.Dataset, spec: _inputs.InputS
     return _unlabelled.load_unlabelled(params, ds, spec, run)
 
 
+def preview_strong_views(params: TrainParams, ds: _data.Dataset, n_images: int = 8):
+    """Semi-supervised runs: a few training images in FixMatch's strong view (the preset, two RandAugment ops and
+    Cutout, within the card's orientation rule), from separate pipeline instances."""
+    from .report import Markdown
+    from .viz import augmentation_preview
+    if not params.unlabelled:
+        return Markdown("Supervised training (no `unlabelled` images): no strong views.")
+    photo = augmentation(params, ds)[1]
+    t = _augment.strong(params.augment, params.seed, n_channels=ds.input_shape[-1], photometric=photo,
+                        side=ds.input_shape[0], orientation_free=orientation(ds)["free"])
+    originals = ds.images["train"][_preview_indices(len(ds.images["train"]), n_images, params.seed)]
+    return augmentation_preview(originals, [_augment.apply(t, originals) for _ in range(3)],
+                                title=f"FixMatch strong views: preset '{params.augment}' + RandAugment (2 ops) + Cutout")
+
+
 def fit_supervised_baseline(params: TrainParams, ds: _data.Dataset, run: _runs.Run) -> pd.DataFrame | None:
     """With ``unlabelled`` and ``compare_supervised``: the same recipe, seed and initialisation on the labelled
     images alone, into ``RUN/supervised/`` (model.keras, history.csv, train_summary.json): what the unlabelled
@@ -608,6 +623,7 @@ NOTEBOOK = _cells.Stage(
                   "view (two RandAugment ops and Cutout, within the card's orientation rule). The pool's labels, where "
                   "it has them, are only read to report the pseudo-labels' accuracy, never trained on."),
         _cells.code("unl = train.load_unlabelled(P, ds, spec, run)  # None without -p unlabelled"),
+        _cells.show("train.preview_strong_views(P, ds)"),
         _cells.md("## Model"),
         _cells.code("model = train.build_model(P, ds, run)"),
         _cells.show("model.summary()"),
