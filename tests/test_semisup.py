@@ -156,7 +156,8 @@ def test_pipeline_trains_on_the_pool_without_labels_then_annotates_it_and_says_w
     proc = run_cli("pipeline", "-q", "--name", "semi", "-p", "dataset", str(TINY), "-p", "epochs", "1", "-p", "width",
                    "8", "-p", "batch_size", "32", "-p", "label_fraction", "0.5", "-p", "unlabelled", str(pool),
                    "-p", "init_from", str(pretrained_run[0]), "-p", "on_shift", "accept", "-p", "audit_folds", "0",
-                   "-p", "gallery_size", "4", env={"WORKBENCH_RUNS_DIR": str(runs)})
+                   "-p", "gallery_size", "4", "-p", "robustness", "0", "-p", "n_resamples", "100", "-p", "bootstrap",
+                   "100", env={"WORKBENCH_RUNS_DIR": str(runs)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(runs.glob("*_semi"))
     s = json.loads((run_dir / "train_summary.json").read_text())
