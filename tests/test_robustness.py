@@ -140,6 +140,18 @@ def test_bn_adaptation_sets_the_pool_statistics_and_restores():
     assert np.array_equal(np.asarray(first.moving_mean), saved[0][0])
     small = adapt.bn_adapt(m, x[:16])            # few images: shrunk towards the training statistics
     assert small["weight"] == pytest.approx(16 / 32)
+    adapt.bn_restore(m, saved)
+    # relative to clean reference images: a pool measured like them leaves the trained statistics as they were
+    ref = adapt.bn_reference(m, x)
+    rel = adapt.bn_adapt(m, x, prior=0, reference=ref)
+    assert rel["relative_to_training_images"]
+    for (layer, _), (mean, var) in zip(adapt.bn_probes(m), saved):
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), mean, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(layer.moving_variance), var, rtol=1e-4, atol=1e-6)
+    adapt.bn_restore(m, saved)
+    darker = corrupt.apply(x, "darker", 3)
+    adapt.bn_adapt(m, darker, prior=0, reference=ref)
+    assert not np.allclose(np.asarray(first.moving_mean), saved[0][0])   # a shifted pool moves them
     with pytest.raises(WorkbenchError, match="adapt"):
         adapt.check_method("tent")
 
