@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-features bench-robustness bench-annotators bench-label-efficiency clean-venv
+.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-annotate-cost bench-features bench-robustness bench-annotators bench-label-efficiency clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench-datasets: $(STAMP) ## full + demo recipes, untuned, 3 seeds on every embed
 
 bench-pools: $(STAMP) ## annotate pools streamed from disk: files/s and peak memory for 10,000 and 100,000 PNGs → bench/results/pools.*
 	$(BIN)/python -m bench.pools $(BENCH_ARGS)
+
+bench-annotate-cost: $(STAMP) ## what a new pool of 1,000 PNGs costs with an existing run, itemised (kernel, model load, predictions, features, map, export) → bench/results/annotate_cost.*
+	$(BIN)/python -m bench.annotate_cost $(BENCH_ARGS)
 
 bench-certify: $(STAMP) ## auto-accept on new images: shift-check false alarms (design/evaluation pools), OOD AUROCs, certification routes on real pools → bench/results/certify.* (BENCH_ARGS='--part routes')
 	$(BIN)/python -m bench.certify $(BENCH_ARGS)
