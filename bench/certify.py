@@ -204,9 +204,17 @@ class Model:
             return self.cache[tag]
         from workbench import features
         from workbench.predict import predict
-        raw = predict(self.trained.model, images, 512, desc=f"{self.key}: {tag}", progress=False)
-        emb, _ = features.embed_images(self.trained.model, images, progress=False)
-        out = (calibration.apply_temperature(raw, self.temperature, self.task), self.scorer.scores(emb))
+        disk = WORK / "views" / f"{self.key}-{self.trained.model_hash[:12]}-{tag}.npz"
+        if disk.is_file():                      # computed by an earlier run of the benchmark (same model file)
+            with np.load(disk, allow_pickle=False) as z:
+                raw, emb = z["raw"], z["emb"]
+        else:
+            raw = predict(self.trained.model, images, 512, desc=f"{self.key}: {tag}", progress=False)
+            emb, _ = features.embed_images(self.trained.model, images, progress=False)
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(disk, raw=raw.astype(np.float32), emb=emb.astype(np.float32))
+        out = (calibration.apply_temperature(np.asarray(raw, np.float64), self.temperature, self.task),
+               self.scorer.scores(emb))
         self.cache[tag] = out
         return out
 
@@ -466,18 +474,20 @@ def route(m: Model, pool_p, pool_y, pool_ood, seed: int, floors=None, unseen=Non
                    certified=True)
         return out
     ids = [str(i) for i in range(len(pool_y))]
-    size = certify.queue_size(TARGET, GUARANTEE, float(acc_val.mean()), len(pool_y))
-    queue = certify.order(f"bench-{m.key}", len(pool_y), seed)[:size["size"]]
+    in_region = certify.region(pool_p, m.choice["thresholds"], m.task, gate)
+    size = certify.queue_size(TARGET, GUARANTEE, int(in_region.sum()))
+    queue = certify.sample(f"bench-{m.key}", in_region, size["size"], seed)
     wrong = (pool_p.argmax(1) + 1) % pool_p.shape[1]
     labels = {ids[j]: int(wrong[j] if unseen[j] else pool_y[j]) for j in queue}
-    ch = certify.certify_pool(pool_p, labels, ids, queue, m.task, TARGET, GUARANTEE, exclude=gate)
+    ch = certify.certify_pool(pool_p, labels, ids, queue, m.task, TARGET, GUARANTEE, exclude=gate, in_region=in_region)
     c = ch["certification"]
     t = np.asarray(ch["thresholds"])
     rest = np.ones(len(pool_y), bool)
     rest[queue] = False
-    acc = (pool_p.max(1) >= t[pool_p.argmax(1)]) & ~gate & rest
-    out.update(route="pool", labels=int(len(queue)), certified=bool(c["reached"]),
-               coverage=float(acc[rest].mean()), precision=float(right[acc].mean()) if acc.any() else None,
+    acc = (pool_p.max(1) >= t[pool_p.argmax(1)]) & ~gate & rest & in_region
+    out.update(route="pool", labels=int(len(queue)), certified=bool(c["reached"]), region=int(in_region.sum()),
+               coverage=float(acc[rest].mean()) if rest.any() else 0.0,
+               precision=float(right[acc].mean()) if acc.any() else None,
                sample_errors_accepted=c["n_errors_accepted_in_sample"], n_accepted_in_sample=c["n_accepted_in_sample"])
     return out
 

@@ -26,12 +26,20 @@ def test_n_required_is_the_exact_binomial_bound():
         metrics.n_required(0.99, 1.0)
 
 
-def test_queue_size_follows_the_expected_coverage():
-    q = certify.queue_size(0.99, 0.9, 0.87, 5000)
-    assert q["size"] == 265 and q["n_required_no_error"] == 230      # 230 / 0.87
-    assert certify.queue_size(0.99, 0.9, 0.05, 5000)["size"] == 920  # floored at 25 % coverage
-    assert certify.queue_size(0.99, 0.9, 0.9, 100)["size"] == 100    # never more than the pool
-    assert certify.queue_size(0.99, 0.9, 0.9, 5000, requested=400)["size"] == 400
+def test_queue_size_and_the_candidate_region():
+    q = certify.queue_size(0.99, 0.9, 5000)
+    assert q["size"] == 288 and q["n_required_no_error"] == 230         # 230 / 0.8
+    assert certify.queue_size(0.99, 0.9, 100)["size"] == 100             # never more than the region
+    assert certify.queue_size(0.99, 0.9, 5000, requested=400)["size"] == 400
+    probs = np.array([[0.99, 0.01], [0.6, 0.4], [0.2, 0.8], [0.05, 0.95]])
+    assert certify.region(probs, [0.9, 0.9], "binary-class").tolist() == [True, False, False, True]
+    assert certify.region(probs, [0.9, 0.9], "binary-class", exclude=[True, False, False, False]).tolist() == \
+        [False, False, False, True]
+    assert certify.region(probs, [np.inf, np.inf], "binary-class").all()    # val reaches nothing: the whole pool
+    inside = np.arange(1000) % 3 == 0
+    s = certify.sample("p", inside, 50, 0)
+    assert len(s) == 50 and inside[s].all() and len(set(s)) == 50
+    assert np.array_equal(certify.sample("p", inside, 80, 0)[:50], s)    # a longer queue extends the same sample
 
 
 def test_order_is_seeded_by_pool_and_seed_and_prefixes_extend_the_same_sample():
@@ -178,7 +186,7 @@ def test_certification_runs_end_to_end_through_the_notebook(pipeline_run, tmp_pa
     summary = json.loads((pool_dir / "annotation_summary.json").read_text())
     c = summary["certification"]
     assert c["route"] == "pool" and c["certified_by"] == "none" and summary["n_auto_accepted"] == 0
-    assert len(queue) == c["queue_size"] == min(120, c["queue_sizing"]["auto_size"])
+    assert len(queue) == c["queue_size"] == min(c["queue_sizing"]["region_size"], c["queue_sizing"]["auto_size"])
     assert queue["rank"].tolist() == list(range(1, len(queue) + 1)) and queue["id"].is_unique
     assert f"Label these {len(queue)} images" in c["message"]
 

@@ -318,27 +318,27 @@ def certify(run: _runs.Run, trained, pool, pool_probs: np.ndarray, choice: dict,
     if not params.guarantee > 0:
         raise WorkbenchError("certifying on the pool needs a guarantee > 0 (parameter guarantee); set e.g. "
                              "-p guarantee 0.9, or -p on_shift accept to use val's point estimate anyway")
-    size = _certify.queue_size(params.target_precision, params.guarantee, out["expected_coverage"], len(pool),
-                               params.certify_size)
-    perm = _certify.order(pool.pool_id, len(pool), params.seed)
-    queue = perm[:size["size"]]
+    in_region = _certify.region(pool_probs, choice["thresholds"], trained.task, pool_gate)
+    size = _certify.queue_size(params.target_precision, params.guarantee, int(in_region.sum()), params.certify_size)
+    queue = _certify.sample(pool.pool_id, in_region, size["size"], params.seed)
     _certify.write_queue(run.file(_certify.QUEUE_FILE), pool.ids, queue)
-    out.update(queue=[pool.ids[i] for i in queue], queue_positions=queue, size=size)
+    out.update(queue=[pool.ids[i] for i in queue], queue_positions=queue, size=size, region=in_region)
     never = {**choice, "thresholds": [float("inf")] * len(choice["thresholds"])}
     if not params.certify_labels:
         n = size["size"]
         out.update(certified_by="none", choice=never,
-                   message=(f"{why}. Label these {n} images (certification_queue.csv, in its order: "
+                   message=(f"{why}. Label these {n} images (certification_queue.csv, in its order; drawn at random "
+                            f"from the {int(in_region.sum())} items val's thresholds would accept: "
                             f"widgets.review_run(POOL_DIR, queue='certification') shows them blind), then run "
-                            f"annotate again with -p certify_labels; the rest of the pool is then certified at "
-                            f"precision {params.target_precision} with probability {params.guarantee}. Nothing "
-                            "is auto-accepted until then."))
+                            f"annotate again with -p certify_labels: the items the sample certifies are then "
+                            f"auto-accepted at precision ≥ {params.target_precision} with probability "
+                            f"{params.guarantee}. Nothing is auto-accepted until then."))
         print(f"certification: {out['message']}")
         return out
     labels, src = _certification_labels(params, pool, trained)
     attempts = _previous_attempts(trained, pool, run) + 1
     pc = _certify.certify_pool(pool_probs, labels, pool.ids, queue, trained.task, params.target_precision,
-                               params.guarantee, params.thresholds, params.min_class_val, pool_gate)
+                               params.guarantee, params.thresholds, params.min_class_val, pool_gate, in_region)
     pc["temperature"] = choice.get("temperature")
     c = pc["certification"]
     c.update(attempt=attempts, guarantee_after_attempts=_certify.attempts_guarantee(params.guarantee, attempts),
@@ -395,7 +395,8 @@ REASONS = {"accepted": "confidence at or above the threshold", "below": "confide
            "ood": "out of distribution: OOD score beyond val's 99th percentile (never auto-accepted)",
            "awaiting": "awaiting certification on the pool (label certification_queue.csv)",
            "not_certified": "the pool's sample did not certify the target precision",
-           "labelled": "labelled by a person (certification sample)", "no_threshold": "no threshold reaches the target"}
+           "labelled": "labelled by a person (certification sample)", "no_threshold": "no threshold reaches the target",
+           "outside_region": "outside the region the certification sample was drawn from (below val's threshold)"}
 
 
 def decide(run: _runs.Run, trained, pool, probs: np.ndarray, cert: dict, params: AnnotateParams,
@@ -439,7 +440,9 @@ def decide(run: _runs.Run, trained, pool, probs: np.ndarray, cert: dict, params:
             "threshold": np.round(thr, 6),
         })
         human = [str(int(labels[i])) if i in labels else "" for i in pool.ids]
-    auto = above & ~gate & ~labelled
+    region = cert.get("region")
+    inside = np.ones(len(pool), bool) if region is None else np.asarray(region, bool)   # pool route: the sample's region
+    auto = above & ~gate & ~labelled & inside
     status = np.where(labelled, LABELLED, np.where(auto, AUTO, REVIEW))
     finite = np.isfinite(thr_all).any()
     if cert.get("certified_by") == "none" and "certification" not in choice:
@@ -449,7 +452,8 @@ def decide(run: _runs.Run, trained, pool, probs: np.ndarray, cert: dict, params:
     else:
         why_not = REASONS["below"] if finite else REASONS["no_threshold"]
     reason = np.where(labelled, REASONS["labelled"], np.where(auto, REASONS["accepted"],
-                      np.where(gate & above, REASONS["ood"], why_not)))
+                      np.where(gate & above, REASONS["ood"],
+                               np.where(above & ~inside, REASONS["outside_region"], why_not))))
     table.insert(table.columns.get_loc("threshold"), "status", status)
     table["reason"] = reason
     table["label"] = human

@@ -5,17 +5,20 @@ Thresholds chosen on val promise the target precision only on images exchangeabl
 check (workbench.shift) says a pool differs from val, or the user asks for it (``certify pool``), the annotate
 stage certifies on the pool instead:
 
-1. **The sample.** A seeded uniform random permutation of the pool (seeded by the stage's ``seed`` and the
-   pool's content fingerprint, so the same pool gives the same order on every run). Its first ``n`` items
-   are the certification queue, written in that random order to ``certification_queue.csv`` (column ``id``).
-   Any prefix of a random permutation is a uniform random sample, so labelling the queue from the top keeps
-   the sample exchangeable with the rest of the pool, and a longer queue later (``certify_size``) extends
-   the same sample instead of drawing another.
+1. **The sample.** A seeded uniform random sample of the pool's *candidate region*: the items that could be
+   auto-accepted at all, i.e. those val's thresholds would accept and the OOD gate lets through (the whole pool
+   when val reaches no threshold). Items outside it are never auto-accepted on this route, so a label spent on
+   one of them could not help certify anything; every label goes where the decision is. The sample is the
+   region's items in the order of a seeded random permutation of the pool (seeded by the stage's ``seed`` and the
+   pool's content fingerprint: the same pool gives the same order on every run), written to
+   ``certification_queue.csv`` (column ``id``, ``rank`` 1 = label first). Any prefix of it is a uniform random
+   sample of the region, so labelling the queue from the top keeps the sample exchangeable with the rest of the
+   region, and a longer queue later (``certify_size``) extends the same sample instead of drawing another.
 2. **Its size.** Learn-then-Test certifies precision ≥ target at probability ``guarantee`` only from enough
    *accepted* labelled items: at least ``n_required`` (0.99 at 0.9: 230 when none of them is wrong, 388 with
-   one error, 531 with two; ``cost_of_errors``). Only the sample items above the chosen threshold count, so
-   the queue holds ``n_required(0) / c`` items, where c is the share of the pool at or above val's threshold
-   (known without labels; at least ``MIN_EXPECTED_COVERAGE``): about 265 for a pool where 87 % would clear it.
+   one error, 531 with two; ``cost_of_errors``). The walk starts at the most confident sample items, so the queue
+   holds ``n_required(0) / TOP_SHARE`` items (288 for 0.99 at 0.9): certification at the first cut needs the
+   sample's most confident 80 % to be free of errors, and the walk goes lower while the test keeps passing.
 3. **Labelling, blind.** The reviewer labels the queue without seeing the model's prediction
    (workbench.widgets ``queue="certification"``), or brings a CSV (``id,label``; label a class index or
    name; multi-label: names or indices joined by ``;``) or a review export.
@@ -48,7 +51,7 @@ from .errors import WorkbenchError
 
 ROUTES = ("auto", "pool")          # the ``certify`` parameter
 QUEUE_FILE = "certification_queue.csv"
-MIN_EXPECTED_COVERAGE = 0.25       # below this the queue would be huge: ask for n_required / 0.25 and say so
+TOP_SHARE = 0.8                    # the queue is n_required(0) / TOP_SHARE: its most confident 80 % must hold no error
 LABELLED = "labelled"              # status of the items labelled by a person (the certification sample)
 SEP = ";"
 
@@ -71,17 +74,35 @@ def cost_of_errors(target: float, guarantee: float, max_errors: int = 3) -> list
     return rows
 
 
-def queue_size(target: float, guarantee: float, expected_coverage: float, n_pool: int, requested: int = 0) -> dict:
-    """How many items to label: ``requested`` when given (> 0), else ``n_required(0) / expected coverage``
-    (at least ``MIN_EXPECTED_COVERAGE``), never more than the pool."""
+def queue_size(target: float, guarantee: float, n_region: int, requested: int = 0) -> dict:
+    """How many items to label: ``requested`` when given (> 0), else ``n_required(0) / TOP_SHARE``; never more
+    than the candidate region holds."""
     need = _metrics.n_required(target, guarantee, 0)
-    cov = float(expected_coverage) if np.isfinite(expected_coverage) else 0.0
-    used = max(cov, MIN_EXPECTED_COVERAGE)
-    auto = int(math.ceil(need / used))
+    auto = int(math.ceil(need / TOP_SHARE))
     n = int(requested) if requested > 0 else auto
-    return {"size": int(min(n, n_pool)), "requested": int(requested), "auto_size": auto,
-            "n_required_no_error": need, "expected_coverage": cov, "coverage_used": used,
-            "whole_pool": n >= n_pool}
+    return {"size": int(min(n, n_region)), "requested": int(requested), "auto_size": auto,
+            "n_required_no_error": need, "region_size": int(n_region), "whole_region": n >= n_region}
+
+
+def region(probs: np.ndarray, thresholds, task: str, exclude=None) -> np.ndarray:
+    """The candidate region: items the given thresholds (val's) would accept and the OOD gate lets through; all
+    items the gate lets through when no threshold is finite (val reaches none)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    keep = np.ones(len(probs), bool) if exclude is None else ~np.asarray(exclude, bool)
+    if not np.isfinite(thr).any() or not len(probs):
+        return keep
+    if _tasks.is_multilabel(task):
+        conf = np.maximum(probs, 1 - probs)
+        return keep & (conf >= thr[None, :]).all(1)
+    return keep & (probs.max(1) >= thr[probs.argmax(1)])
+
+
+def sample(pool_id: str, in_region: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """The certification sample: the region's items in the order of the pool's seeded permutation, first
+    ``size`` (positions into the pool)."""
+    perm = order(pool_id, len(in_region), seed)
+    return perm[np.asarray(in_region, bool)[perm]][:int(size)]
 
 
 def write_queue(path: Path, ids: list[str], positions: np.ndarray) -> Path:
@@ -198,10 +219,11 @@ def _wrong_prediction(probs_row: np.ndarray, task: str) -> np.ndarray:
 
 def certify_pool(probs: np.ndarray, labels: dict, ids: list[str], queue_positions: np.ndarray, task: str,
                  target: float, guarantee: float, mode: str = "global", min_class_val: int = 20,
-                 exclude=None) -> dict:
+                 exclude=None, in_region=None) -> dict:
     """Thresholds chosen on the labelled certification sample with Learn-then-Test (``guarantee`` > 0 required:
     without it there is nothing to certify). ``labels``: ``read_labels`` output (any pool items);
-    ``exclude``: the items never auto-accepted (out-of-distribution gate), left out of the test as on val.
+    ``exclude``: the items never auto-accepted (out-of-distribution gate), left out of the test as on val;
+    ``in_region``: the candidate region the queue was drawn from (recorded: only its items may be accepted).
 
     Returns the threshold choice (``metrics.auto_accept_thresholds``) plus ``certification``: sizes, the
     precision and coverage on the sample with exact intervals, the one-sided lower bound at ``guarantee``,
@@ -241,7 +263,10 @@ def certify_pool(probs: np.ndarray, labels: dict, ids: list[str], queue_position
     a_lo, a_hi = _metrics.clopper_pearson(acc_k, n_items, 0.95)
     outside = sorted(set(labelled_pos) - set(int(p) for p in counted))
     choice["certification"] = {
-        "certified_by": "pool", "method": "Learn-then-Test on a uniform random sample of the pool",
+        "certified_by": "pool",
+        "method": "Learn-then-Test on a uniform random sample of the pool's candidate region (the items val's "
+                  "thresholds and the OOD gate would let through)",
+        "region_size": None if in_region is None else int(np.sum(in_region)),
         "queue_size": int(len(queue_positions)), "n_labels": int(len(part["labelled"])),
         "n_counted": int(n_items), "n_skipped_counted_wrong": int(len(part["skipped"])),
         "n_labels_outside_queue": int(len(outside)),
