@@ -195,6 +195,9 @@ def test_annotate_with_adapt_records_it(pipeline_run):
     assert read_json(f"{pool_dir}/provenance.json")["annotate"]["adaptation"]["method"] == "bn"
     assert read_json(f"{pool_dir}/annotation_summary.json")["adaptation"]["method"] == "bn"
     assert read_json(f"{pool_dir}/params/annotate.json")["adapt"] == "bn"
+    # val's thresholds belong to the model before adaptation: the adapted model is certified on the pool's sample
+    cert = read_json(f"{pool_dir}/annotation_summary.json")["certification"]
+    assert cert["route"] == "pool" and "adapted to this pool" in cert["reason"]
 
 
 # ---------------------------------------------------------------------- evaluate report and model card

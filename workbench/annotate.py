@@ -296,8 +296,13 @@ def certify(run: _runs.Run, trained, pool, pool_probs: np.ndarray, choice: dict,
     from . import certify as _certify
     val_gate, pool_gate = ood_gates(fx, params)
     fired = bool(shift and shift["fired"])
+    adapted = getattr(params, "adapt", "none") != "none"
     if params.certify == "pool":
         route, why = "pool", "certify pool: the pool's own labelled sample vouches for the thresholds"
+    elif adapted:
+        # val's thresholds were chosen for the model before adaptation: only the pool can vouch for the adapted one
+        route, why = "pool", (f"the model was adapted to this pool (-p adapt {params.adapt}): val's thresholds belong "
+                              "to the model before adaptation")
     elif fired and params.on_shift == "review":
         route, why = "pool", "the shift check fired: val cannot vouch for this pool"
     else:
