@@ -743,7 +743,7 @@ def report(pool_dir, resamples: int = 1000, seed: int = 0):
     import base64
     from pathlib import Path
 
-    from .report import Markdown
+    from .viz import Markdown
     ann, facts = pool_annotations(pool_dir)
     pool_dir = Path(facts["pool_dir"])
     if not ann.items:

@@ -369,7 +369,7 @@ def certify(run: _runs.Run, trained, pool, pool_probs: np.ndarray, choice: dict,
 
 def route_banner(cert: dict, shift: dict):
     """Who vouches for the auto-accept, and what to do next, for the top of the report."""
-    from .report import Markdown
+    from .viz import Markdown
     reasons = "".join(f"> - {r}\n" for r in (shift or {}).get("reasons", []))
     notes = "".join(f"\n- {n}" for n in (shift or {}).get("notes", []))
     if cert["route"] == "val":

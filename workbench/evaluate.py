@@ -489,7 +489,7 @@ def occlusion_figure(trained, ds, preds: dict, params: EvaluateParams, n: int = 
 
 def variants(result: dict):
     """This run, with test-time augmentation and as an ensemble: ACC/AUC and their paired gain, with intervals."""
-    from .report import Markdown
+    from .viz import Markdown
     v = result["variants"]
     if not v:
         return Markdown("Test-time augmentation and ensembles are off (parameters `tta` and `ensemble`).")
@@ -519,7 +519,7 @@ def baselines(ds, result: dict, model_name: str = "this run") -> pd.DataFrame:
 
 
 def baseline_figure(result: dict, model_name: str = "this run"):
-    from .report import Markdown
+    from .viz import Markdown
     from .viz import baseline_comparison
     if not result["published_baselines"]:
         return Markdown("The data card lists no published baselines for this dataset.")
@@ -528,7 +528,8 @@ def baseline_figure(result: dict, model_name: str = "this run"):
 
 def write_model_card(run: _runs.Run, ds):
     """Write ``model_card.md`` from the run's files (see workbench.report.model_card); return it for display."""
-    from .report import Markdown, model_card
+    from .report import model_card
+    from .viz import Markdown
     text = model_card(run.path, ds.card)
     run.file("model_card.md").write_text(text, encoding="utf-8")
     return Markdown(text)

@@ -604,7 +604,7 @@ def baselines_table(result: dict):
     """The network beside kNN and the linear probe on its features (test, 95 % intervals)."""
     import pandas as pd
 
-    from .report import Markdown
+    from .viz import Markdown
     fb = result.get("feature_baselines")
     if not fb:
         return Markdown("No feature baselines in metrics.json.")

@@ -28,11 +28,7 @@ MORE = "[More Information Needed]"
 NOT_CLINICAL = "Not for clinical use"
 
 
-class Markdown(str):
-    """A string that notebooks (and so the HTML reports) render as Markdown."""
-
-    def _repr_markdown_(self) -> str:
-        return str(self)
+from .viz import Markdown  # noqa: E402,F401  (the display helper lives with the other display primitives)
 
 
 def _read(path: Path):

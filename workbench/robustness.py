@@ -116,7 +116,7 @@ def _prediction(p: np.ndarray, y, ds) -> dict:
 def table(result: dict):
     """Accuracy per corruption and severity, its mean, and whether training saw that kind of change."""
     import pandas as pd
-    from .report import Markdown
+    from .viz import Markdown
     if "skipped" in result:
         return Markdown(f"Robustness not measured ({result['skipped']}).")
     rows = {"clean (no corruption)": {"severity 1": "", "severity 2": "", "severity 3": "",
@@ -131,7 +131,7 @@ def table(result: dict):
 
 def figure(trained, ds, result: dict):
     """One test image under every corruption (severity 2), with the model's prediction (green: right)."""
-    from .report import Markdown
+    from .viz import Markdown
     from .viz import image_grid
     if "skipped" in result or result["example"]["index"] is None:
         return Markdown("Robustness not measured.")

@@ -383,7 +383,7 @@ def _strict(obj):
 
 def comparison_report(result: dict | None):
     """The comparison as a report cell: a heading, one sentence and the table."""
-    from .report import Markdown
+    from .viz import Markdown
     head = "## What the unlabelled images added\n\n"
     if result is None:
         return Markdown(head + "The run was trained without unlabelled images (or without `compare_supervised`): "

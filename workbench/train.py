@@ -153,7 +153,7 @@ def balance_figure(ds: _data.Dataset):
 def orientation_note(params: TrainParams, ds: _data.Dataset):
     """The orientation statement as a report cell (a warning box when a flipping preset meets
     orientation-fixed data)."""
-    from .report import Markdown
+    from .viz import Markdown
     o = orientation(ds)
     text = orientation_statement(params, o)
     return Markdown(f"> **{text}**" if "WARNING" in text else text)
@@ -532,7 +532,7 @@ def load_unlabelled(params: TrainParams, ds: _data.Dataset, spec: _inputs.InputS
 def preview_strong_views(params: TrainParams, ds: _data.Dataset, n_images: int = 8):
     """Semi-supervised runs: a few training images in FixMatch's strong view (the preset, two RandAugment ops and
     Cutout, within the card's orientation rule), from separate pipeline instances."""
-    from .report import Markdown
+    from .viz import Markdown
     from .viz import augmentation_preview
     if not params.unlabelled:
         return Markdown("Supervised training (no `unlabelled` images): no strong views.")
@@ -562,14 +562,14 @@ def fit_supervised_baseline(params: TrainParams, ds: _data.Dataset, run: _runs.R
 
 def semi_supervised_report(params: TrainParams, history: pd.DataFrame, run: _runs.Run):
     """The mask-rate and pseudo-label-accuracy figure of a semi-supervised run (a note for a supervised one)."""
-    from .report import Markdown
+    from .viz import Markdown
     if not params.unlabelled:
         return Markdown("Supervised training (no `unlabelled` images).")
     return _semisup.mask_rate_figure(history, run.path)
 
 
 def semi_supervised_comparison(params: TrainParams, run: _runs.Run):
-    from .report import Markdown
+    from .viz import Markdown
     if not params.unlabelled:
         return Markdown("Supervised training (no `unlabelled` images).")
     return _semisup.comparison_table(run.path)

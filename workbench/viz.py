@@ -25,6 +25,14 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 
+
+class Markdown(str):
+    """A string that notebooks (and so the HTML reports) render as Markdown."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
