@@ -353,10 +353,19 @@ def compare_annotation(run, trained, pool, params, cert: dict, table, temperatur
         choice = _metrics.auto_accept_thresholds(val_p, ds.labels["val"], trained.task, params.target_precision,
                                                  params.thresholds, params.min_class_val, params.guarantee, val_gate)
     else:
+        # the certification sample is uniform over the semi-supervised model's candidate region (workbench.certify):
+        # on its labelled items the supervised model's thresholds are certified for that region only, so it may
+        # accept there only (what it would accept outside would need labels of its own)
+        region = cert.get("region")
         choice = _certify.certify_pool(pool_p, labels, pool.ids, np.asarray(cert.get("queue_positions", []), int),
                                        trained.task, params.target_precision, params.guarantee, params.thresholds,
-                                       params.min_class_val, pool_gate)
+                                       params.min_class_val, pool_gate, region)
+        out["note_pool_route"] = ("certified on the pool's labelled sample, drawn from the semi-supervised model's "
+                                  "candidate region: the supervised model is certified on the same items and accepts "
+                                  "only inside that region")
     sup_acc = _accepted(pool_p, choice["thresholds"], pool_gate, labelled)
+    if route == "pool" and cert.get("region") is not None:
+        sup_acc &= np.asarray(cert["region"], bool)
     out["supervised"] = {"n_auto_accepted": int(sup_acc.sum()), "temperature": t,
                          "thresholds": [float(x) for x in choice["thresholds"]]}
     out["more_auto_accepted"] = int(semi_acc.sum() - sup_acc.sum())
