@@ -183,3 +183,21 @@ def test_a_pool_without_readable_images_fails_when_read_before_training(pools):
     with pytest.raises(WorkbenchError, match=r"parameter 'unlabelled': pool empty holds no readable image") as e:
         train.load_unlabelled(p, train.prepare_dataset(ds, spec), spec)
     assert "\n" not in str(e.value)
+    # the pool route: the supervised model certified on the same labelled sample, inside its candidate region only
+    from workbench import pools, runload, runs, semisup
+    trained = runload.load(run_dir)
+    p_pool = pools.open_pool(str(pool), class_names=trained.class_names)
+    p_pool.scan(trained.input)
+    y = rest.labels["train"]
+    queue = np.arange(0, 120, 2)
+    region = np.zeros(120, bool)
+    region[:90] = True
+    cert = {"certified_by": "pool", "labels": {p_pool.ids[i]: int(y[i]) for i in queue}, "queue_positions": queue,
+            "region": region}
+    table = pd.DataFrame({"status": ["needs-review"] * 120, "predicted_label": np.zeros(120, int)})
+    ap = params.make("annotate", {"run_dir": str(run_dir), "guarantee": 0.5, "target_precision": 0.5,
+                                  "bootstrap": 100})
+    out = semisup.compare_annotation(runs.Run(tmp_path / "cmp", "annotate"), trained, p_pool, ap, cert, table)
+    assert out["certified_by"] == "pool" and "note_pool_route" in out
+    written = json.loads((tmp_path / "cmp" / semisup.COMPARISON_FILE).read_text())
+    assert written["supervised"]["n_auto_accepted"] <= int((region & ~np.isin(np.arange(120), queue)).sum())
