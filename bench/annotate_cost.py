@@ -39,7 +39,7 @@ GOAL_S = 30.0
 # what each notebook cell does, by the first workbench call in its source (in this order; the rest: "report")
 CATEGORIES = (("open_stage", "model load (open the run and the pool)"), ("scan_pool", "scan the pool"),
               ("val_predictions", "val predictions"), ("predict_pool", "pool predictions"),
-              ("annotate_pool", "features (embeddings, kNN, OOD)"), ("audit_labels", "label audit"),
+              ("features_of", "features (embeddings, kNN, OOD)"), ("audit_labels", "label audit"),
               ("annotate_map", "embedding map"), ("rank_for_review", "ranking"),
               ("choose_thresholds", "thresholds, shift check, certification, decisions"),
               ("check_shift", "thresholds, shift check, certification, decisions"),

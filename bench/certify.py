@@ -4,7 +4,7 @@ Real models (the demo recipe, seed 0, trained through ``train.run``) on every em
 second model per dataset with 3+ classes that never saw its last class (the rule is fixed: the last class
 index, whatever it is). Probabilities are calibrated with a temperature fitted on val and thresholds chosen on
 val exactly as the annotate stage does (``metrics.auto_accept_thresholds``: global, target 0.99, Learn-then-Test
-0.9, items beyond val's 99th OOD percentile left out); the OOD score is the stage's (``features.OODScorer`` on
+0.9, items beyond val's 99th OOD percentile left out); the OOD score is the stage's (``neighbours.OODScorer`` on
 the run's cached embeddings).
 
 Parts (``--part``, default all):
@@ -202,7 +202,7 @@ class Model:
         """(calibrated probabilities, OOD scores) of images already through the run's input path (cached by tag)."""
         if tag in self.cache:
             return self.cache[tag]
-        from workbench import features
+        from workbench import embeddings
         from workbench.predict import predict
         disk = WORK / "views" / f"{self.key}-{self.trained.model_hash[:12]}-{tag}.npz"
         if disk.is_file():                      # computed by an earlier run of the benchmark (same model file)
@@ -210,7 +210,7 @@ class Model:
                 raw, emb = z["raw"], z["emb"]
         else:
             raw = predict(self.trained.model, images, 512, desc=f"{self.key}: {tag}", progress=False)
-            emb, _ = features.embed_images(self.trained.model, images, progress=False)
+            emb, _ = embeddings.embed_images(self.trained.model, images, progress=False)
             disk.parent.mkdir(parents=True, exist_ok=True)
             np.savez(disk, raw=raw.astype(np.float32), emb=emb.astype(np.float32))
         out = (calibration.apply_temperature(np.asarray(raw, np.float64), self.temperature, self.task),
@@ -220,7 +220,7 @@ class Model:
 
 
 def load_model(key: str, run: Path) -> Model:
-    from workbench import features, runload
+    from workbench import embeddings, neighbours, runload
     from workbench.predict import predict
     trained = runload.load(run)
     ds = trained.dataset()
@@ -228,10 +228,10 @@ def load_model(key: str, run: Path) -> Model:
     t = calibration.fit_temperature(raw["val"], ds.labels["val"], trained.task)["temperature"]
     val_p = calibration.apply_temperature(raw["val"], t, trained.task)
     test_p = calibration.apply_temperature(raw["test"], t, trained.task)
-    tr, va, te = (features.split_features(trained, s) for s in SPLITS)
-    scorer = features.OODScorer(tr.embeddings, ds.labels["train"], trained.task)
+    tr, va, te = (embeddings.split_features(trained, s) for s in SPLITS)
+    scorer = neighbours.OODScorer(tr.embeddings, ds.labels["train"], trained.task)
     val_ood, test_ood = scorer.scores(va.embeddings), scorer.scores(te.embeddings)
-    thr = float(np.quantile(val_ood, features.OOD_QUANTILE))
+    thr = float(np.quantile(val_ood, neighbours.OOD_QUANTILE))
     choice = metrics.auto_accept_thresholds(val_p, ds.labels["val"], trained.task, TARGET, "global", 20, GUARANTEE,
                                             exclude=val_ood > thr)
     return Model(key=key, dataset=key.split("-")[0], trained=trained, task=trained.task,
@@ -258,7 +258,7 @@ def folder_view(m: Model, images_raw: np.ndarray, tag: str) -> tuple[np.ndarray,
     the run's input path: probabilities and OOD scores as the annotate stage computes them."""
     from PIL import Image
 
-    from workbench import features, pools
+    from workbench import embeddings, pools
     from workbench.predict import predict_stream
     folder = WORK / "folders" / f"{m.key}-{tag}"
     if not folder.is_dir():
@@ -272,7 +272,7 @@ def folder_view(m: Model, images_raw: np.ndarray, tag: str) -> tuple[np.ndarray,
     spec = m.trained.input
     pool.scan(spec)
     raw = predict_stream(m.trained.model, pool.batches(spec, 512), len(pool), 512, desc=tag)
-    emb, _ = features.embed_stream(m.trained.model, pool.batches(spec, 512), len(pool), progress=False)
+    emb, _ = embeddings.embed_stream(m.trained.model, pool.batches(spec, 512), len(pool), progress=False)
     order = np.argsort([int(Path(i).stem[3:]) for i in pool.ids])       # back to the array order
     p = calibration.apply_temperature(raw[order], m.temperature, m.task)
     return p, m.scorer.scores(emb[order])

@@ -3,16 +3,16 @@
 The model: the demo recipe trained once on BloodMNIST (seed 0) through the product's API (``train.run``,
 then ``evaluate.run``) into ``runs/bench-features/run-demo-seed0`` (git-ignored; reused when the bench is
 re-run; ``--run`` names another trained BloodMNIST run). Embeddings are the product's
-(``workbench.features``, cached in the run's ``features/``).
+(``workbench.embeddings``, cached in the run's ``features/``).
 
-1. Baselines (``features.baselines``): kNN (k = 11) and a linear probe on the train embeddings, test ACC/AUC
+1. Baselines (``neighbours.baselines``): kNN (k = 11) and a linear probe on the train embeddings, test ACC/AUC
    with 95 % bootstrap intervals, beside the network's own test numbers from ``metrics.json``.
 2. OOD detection: AUROC of telling BloodMNIST test images (in distribution) from
    - another modality, presented through the BloodMNIST model's own input path (``pools.open_pool`` on the
      official files' test splits; grayscale BreastMNIST images become RGB there): BreastMNIST, RetinaMNIST;
    - corrupted BloodMNIST test images: Gaussian noise σ 10 and 25 grey levels, Gaussian blur σ 1.2 and 2 px
      (workbench.corrupt's primitives).
-   For the product's score (Mahalanobis, ``features.OODScorer``) and, for comparison, the mean cosine distance
+   For the product's score (Mahalanobis, ``neighbours.OODScorer``) and, for comparison, the mean cosine distance
    to the 11 nearest train embeddings (centred and plain cosine) and the network's max-softmax probability.
 3. Near-duplicates: test images byte-identical to train images and where they fall against the threshold.
 4. Auto-accept with and without the kNN agreement rule: the annotate stage (``annotate.run``, pool = the test
@@ -76,13 +76,13 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 
 def ood_part(trained, log_) -> dict:
     from workbench.corrupt import blur, noise
-    from workbench import features as F
+    from workbench import embeddings as E, neighbours as N
     from workbench.pools import open_pool
     ds = trained.dataset()
-    train, test = F.split_features(trained, "train"), F.split_features(trained, "test")
+    train, test = E.split_features(trained, "train"), E.split_features(trained, "test")
     y = ds.labels["train"]
-    maha = F.OODScorer(train.embeddings, y, trained.task)
-    cos_c, cos_p = F.Index(train.embeddings, center=True), F.Index(train.embeddings, center=False)
+    maha = N.OODScorer(train.embeddings, y, trained.task)
+    cos_c, cos_p = N.Index(train.embeddings, center=True), N.Index(train.embeddings, center=False)
 
     def scores(f):
         return {"mahalanobis (product)": maha.scores(f.embeddings),
@@ -90,19 +90,19 @@ def ood_part(trained, log_) -> dict:
                 "kNN cosine distance, plain": cos_p.ood_scores(f.embeddings),
                 "1 - max softmax (network, one view)": 1.0 - f.probs.max(1)}
     inside = scores(test)
-    val_q99 = float(np.quantile(maha.scores(F.split_features(trained, "val").embeddings), 0.99))
+    val_q99 = float(np.quantile(maha.scores(E.split_features(trained, "val").embeddings), 0.99))
     sets = {}
     for name, path in FOREIGN.items():
         if not path.is_file():
             log_(f"skipping {name}: {path} not found")
             continue
         pool = open_pool(f"{path}:test")
-        sets[name] = ("another modality", F.pool_features(trained, pool))
+        sets[name] = ("another modality", E.pool_features(trained, pool))
     raw = trained.dataset(raw=True).images["test"]
     for name, (kind, arg) in CORRUPTIONS.items():
         images = noise(raw, arg, seed=0) if kind == "noise" else blur(raw, arg)
-        e, p = F.embed_images(trained.model, trained.prepare(images), desc=name)
-        sets[name] = ("corrupted BloodMNIST test", F.Features(name, "", e, p))
+        e, p = E.embed_images(trained.model, trained.prepare(images), desc=name)
+        sets[name] = ("corrupted BloodMNIST test", E.Features(name, "", e, p))
     out = {}
     for name, (kind, f) in sets.items():
         s = scores(f)
@@ -116,16 +116,16 @@ def ood_part(trained, log_) -> dict:
 
 
 def near_duplicate_part(trained) -> dict:
-    from workbench import features as F
+    from workbench import embeddings as E, neighbours as N
     ds = trained.dataset()
-    train, test = F.split_features(trained, "train"), F.split_features(trained, "test")
-    sims, idx = F.Index(train.embeddings).search(test.embeddings, 1)
+    train, test = E.split_features(trained, "train"), E.split_features(trained, "test")
+    sims, idx = N.Index(train.embeddings).search(test.embeddings, 1)
     h = {hashlib.md5(x.tobytes()).hexdigest(): j for j, x in enumerate(ds.images["train"])}
     exact = [(i, h[hashlib.md5(x.tobytes()).hexdigest()]) for i, x in enumerate(ds.images["test"])
              if hashlib.md5(x.tobytes()).hexdigest() in h]
-    flagged = np.flatnonzero(sims[:, 0] >= F.NEAR_DUPLICATE)
+    flagged = np.flatnonzero(sims[:, 0] >= N.NEAR_DUPLICATE)
     exact_set = {i for i, _ in exact}
-    return {"threshold": F.NEAR_DUPLICATE, "test_items_flagged": int(len(flagged)),
+    return {"threshold": N.NEAR_DUPLICATE, "test_items_flagged": int(len(flagged)),
             "byte_identical_test_train": len(exact),
             "byte_identical_found": int(sum(i in set(flagged.tolist()) for i in exact_set)),
             "byte_identical_similarity_min": float(min(sims[i, 0] for i, _ in exact)) if exact else None,
@@ -246,13 +246,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-annotate", action="store_true", help="skip the annotate part (agreement rule)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    from workbench import features as F
+    from workbench import neighbours as N
     from workbench import runload
     run = get_run(args.run)
     trained = runload.load(run)
     ds = trained.dataset()
     log("baselines: kNN and linear probe")
-    b = F.baselines(trained, ds)
+    b = N.baselines(trained, ds)
     metrics = json.loads((run / "metrics.json").read_text())
     net = {k: metrics["test"][k] for k in ("acc", "acc_ci95", "auc", "auc_ci95")}
     log(f"network ACC {net['acc']:.4f}, kNN {b['knn']['acc']:.4f}, linear probe {b['linear_probe']['acc']:.4f}")

@@ -45,3 +45,21 @@ def pretrained_run(tmp_path_factory):
     out = pretrain.run(params.make("pretrain", {"dataset": str(TINY), "recipe": "tiny", "width": 8,
                                                 "run_dir": str(run_dir)}))
     return run_dir, out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A narrow CNN trained 3 epochs on the real BloodMNIST fixture (the demo recipe otherwise), shared by the
+    tests that only read a trained run (embeddings, neighbours, maps, explain, ...): copy it before writing."""
+    import workbench  # noqa: F401
+    from workbench import params, train
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train.run(params.make("train", {"run_dir": str(run), "dataset": str(TINY), "epochs": 3, "width": 8,
+                                    "batch_size": 64}))
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_run):
+    from workbench import runload
+    return runload.load(tiny_run)

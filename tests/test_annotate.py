@@ -1,10 +1,12 @@
 """Annotate stage pieces: pools, per-class thresholds, achieved precision/coverage with intervals, and
 the review export read back by 10_train as extra training labels."""
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
-import workbench  # noqa: F401  (JAX backend)
 from conftest import TINY
 from workbench import annotate, data, inputs, pools
 from workbench.errors import WorkbenchError
@@ -149,3 +151,44 @@ def test_per_class_thresholds_with_guarantee_fall_back_to_global_for_small_class
     # without a guarantee class 1 has enough predictions (≥ min_class_val) for its own threshold
     point = annotate.per_class_thresholds(_probs(conf, pred), pred.copy(), 0.99, "per-class")
     assert point["per_class"][1]["source"] == "class"
+
+
+def test_evaluate_and_annotate_record_the_features(tiny_run, tmp_path):
+    """The features through the stages' in-process run(): evaluate's feature baselines, annotate's kNN/OOD columns,
+    and what belongs to the run computed once (a copy of the shared tiny run: the stages write into it)."""
+    import shutil
+
+    from workbench import annotate, evaluate, params
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")
+    r = evaluate.run(params.make("evaluate", {"run_dir": str(tiny_run), "n_resamples": 100, "gallery_size": 2}))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    fb = metrics["feature_baselines"]
+    assert fb == r["feature_baselines"] and fb["k"] == 11 and fb["dim"] == 32
+    for name in ("knn", "linear_probe"):
+        assert 0 <= fb[name]["acc"] <= 1 and fb[name]["acc_ci95"][0] <= fb[name]["acc"] <= fb[name]["acc_ci95"][1]
+    assert fb["linear_probe"]["C"] in (0.01, 0.1, 1.0, 10.0)
+    out = annotate.run(params.make("annotate", {"run_dir": str(tiny_run), "pool": "test", "audit_folds": 2,
+                                                "audit_epochs": 1, "bootstrap": 100}))
+    pool_dir = tiny_run / "annotate" / "test"
+    table = pd.read_csv(pool_dir / "annotations.csv")
+    assert list(table.columns) == [*annotate.ANNOTATION_COLUMNS, "knn_label", "knn_agree", "ood_score"]
+    summary = json.loads((pool_dir / "annotation_summary.json").read_text())
+    assert summary["ood"]["n_flagged"] == int((table["ood_score"] > summary["ood"]["threshold"]).sum())
+    assert summary["knn"]["agreement"] == pytest.approx(
+        (table["knn_label"] == table["predicted_label"]).mean())
+    ach = summary["knn"]["achieved"]
+    assert ach["model_and_knn_agree"]["n_accepted"] <= ach["model"]["n_accepted"] == out["n_auto_accepted"]
+    near = pd.read_csv(pool_dir / "train_near_duplicates.csv")
+    assert summary["train_near_duplicates"]["n_pairs"] == len(near)
+    assert list(near.columns) == ["id", "index", "train_index", "train_id", "train_label", "similarity"]
+    # what belongs to the run is computed once: a second pool reads the audit, val's predictions and the map
+    cache = tiny_run / "cache"
+    made = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert {"val", "audit"} <= {n.split("-")[0] for n in made}     # (the map is drawn by the notebook only)
+    assert json.loads((pool_dir / "label_audit.json").read_text())["computed"].startswith("computed now")
+    annotate.run(params.make("annotate", {"run_dir": str(tiny_run), "pool": "val", "audit_folds": 2,
+                                          "audit_epochs": 1, "bootstrap": 100}))
+    second = tiny_run / "annotate" / "val"
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == made          # read, never rewritten
+    assert json.loads((second / "label_audit.json").read_text())["computed"] == "read from the run's cache"
+    assert (second / "label_issues.csv").read_bytes() == (pool_dir / "label_issues.csv").read_bytes()

@@ -9,9 +9,9 @@ from bench import annotate_cost as bench
 def test_cells_are_grouped_by_what_they_do_and_the_rest_is_the_kernel_and_export(tmp_path):
     cells = [new_code_cell("run, trained, pool = annotate.open_stage(P)"),
              new_code_cell("pool_probs = annotate.predict_pool(run, trained, pool, P, temperature)"),
-             new_code_cell("fx = features.annotate_pool(run, trained, pool, P, pool_probs)"),
+             new_code_cell("fx = annotate.features_of(run, trained, pool, P, pool_probs)"),
              new_code_cell("issues = annotate.audit_labels(run, trained, P)"),
-             new_code_cell("features.annotate_map(fx, trained, pool, table, issues, P)"),
+             new_code_cell("widgets.show_map(maps.annotate_map(fx, trained, pool, table, issues, P), \"label\", P.seed)"),
              new_code_cell("annotate.gallery(table, pool, trained, P, annotate.AUTO)")]
     for c, d in zip(cells, (2.0, 3.0, 1.5, 0.5, 4.0, 1.0)):
         c.metadata["papermill"] = {"duration": d}

@@ -352,19 +352,19 @@ def test_review_widget_multilabel_toggles_and_save(lab, browser, tmp_path):
 MAP_SETUP = '''
 import time
 import numpy as np
-from workbench import features as F
+from workbench import maps, widgets
 rng = np.random.default_rng(0)
 n = 100_000
 with np.load({tiny!r}) as z:          # thumbnails: the real fixture images
     imgs = z["train_images"]
 # positions and categories are a control test of the widget (100,000 points), not data
 xy = rng.normal(size=(n, 2)).astype("float32")
-data = F.MapData(xy=xy, source=np.full(n, "pool", dtype=object), position=np.arange(n),
+data = maps.MapData(xy=xy, source=np.full(n, "pool", dtype=object), position=np.arange(n),
                  colourings={{"label": np.array([f"class {{i % 8}}" for i in range(n)], dtype=object),
                              "split": np.full(n, "pool", dtype=object), "confidence": rng.uniform(size=n)}},
                  images={{"pool": lambda pos: imgs[np.asarray(pos) % len(imgs)]}}, method="control")
 t0 = time.perf_counter()
-m = F.EmbeddingMap(data, colour="label")
+m = widgets.EmbeddingMap(data, colour="label")
 print(f"built in {{time.perf_counter() - t0:.2f}} s")
 m
 '''

@@ -84,7 +84,7 @@ def test_annotations_follow_threshold(pipeline_run):
     assert len(rows) == summary["pool_size"] == 120
     assert list(rows[0]) == ["index", "id", "predicted_label", "predicted_class", "confidence", "status",
                              "threshold", "reason", "label", "certified_by", "in_certification_sample",
-                             "knn_label", "knn_agree", "ood_score"]   # workbench.features appends the last 3
+                             "knn_label", "knn_agree", "ood_score"]   # annotate.features_of appends the last 3
     assert summary["shift"]["status"] in ("no shift detected", "shift", "too little data")
     cert = summary["certification"]
     assert cert["certified_by"] in ("val", "none") and cert["route"] == ("pool" if summary["shift"]["fired"] else "val")

@@ -148,7 +148,7 @@ def test_review_of_a_folder_pool_resumes_after_a_kill_and_trains_the_next_run(br
              "s.accept(); s.label(0)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     killed = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9
-    inputs = annotate.open_review(out, annotator="second")
+    inputs = annotate.open_review(out, annotator="first")       # the same reader resumes their own log
     s = inputs.session
     assert s.progress()["decided"] == 2 and s.current == queue[2]  # resumed after the two saved decisions
     assert s.decisions[queue[1]].label == 0

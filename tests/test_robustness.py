@@ -3,6 +3,7 @@ augment.yaml; label-free test-time adaptation (workbench.adapt) never reads pool
 evaluate report and the model card; the benchmark's pieces. Tiny real fixtures, 1 epoch, width 8."""
 
 import re
+import shutil
 import types
 
 import numpy as np
@@ -185,8 +186,10 @@ def test_adaptation_never_reads_pool_labels(photometric_run, tmp_path, monkeypat
     assert adapt.for_annotate(None, trained, pool, types.SimpleNamespace(adapt="none")) is trained
 
 
-def test_annotate_with_adapt_records_it(pipeline_run):
-    proc = run_cli("run", "annotate", "-q", "--run", str(pipeline_run["dir"]), "-p", "adapt", "bn",
+def test_annotate_with_adapt_records_it(pipeline_run, tmp_path):
+    run = tmp_path / "run"                      # a copy: the shared run keeps its one annotated pool
+    shutil.copytree(pipeline_run["dir"], run)
+    proc = run_cli("run", "annotate", "-q", "--run", str(run), "-p", "adapt", "bn",
                    "-p", "audit_folds", "0", "-p", "gallery_size", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     pool_dir = proc.stdout.strip().splitlines()[-1]

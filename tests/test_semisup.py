@@ -174,15 +174,6 @@ def test_pipeline_trains_on_the_pool_without_labels_then_annotates_it_and_says_w
     assert "achieved_precision" in cmp_["supervised"]                    # the pool's labels are known
     html = (pool_dir / "30_annotate.html").read_text()
     assert "What the unlabelled images added" in html and f"{cmp_['more_auto_accepted']:+d}" in html
-
-
-def test_a_pool_without_readable_images_fails_when_read_before_training(pools):
-    p = params.make("train", {**TINY_P, "unlabelled": str(pools / "empty")})
-    ds, _ = train.load_data(p)
-    spec = train.make_input_spec(p, ds)
-    with pytest.raises(WorkbenchError, match=r"parameter 'unlabelled': pool empty holds no readable image") as e:
-        train.load_unlabelled(p, train.prepare_dataset(ds, spec), spec)
-    assert "\n" not in str(e.value)
     # the pool route: the supervised model certified on the same labelled sample, inside its candidate region only
     from workbench import pools, runload, runs, semisup
     trained = runload.load(run_dir)
@@ -201,3 +192,12 @@ def test_a_pool_without_readable_images_fails_when_read_before_training(pools):
     assert out["certified_by"] == "pool" and "note_pool_route" in out
     written = json.loads((tmp_path / "cmp" / semisup.COMPARISON_FILE).read_text())
     assert written["supervised"]["n_auto_accepted"] <= int((region & ~np.isin(np.arange(120), queue)).sum())
+
+
+def test_a_pool_without_readable_images_fails_when_read_before_training(pools):
+    p = params.make("train", {**TINY_P, "unlabelled": str(pools / "empty")})
+    ds, _ = train.load_data(p)
+    spec = train.make_input_spec(p, ds)
+    with pytest.raises(WorkbenchError, match=r"parameter 'unlabelled': pool empty holds no readable image") as e:
+        train.load_unlabelled(p, train.prepare_dataset(ds, spec), spec)
+    assert "\n" not in str(e.value)

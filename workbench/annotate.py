@@ -37,7 +37,7 @@ Each annotated pool gets its own write-once directory inside the trained run,
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,7 +50,9 @@ from . import predict as _predict
 from . import runload as _runload
 from . import runs as _runs
 from . import tasks as _tasks
+from .embeddings import Features, pool_features, split_features
 from .errors import WorkbenchError
+from .neighbours import KNN_K, NEAR_DUPLICATE, OOD_QUANTILE, Index, OODScorer, knn_vote, near_duplicate_pairs
 from .params import AnnotateParams
 
 AUTO, REVIEW, LABELLED = "auto-accepted", "needs-review", "labelled"   # labelled: by a person (certification sample)
@@ -165,7 +167,7 @@ per_class_thresholds = _metrics.per_class_thresholds     # moved to workbench.me
 def val_predictions(trained, params: AnnotateParams, temp=None) -> np.ndarray:
     """Val probabilities, calibrated as the pool's will be. They belong to the run, not to a pool: computed once
     per model and val split and kept in RUN/cache/ (every later pool reads them back)."""
-    from .features import split_id
+    from .embeddings import split_id
     path = _runs.run_cache_path(trained.path, "val-predictions", {"model": trained.model_hash,
                                                                   "val": split_id(trained, "val")}).with_suffix(".npz")
     arrays, hit = _runs.cached_arrays(path, lambda: {"probs": _predict.predict(
@@ -177,7 +179,7 @@ def val_predictions(trained, params: AnnotateParams, temp=None) -> np.ndarray:
 
 def ood_gates(fx, params: AnnotateParams) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(val, pool) masks of the items never auto-accepted: out-of-distribution score beyond val's 99th
-    percentile (workbench.features), or None when ``ood_gate`` is off."""
+    percentile (workbench.neighbours), or None when ``ood_gate`` is off."""
     if not params.ood_gate or fx is None:
         return None, None
     thr = fx.ood_threshold
@@ -219,16 +221,185 @@ def predict_pool(run: _runs.Run, trained, pool, params: AnnotateParams, temp=Non
     return probs
 
 
+# ---------------------------------------------------------------------- the pool in feature space
+# kNN second opinion, out-of-distribution score, near-duplicates of train images (workbench.embeddings,
+# workbench.neighbours): per-item columns of annotations.csv and the ``knn``/``ood``/``train_near_duplicates``
+# blocks of annotation_summary.json.
+def _decided(probs: np.ndarray, task: str) -> np.ndarray:
+    return _tasks.decide(probs, task)
+
+
+def _label_text(row, task: str, sep: str = ";") -> str | int:
+    if _tasks.is_multilabel(task):
+        return sep.join(str(j) for j in np.flatnonzero(np.asarray(row)))
+    return int(row)
+
+
+@dataclass
+class PoolFeatures:
+    """What the features say about an annotated pool (workbench.annotate uses ``columns`` and ``summary``)."""
+    train: Features
+    val: Features
+    pool: Features
+    task: str
+    class_names: list[str]
+    k: int
+    knn_probs: np.ndarray
+    knn_label: np.ndarray
+    model_label: np.ndarray
+    ood: np.ndarray
+    val_ood: np.ndarray
+    near: object                     # pandas DataFrame: train_near_duplicates.csv
+    threshold: float = NEAR_DUPLICATE
+    extra: dict = field(default_factory=dict)
+    knn_idx: np.ndarray | None = None     # (N, k) train indices of each pool item's nearest neighbours
+    knn_sims: np.ndarray | None = None    # (N, k) their centred cosine similarities
+
+    @property
+    def knn_agree(self) -> np.ndarray:
+        if _tasks.is_multilabel(self.task):
+            return (self.knn_label == self.model_label).all(1)
+        return self.knn_label == self.model_label
+
+    @property
+    def ood_threshold(self) -> float:
+        return float(np.quantile(self.val_ood, OOD_QUANTILE)) if len(self.val_ood) else float("inf")
+
+    @property
+    def ood_flag(self) -> np.ndarray:
+        return self.ood > self.ood_threshold
+
+    def columns(self) -> dict:
+        """Per-item columns appended to annotations.csv: the kNN label, whether it agrees with the model,
+        the OOD score."""
+        return {"knn_label": [_label_text(r, self.task) for r in self.knn_label],
+                "knn_agree": self.knn_agree, "ood_score": np.round(self.ood, 6)}
+
+    def summary(self, table, pool, n_resamples: int = 1000, seed: int = 0, auto: str = "auto-accepted") -> dict:
+        """``knn``, ``ood`` and ``train_near_duplicates`` for annotation_summary.json."""
+        accepted = (table["status"] == auto).to_numpy()
+        agree = self.knn_agree
+        knn = {"k": self.k, "metric": "cosine similarity of centred embeddings",
+               "layer": self.train.layer, "agreement": float(agree.mean()) if len(agree) else None,
+               "agreement_auto_accepted": float(agree[accepted].mean()) if accepted.any() else None,
+               "n_auto_accepted_and_agree": int((accepted & agree).sum())}
+        labels = getattr(pool, "labels", None)
+        if labels is not None:
+            y = np.asarray(labels)
+            known = (y >= 0).all(1) if y.ndim == 2 else y >= 0
+            if known.any():
+                if _tasks.is_multilabel(self.task):   # item-level: the whole label set right
+                    yy = np.array([";".join(map(str, np.flatnonzero(r))) for r in y[known]])
+                    pred = np.array([";".join(map(str, np.flatnonzero(r))) for r in self.model_label[known]])
+                    codes = {v: i for i, v in enumerate(sorted(set(yy) | set(pred)))}
+                    yy = np.array([codes[v] for v in yy])
+                    pred = np.array([codes[v] for v in pred])
+                else:
+                    yy, pred = y[known].reshape(-1), self.model_label[known]
+                knn["achieved"] = {
+                    "model": _metrics.accepted_precision_coverage(yy, pred, accepted[known], n_resamples, seed),
+                    "model_and_knn_agree": _metrics.accepted_precision_coverage(yy, pred, (accepted & agree)[known], n_resamples, seed),
+                    "n_labelled": int(known.sum()),
+                    "what": "multi-label: item-level, the whole label set right" if _tasks.is_multilabel(self.task)
+                            else "precision of the auto-accepted labels"}
+        q = (0.5, 0.9, 0.99)
+        order = np.argsort(-self.ood, kind="stable")[:10]
+        ood = {"method": "Mahalanobis: smallest squared distance to a train class mean, shared covariance "
+                         "(Lee et al. 2018)", "reference": "val split (in distribution)",
+               "threshold": self.ood_threshold, "threshold_quantile_of_val": OOD_QUANTILE,
+               "val_quantiles": {str(x): float(np.quantile(self.val_ood, x)) for x in q} if len(self.val_ood) else {},
+               "pool_quantiles": {str(x): float(np.quantile(self.ood, x)) for x in q} if len(self.ood) else {},
+               "pool_mean": float(self.ood.mean()) if len(self.ood) else None,
+               "n_flagged": int(self.ood_flag.sum()),
+               "share_flagged": float(self.ood_flag.mean()) if len(self.ood) else None,
+               "expected_share_if_like_val": 1 - OOD_QUANTILE,
+               "most_unusual": [{"id": self.pool.ids[i] if self.pool.ids else str(i), "score": float(self.ood[i])}
+                                for i in order],
+               "column": "ood_score (annotations.csv)"}
+        near = {"threshold": self.threshold, "n_pairs": int(len(self.near)),
+                "n_pool_items": int(self.near["id"].nunique()) if len(self.near) else 0,
+                "csv": "train_near_duplicates.csv",
+                "metric": "cosine similarity of centred embeddings to the nearest train images"}
+        return {"knn": knn, "ood": ood, "train_near_duplicates": near}
+
+
+def features_of(run, trained, pool, params, pool_probs: np.ndarray, k: int = KNN_K,
+                  threshold: float = NEAR_DUPLICATE) -> PoolFeatures:
+    """Train, val and pool embeddings (cached in the trained run), the kNN second opinion, OOD scores and
+    near-duplicates of pool items in the train split (``train_near_duplicates.csv`` in the pool directory)."""
+    import pandas as pd
+    spec = trained.input.with_resize(getattr(params, "resize", ""))    # the stage's input path for this pool
+    bs = getattr(params, "batch_size", 512)
+    ds = trained.dataset()
+    tr, va = split_features(trained, "train", bs), split_features(trained, "val", bs)
+    po = pool_features(trained, pool, spec, bs)
+    index = Index(tr.embeddings, ds.labels["train"])
+    sims, idx = index.search(po.embeddings, k, progress=len(po) > 20000)
+    kk = idx.shape[1]
+    knn_probs, knn_label = knn_vote(index.labels, idx, sims, len(trained.class_names), trained.task)
+    scorer = OODScorer(tr.embeddings, ds.labels["train"], trained.task)
+    ood, val_ood = scorer.scores(po.embeddings), scorer.scores(va.embeddings)
+    rows, cols, s = near_duplicate_pairs(sims, idx, threshold)
+    ytr = ds.labels["train"]
+    near = pd.DataFrame({
+        "id": [pool.ids[i] for i in rows], "index": rows.astype(int), "train_index": cols.astype(int),
+        "train_id": [f"train:{j}" for j in cols],
+        "train_label": [_label_text(ytr[j], trained.task) for j in cols],
+        "similarity": np.round(s.astype(np.float64), 6)}).sort_values(["similarity", "index"], ascending=[False, True],
+                                                                      kind="stable")
+    near.to_csv(run.file("train_near_duplicates.csv"), index=False)
+    model_label = _decided(np.asarray(pool_probs), trained.task)
+    fx = PoolFeatures(train=tr, val=va, pool=po, task=trained.task, class_names=list(trained.class_names), k=kk,
+                      knn_probs=knn_probs, knn_label=knn_label, model_label=model_label, ood=ood, val_ood=val_ood,
+                      near=near, threshold=threshold, knn_idx=idx, knn_sims=sims)
+    print(f"features: kNN (k = {kk}) agrees with the model on {fx.knn_agree.mean():.3f} of the pool; "
+          f"{int(fx.ood_flag.sum())} item(s) above val's {OOD_QUANTILE:.0%} OOD quantile; "
+          f"{near['id'].nunique() if len(near) else 0} item(s) with a train near-duplicate (cosine ≥ {threshold})")
+    return fx
+
+
+def ood_gallery(fx: PoolFeatures, pool, trained, n: int = 24):
+    """The pool's most unusual items (highest OOD score first)."""
+    from .inputs import conform
+    from .viz import image_grid
+    order = np.argsort(-fx.ood, kind="stable")[:n]
+    caps = [f"{str(fx.pool.ids[i])[-14:]}\nOOD {fx.ood[i]:.3f}" + (" ⚑" if fx.ood_flag[i] else "") for i in order]
+    colors = ["red" if fx.ood_flag[i] else "black" for i in order]
+    images = conform(pool.raw(order), display_spec(trained)) if len(order) else np.zeros((0, 1, 1, 1), np.uint8)
+    return image_grid(images, caps, ncols=8, cell=1.5, caption_colors=colors,
+                      title=f"Most unusual pool items (OOD score; red: above val's {OOD_QUANTILE:.0%} quantile "
+                            f"{fx.ood_threshold:.3f}; {int(fx.ood_flag.sum())} of {len(fx.ood)} flagged)")
+
+
+def agreement_table(summary: dict):
+    """Auto-accept precision and coverage with and without the kNN agreement rule (labels known)."""
+    import pandas as pd
+    knn = summary.get("knn") or {}
+    a = knn.get("achieved")
+    if not a:
+        return pd.DataFrame({"note": [f"kNN agrees with the model on {knn.get('agreement', float('nan')):.3f} of the "
+                                      "pool; the pool's labels are unknown, so precision cannot be measured"]})
+
+    def ci(v):
+        return f"[{v[0]:.4f}, {v[1]:.4f}]" if v and v[0] is not None and v[1] is not None else "undefined"
+    rows = {}
+    for name, key in (("model (auto-accept rule)", "model"), ("model and kNN agree", "model_and_knn_agree")):
+        r = a[key]
+        rows[name] = {"precision": f"{r['precision']:.4f}" if np.isfinite(r["precision"]) else "undefined",
+                      "precision 95% CI": ci(r["precision_ci95"]), "coverage": f"{r['coverage']:.4f}",
+                      "coverage 95% CI": ci(r["coverage_ci95"]), "accepted": r["n_accepted"]}
+    return pd.DataFrame(rows).T
+
+
 def check_shift(run: _runs.Run, trained, val_probs: np.ndarray, pool_probs: np.ndarray, choice: dict,
                 params: AnnotateParams, fx=None) -> dict:
     """Compare the pool with val (workbench.shift): may val's thresholds vouch for this pool?"""
-    from . import features as _features
     from . import shift as _shift
     ds = trained.dataset()
     vg, pg = (None, None) if fx is None else (fx.val_ood > fx.ood_threshold, fx.ood > fx.ood_threshold)
     res = _shift.check(val_probs, ds.labels["val"], pool_probs, thresholds=np.asarray(choice["thresholds"]),
                        task=trained.task, class_names=trained.class_names, val_ood=vg, pool_ood=pg,
-                       ood_quantile=_features.OOD_QUANTILE)
+                       ood_quantile=OOD_QUANTILE)
     res["message"] = _shift.message(res)
     print(f"shift check: {res['message']}")
     return res
@@ -411,7 +582,7 @@ def decide(run: _runs.Run, trained, pool, probs: np.ndarray, cert: dict, params:
     the pool sample's) and it is not out of distribution (``ood_gate``); ``labelled`` when a person labelled it
     (the certification sample; column ``label``); else ``needs-review``. Multi-label: a label decision is
     accepted when its confidence reaches its label's threshold; an item is auto-accepted when all are.
-    ``extra``: more per-item columns appended at the end (workbench.features: knn_label, knn_agree, ood_score)."""
+    ``extra``: more per-item columns appended at the end (features_of: knn_label, knn_agree, ood_score)."""
     choice = cert["choice"]
     thr_all = np.asarray(choice["thresholds"], dtype=np.float64)
     _, gate = ood_gates(fx, params)
@@ -552,7 +723,7 @@ def summarise(run: _runs.Run, trained, pool, params: AnnotateParams, cert: dict,
             summary["achieved"] = achieved(y[known], table["predicted_label"].to_numpy()[known], accepted[known],
                                            params.bootstrap, params.seed)
         summary["achieved"]["n_labelled"] = int(known.sum())
-    summary.update(extra or {})    # workbench.features: knn, ood, train_near_duplicates
+    summary.update(extra or {})    # features_of: knn, ood, train_near_duplicates
     run.write_json("annotation_summary.json", summary)
     return summary
 
@@ -740,11 +911,9 @@ def gallery(table: pd.DataFrame, pool, trained, params: AnnotateParams, status: 
 
 
 def display_spec(trained):
-    """The images a person looks at: the model's size and channels, before preprocessing (the resize
-    policy of the run, else stretched: a gallery must show every item)."""
-    from dataclasses import replace
-    spec = trained.input
-    return replace(spec, preprocess=None, resize=spec.resize if spec.resize != "none" else "stretch")
+    """The images a person looks at (workbench.inputs.display_spec of the run's input path)."""
+    from .inputs import display_spec as _display
+    return _display(trained.input)
 
 
 # ---------------------------------------------------------------------- privacy
@@ -1096,7 +1265,7 @@ NOTEBOOK = _cells.Stage(
             "append-only log) and `review/export-*/` (annotations.csv, COCO JSON, labelled.npz for "
             "`10_train -p extra_labels`)",
     cells=(
-        _cells.code('import workbench as wb\nfrom workbench import annotate, features, widgets\n\n'
+        _cells.code('import workbench as wb\nfrom workbench import annotate, maps, widgets\n\n'
                     'P = wb.params.collect("annotate", globals())\n'
                     "run, trained, pool = annotate.open_stage(P)"),
         _cells.md("## Pool\nEvery file is read once through the run's own input path; unreadable files are listed "
@@ -1112,12 +1281,12 @@ NOTEBOOK = _cells.Stage(
                     "pool_probs = annotate.predict_pool(run, adapted, pool, P, temperature)"),
         _cells.md("## Features: a second opinion, unusual items, near-duplicates\nEmbeddings (the network's pooled "
                   "penultimate layer, cached in the run's `features/`) of the train split, val and the pool "
-                  "(workbench.features). Each pool item gets the label of its 11 nearest labelled train images "
+                  "(workbench.embeddings, workbench.neighbours). Each pool item gets the label of its 11 nearest labelled train images "
                   "(cosine; `knn_label`, `knn_agree` in `annotations.csv`), an out-of-distribution score (Mahalanobis "
                   "distance to the train classes; `ood_score`) and its near-duplicates in the train split "
                   "(`train_near_duplicates.csv`). An item whose OOD score lies beyond val's 99th percentile is never "
                   "auto-accepted, whatever its confidence (`ood_gate`; the `reason` column says so)."),
-        _cells.code("fx = features.annotate_pool(run, trained, pool, P, pool_probs)"),
+        _cells.code("fx = annotate.features_of(run, trained, pool, P, pool_probs)"),
         _cells.code("val_gate, pool_gate = annotate.ood_gates(fx, P)\n"
                     "choice, _ = annotate.choose_thresholds(trained, P, temperature, val_probs, exclude=val_gate)"),
         _cells.code("shift = annotate.check_shift(run, trained, val_probs, pool_probs, choice, P, fx)"),
@@ -1147,10 +1316,10 @@ NOTEBOOK = _cells.Stage(
         _cells.code("annotate.semi_supervised_gain(run, trained, pool, P, cert, table, temperature)  # unlabelled runs"),
         _cells.md("## kNN second opinion\nAuto-accept precision and coverage as decided, and when the kNN label must "
                   "also agree with the model (where the pool's labels are known)."),
-        _cells.show("features.agreement_table(summary)"),
+        _cells.show("annotate.agreement_table(summary)"),
         _cells.md("## Most unusual items\nThe pool items farthest from the training data in feature space "
                   "(highest OOD score first)."),
-        _cells.show("features.ood_gallery(fx, pool, trained, P.gallery_size)"),
+        _cells.show("annotate.ood_gallery(fx, pool, trained, P.gallery_size)"),
         _cells.md("## Auto-accepted"),
         _cells.show("annotate.gallery(table, pool, trained, P, annotate.AUTO)"),
         _cells.md("## Needs review, ranked\nThe needs-review items ordered by the chosen uncertainty strategy "
@@ -1166,7 +1335,7 @@ NOTEBOOK = _cells.Stage(
         _cells.md("## Embedding map\nTrain, val and pool in one 2-D projection of the features (UMAP; t-SNE for small "
                   "sets), coloured by label, prediction, confidence, split, audit flag or OOD score. In JupyterLab, "
                   "select points (lasso, box or click) to see their images."),
-        _cells.show("features.annotate_map(fx, trained, pool, table, issues, P)"),
+        _cells.show("widgets.show_map(maps.annotate_map(fx, trained, pool, table, issues, P), 'label', P.seed)"),
         _cells.md("## Review\nAccept the model's label, pick a class (or toggle labels), skip or undo; every decision "
                   "is saved at once to the annotator's own log (`review/annotators/<name>.jsonl`) and the review "
                   "resumes where it stopped (also later, with `workbench.widgets.review_run(POOL_DIR, annotator=NAME)`; "

@@ -185,8 +185,8 @@ def compute(run: _runs.Run, trained, ds, params: EvaluateParams) -> dict:
     result["variants"] = variants
     published = dict(ds.card.published_baselines) if ds.card else {}
     result["published_baselines"] = compare_baselines(published, test)
-    from . import features as _features
-    result["feature_baselines"] = _features.baselines(trained, ds, n_boot, seed, params.batch_size)
+    from . import neighbours as _neighbours
+    result["feature_baselines"] = _neighbours.baselines(trained, ds, n_boot, seed, params.batch_size)
 
     np.savez_compressed(run.file("predictions.npz"), **arrays)
     result = _runs.strict_json(result)
@@ -543,7 +543,7 @@ NOTEBOOK = _cells.Stage(
             "operating points, TTA/ensemble gains, published baselines), `predictions.npz`, `calibration.json` "
             "(temperature fitted on val), `model_card.md`",
     cells=(
-        _cells.code('import workbench as wb\nfrom workbench import evaluate, features\n\n'
+        _cells.code('import workbench as wb\nfrom workbench import evaluate, neighbours\n\n'
                     'P = wb.params.collect("evaluate", globals())\n'
                     "run, trained, ds = evaluate.open_stage(P)"),
         _cells.md("## Headline with 95 % intervals\nACC and AUC by the MedMNIST protocol (multi-label: means over "
@@ -584,7 +584,7 @@ NOTEBOOK = _cells.Stage(
         _cells.md("## Baselines on this run's features\nkNN (k = 11, cosine) and a linear probe (logistic regression, "
                   "C chosen on val) on the network's pooled penultimate features of the train split, scored on test "
                   "with 95 % bootstrap intervals, beside the network itself (`feature_baselines` in metrics.json)."),
-        _cells.show("features.baselines_table(result)"),
+        _cells.show("neighbours.baselines_table(result)"),
         _cells.md("## Robustness to acquisition changes\nAccuracy on test images changed as another microscope, "
                   "scanner, stain batch or site would change them: the data card's corruption suite (workbench.corrupt, "
                   "3 severities each, `robustness` images), predicted by the model as saved. Corruptions of a kind the "

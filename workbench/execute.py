@@ -124,7 +124,7 @@ class StageKernel:
     Use as a context manager (the kernel is shut down at the end, also on error or Ctrl-C); pass it to
     ``run_stage(..., kernel=...)``."""
 
-    PRELOAD = "import workbench\nfrom workbench import train, evaluate, annotate, features, widgets\n"
+    PRELOAD = "import workbench\nfrom workbench import train, evaluate, annotate, embeddings, neighbours, maps, widgets\n"
 
     def __init__(self):
         self.km = None

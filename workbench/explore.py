@@ -552,7 +552,7 @@ def _notebook():
             C.md("## Embedding map\nThe same run's features (the network's pooled penultimate layer) of train, val and "
                  "test in 2-D (UMAP; t-SNE for small sets), coloured by label, prediction, confidence, split or label-audit "
                  "flag. Select points (lasso, box or click) to see their images."),
-            C.show("from workbench import features\n\nfeatures.explore_map(P.predictions_run, seed=P.seed)"),
+            C.show("from workbench import widgets\n\nwidgets.explore_map(P.predictions_run, seed=P.seed)"),
         ),
         result=("ds",),
     )

@@ -174,6 +174,13 @@ def conform(images, spec: InputSpec, where: str = "images") -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, *spec.shape), np.uint8)
 
 
+def display_spec(spec: InputSpec) -> InputSpec:
+    """What a person looks at: the model's size and channels, before preprocessing (the run's resize policy, else
+    stretched: a gallery must show every item)."""
+    from dataclasses import replace
+    return replace(spec, preprocess=None, resize=spec.resize if spec.resize != "none" else "stretch")
+
+
 def prepare(images, spec: InputSpec, where: str = "images") -> np.ndarray:
     """THE input path: raw images → exactly what the run's model was trained on."""
     return _pre.apply_spec(spec.preprocess, conform(images, spec, where))

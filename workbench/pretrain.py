@@ -16,7 +16,7 @@ Writes ``encoder.keras`` (the backbone: ``10_train -p init_from RUN`` copies eve
 classifier starts new), ``input.json`` (the images' input path: identity preprocessing), ``augment.yaml`` (the
 views), ``history.csv`` (loss and the contrastive accuracy: how often a view's partner is its most similar view)
 and ``pretrain_summary.json``: time, steps, and the representation's quality on the dataset's val split with the
-train split's labels — kNN (k = 11) and a linear probe (workbench.features) on the pretrained backbone beside the
+train split's labels — kNN (k = 11) and a linear probe (workbench.neighbours) on the pretrained backbone beside the
 same backbone with its random initial weights. The probe's regularisation is chosen on val (among 4 values), so its
 val score is slightly optimistic; the kNN has no choice to make.
 
@@ -273,15 +273,16 @@ def fit(encoder: keras.Model, images: np.ndarray, views, params: PretrainParams,
 
 
 def _scores(encoder, ds, params: PretrainParams, idx: np.ndarray) -> dict:
-    from . import features as _features
+    from . import embeddings as _embeddings
+    from . import neighbours as _neighbours
     from . import metrics as _metrics
-    tr, _ = _features.embed_images(encoder, ds.images["train"][idx], desc="embed train")
-    va, _ = _features.embed_images(encoder, ds.images["val"], desc="embed val")
+    tr, _ = _embeddings.embed_images(encoder, ds.images["train"][idx], desc="embed train")
+    va, _ = _embeddings.embed_images(encoder, ds.images["val"], desc="embed val")
     ytr, yva = ds.labels["train"][idx], ds.labels["val"]
-    index = _features.Index(tr, ytr)
-    kp, _ = _features.knn_predict(index, va, ds.num_classes, ds.task)
+    index = _neighbours.Index(tr, ytr)
+    kp, _ = _neighbours.knn_predict(index, va, ds.num_classes, ds.task)
     knn = _metrics.medmnist_acc_auc(yva, kp, ds.task)
-    proba, info = _features.linear_probe(tr, ytr, va, yva, ds.task, ds.num_classes, params.seed)
+    proba, info = _neighbours.linear_probe(tr, ytr, va, yva, ds.task, ds.num_classes, params.seed)
     lin = _metrics.medmnist_acc_auc(yva, proba(va), ds.task)
     return {"knn": {"acc": float(knn["acc"]), "auc": _finite(knn.get("auc"))},
             "linear_probe": {"acc": float(lin["acc"]), "auc": _finite(lin.get("auc")), "C": info["C"]}}

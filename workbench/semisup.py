@@ -298,14 +298,15 @@ def _accepted(probs: np.ndarray, thresholds, gate, labelled: np.ndarray) -> np.n
 
 def _ood_gates(model, ds, pool, spec, batch_size: int):
     """(val, pool) out-of-distribution gates of ``model``'s own features, as the annotate stage draws them
-    (Mahalanobis score beyond val's OOD_QUANTILE; workbench.features)."""
-    from . import features as _features
-    tr, _ = _features.embed_images(model, ds.images["train"], desc="supervised: embed train")
-    va, _ = _features.embed_images(model, ds.images["val"], desc="supervised: embed val")
-    po, _ = _features.embed_stream(model, pool.batches(spec, batch_size), len(pool), desc="supervised: embed pool")
-    scorer = _features.OODScorer(tr, ds.labels["train"], ds.task)
+    (Mahalanobis score beyond val's OOD_QUANTILE; workbench.neighbours)."""
+    from . import embeddings as _embeddings
+    from . import neighbours as _neighbours
+    tr, _ = _embeddings.embed_images(model, ds.images["train"], desc="supervised: embed train")
+    va, _ = _embeddings.embed_images(model, ds.images["val"], desc="supervised: embed val")
+    po, _ = _embeddings.embed_stream(model, pool.batches(spec, batch_size), len(pool), desc="supervised: embed pool")
+    scorer = _neighbours.OODScorer(tr, ds.labels["train"], ds.task)
     v, p = scorer.scores(va), scorer.scores(po)
-    thr = float(np.quantile(v, _features.OOD_QUANTILE))
+    thr = float(np.quantile(v, _neighbours.OOD_QUANTILE))
     return v > thr, p > thr
 
 

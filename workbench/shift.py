@@ -14,7 +14,7 @@ out-of-distribution flag) and says whether they differ by more than a harmless a
   estimate: under a shift the confidence is what cannot be trusted (BloodMNIST made 20 % darker: mean
   confidence 0.92, accuracy 0.31).
 - ``ood_share`` (when OOD flags are given): the share of items beyond val's out-of-distribution quantile
-  (workbench.features), i.e. feature-space novelty the confidences may not show.
+  (workbench.neighbours), i.e. feature-space novelty the confidences may not show.
 
 Decision: **minimum-effect tests**. Each test's null hypothesis is "the pool differs from val by at most the
 floor" (not "no difference"), tested at level ``alpha`` with Holm's correction over the tests; ``fired`` is
@@ -383,7 +383,7 @@ def check(val_probs, val_labels, pool_probs, thresholds=None, task: str = "multi
     way the thresholds were chosen; ``val_labels`` (N_val,) class indices, or (N_val, L) 0/1 for
     ``task`` "multi-label, binary-class". ``thresholds``: the auto-accept thresholds (one number, one per
     class / label, or a threshold choice dict), or None to skip that test. ``val_ood``, ``pool_ood``: 0/1
-    per item, beyond the out-of-distribution threshold (workbench.features; ``ood_quantile`` of val), or None
+    per item, beyond the out-of-distribution threshold (workbench.neighbours; ``ood_quantile`` of val), or None
     to skip that test.
 
     Returns ``fired`` (True: the pool differs from val by more than a floor, so val cannot vouch for it),

@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from . import progress as _progress
+from . import maps
 from .errors import WorkbenchError
 from .review import is_multilabel
 
@@ -625,3 +626,122 @@ def review_run(run_dir, annotator: str = "", log: str = "", headless: bool | Non
     if note:
         w._say(note, "darkorange")
     return w
+
+
+# ------------------------------------------------------------------------------------ the embedding map
+class EmbeddingMap:
+    """The interactive map: a plotly ``FigureWidget`` with one WebGL scatter (``Scattergl``) of every point
+    and a colour menu; a lasso/box selection or a click shows the selected points' images (a seeded sample of
+    at most ``max_thumbnails``: the points are never subsampled, the thumbnails are). ``select(points)`` does
+    what a selection in the browser does. Display it as the cell's value."""
+
+    def __init__(self, data, colour: str = "", max_thumbnails: int = maps.MAX_THUMBNAILS, seed: int = 0,
+                 height: int = 520):
+        import ipywidgets as W
+        import plotly.graph_objects as go
+        self.data, self.max_thumbnails, self.seed = data, int(max_thumbnails), seed
+        self.selected = np.zeros(0, dtype=int)
+        self.shown = np.zeros(0, dtype=int)
+        colour = colour or ("label" if "label" in data.colourings else next(iter(data.colourings)))
+        self.menu = W.Dropdown(options=list(data.colourings), value=colour, description="colour by")
+        self.info = W.HTML("Select points (lasso or box in the toolbar, or click one) to see their images.")
+        self.info.add_class("wb-map-info")
+        self.thumbs = W.Image(format="png", layout=W.Layout(max_width="520px", display="none"))
+        self.thumbs.add_class("wb-map-thumbs")
+        self.figure = go.FigureWidget(layout=dict(
+            height=height, width=620, dragmode="lasso", margin=dict(l=10, r=10, t=40, b=10),
+            title=dict(text=f"{data.title}: {len(data)} points ({data.method})", font=dict(size=13)),
+            xaxis=dict(visible=False), yaxis=dict(visible=False), legend=dict(itemsizing="constant"),
+            hovermode="closest"))
+        self.figure.add_scattergl(x=data.xy[:, 0], y=data.xy[:, 1], mode="markers", name="points",
+                                  showlegend=False, customdata=np.arange(len(data)),
+                                  hovertemplate="point %{customdata}<extra></extra>",
+                                  marker=dict(size=float(np.clip(2400 / max(len(data), 1) ** 0.75, 2, 8)),
+                                              opacity=0.8))
+        self.points = self.figure.data[0]
+        self.points.on_selection(self._on_selection)
+        self.points.on_click(self._on_selection)
+        self.recolour(colour)
+        self.menu.observe(lambda ch: self.recolour(ch["new"]), names="value")
+        self.widget = W.VBox([W.HBox([self.menu, self.info]), W.HBox([self.figure, self.thumbs])])
+        self.widget.add_class("wb-embedding-map")
+
+    # ------------------------------------------------------------------ colours
+    def recolour(self, name: str) -> None:
+        values = self.data.colourings[name]
+        with self.figure.batch_update():
+            self.figure.data = self.figure.data[:1]
+            if maps.is_continuous(values):
+                v = np.asarray(values, dtype=float)
+                self.points.marker.update(color=np.nan_to_num(v, nan=np.nanmin(v) if np.isfinite(v).any() else 0.0),
+                                          colorscale="Viridis", showscale=True, cmin=None, cmax=None,
+                                          colorbar=dict(title=dict(text=name), thickness=12))
+            else:
+                codes, cats = maps.categories(values)
+                pal = maps.palette(len(cats))
+                k = len(cats)
+                scale = []
+                for c in range(k):      # a stepped colour scale: code c ↦ its palette colour
+                    scale += [[c / k, pal[c]], [(c + 1) / k, pal[c]]]
+                self.points.marker.update(color=codes.astype(np.float32), colorscale=scale, cmin=-0.5,
+                                          cmax=k - 0.5, showscale=False)
+                for c, cat in enumerate(cats):     # legend entries only (no points)
+                    self.figure.add_scattergl(x=[None], y=[None], mode="markers", name=str(cat)[:24],
+                                              marker=dict(color=pal[c], size=8), hoverinfo="skip")
+        self.colour = name
+
+    # ------------------------------------------------------------------ selection
+    def _on_selection(self, trace, points, selector=None) -> None:
+        self.select(points.point_inds)
+
+    def select(self, points) -> None:
+        """Show the images of these points (indices into the map)."""
+        pts = np.unique(np.asarray(points, dtype=int).reshape(-1))
+        pts = pts[(pts >= 0) & (pts < len(self.data))]
+        self.selected = pts
+        if not len(pts):
+            self.shown = pts
+            self.info.value = "nothing selected"
+            self.thumbs.layout.display = "none"
+            return
+        rng = np.random.default_rng(self.seed)
+        shown = pts if len(pts) <= self.max_thumbnails else np.sort(rng.choice(pts, self.max_thumbnails, replace=False))
+        self.shown = shown
+        images, caps = self.data.thumbnails(shown)
+        by = self.data.colourings.get("split")
+        counts = ", ".join(f"{s} {n}" for s, n in zip(*np.unique(by[pts].astype(str), return_counts=True))) \
+            if by is not None else ""
+        self.info.value = (f"<b>{len(pts)} selected</b> ({counts}); showing "
+                           f"{len(shown) if len(shown) < len(pts) else 'all'}"
+                           f"{' (a random sample)' if len(shown) < len(pts) else ''}")
+        self.thumbs.value = maps.thumbnail_png(images, caps)
+        self.thumbs.layout.display = ""
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def show_map(data, colour: str = "", seed: int = 0):
+    """An embedding map (workbench.maps.MapData): the interactive widget in JupyterLab, its static face (a
+    matplotlib figure) when headless."""
+    from .progress import headless
+    if headless():
+        return maps.map_figure(data, tuple(c for c in (colour or "label", "split") if c in data.colourings))
+    return EmbeddingMap(data, colour=colour, seed=seed)
+
+
+def explore_map(run_dir="", method: str = "auto", seed: int = 0):
+    """The explore notebook's map: a run's train/val/test embeddings (``run_dir`` empty: the latest run with
+    predictions; "none": skip)."""
+    from IPython.display import HTML
+    if str(run_dir).lower() == "none":
+        return HTML("<p>Embedding map skipped (predictions_run is 'none').</p>")
+    if not run_dir:
+        from .paths import runs_root
+        root = runs_root()
+        found = sorted((p for p in root.glob("*/") if (p / "predictions.npz").is_file()), reverse=True) \
+            if root.is_dir() else []
+        if not found:
+            return HTML("<p>No trained run yet: run the pipeline (<code>make demo</code>) and re-run this cell.</p>")
+        run_dir = found[0]
+    return show_map(maps.run_map(run_dir, method, seed), "label", seed)
