@@ -8,7 +8,7 @@ RUN    ?=
 P      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-annotate-cost bench-features bench-robustness bench-annotators bench-label-efficiency clean-venv
+.PHONY: help install lock demo test test-durations test-browser lab train evaluate annotate pipeline sweep bench bench-accuracy bench-annotate bench-transfer bench-sweep bench-datasets bench-pools bench-certify bench-annotate-cost bench-features bench-robustness bench-annotators bench-label-efficiency clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,8 +64,13 @@ demo: $(STAMP) ## train → evaluate → annotate on the embedded BloodMNIST; pr
 test: $(STAMP) ## run the test suite (unit + end-to-end notebooks on a tiny real subset)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+test-durations: $(STAMP) ## run the whole suite once and write each test's time to tests/durations.md (commit it)
+	@load="$$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"; \
+	$(BIN)/python -m pytest -q --durations=0 $(PYTEST_ARGS) 2>&1 | tee /tmp/workbench-test-durations.log; \
+	$(BIN)/python tools/test_durations.py /tmp/workbench-test-durations.log --load "$$load"
+
 lab: $(STAMP) ## start JupyterLab on working copies of the notebooks (lab/, git-ignored: the tracked ones stay clean)
-	@$(BIN)/python -m workbench.notebooks lab lab >/dev/null
+	@$(BIN)/python -m workbench.run.notebooks lab lab >/dev/null
 	cd lab && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) \
 		00_explore.ipynb 05_pretrain.ipynb 10_train.ipynb 20_evaluate.ipynb 30_annotate.ipynb
 

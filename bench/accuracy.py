@@ -31,7 +31,7 @@ TARGETS = {"full": {"test_acc": 0.970, "test_auc": 0.998, "train_minutes": 15},
 
 
 def _cli(*args, env) -> str:
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "workbench", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: workbench {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")

@@ -60,7 +60,7 @@ def category(source: str) -> str:
 
 def cli(*args) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "workbench", *args], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: workbench {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
     return time.perf_counter() - t0, proc

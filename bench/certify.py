@@ -706,13 +706,13 @@ def main(argv=None) -> int:
         doc["design"] = {"choice": choice, "summary": summarise_exchangeable(rows), "seeds": [DESIGN_SEEDS[0], DESIGN_SEEDS[-1]]}
         log(f"floors chosen on the design pools: {choice['floors']}")
         if choice["floors"] != shift.FLOORS:
-            log("shift.FLOORS differs from the design's choice: write these into workbench/shift.py, then run "
+            log("shift.FLOORS differs from the design's choice: write these into workbench/stats/shift.py, then run "
                 "--part evaluation")
     if "evaluation" in parts:
         chosen = (doc.get("design") or {}).get("choice", {}).get("floors")
         if chosen != shift.FLOORS:
             sys.exit(f"error: shift.FLOORS {shift.FLOORS} is not the design's choice {chosen}: run --part design and "
-                     "write its floors into workbench/shift.py first (the evaluation never changes them)")
+                     "write its floors into workbench/stats/shift.py first (the evaluation never changes them)")
         rows = exchangeable_part(models, "evaluation", dict(shift.FLOORS))
         summ = summarise_exchangeable(rows)
         doc["evaluation"] = {"floors": dict(shift.FLOORS), "summary": summ,

@@ -80,7 +80,7 @@ def log(msg: str) -> None:
 
 
 def _cli(*args, env) -> Path:
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "workbench", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]

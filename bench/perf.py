@@ -366,7 +366,7 @@ def measure_stages(log) -> dict:
         env = {**os.environ, "WORKBENCH_RUNS_DIR": str(tmp / "runs")}
         for stage, extra in (("train", args), ("annotate", ["-p", "gallery_size", "24"])):
             log(f"stage {stage} via papermill …")
-            cmd = [sys.executable, "-m", "workbench.cli", "run", stage, "-q", *extra]
+            cmd = [sys.executable, "-m", "workbench", "run", stage, "-q", *extra]
             if stage == "annotate":
                 cmd += ["--run", str(out["cli_run_dir"])]
             t0 = time.perf_counter()

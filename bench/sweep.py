@@ -141,7 +141,7 @@ def run_breakdown(run_dir: Path, st: dict, imports: dict[str, float]) -> dict:
 
 def run_arm(label: str, args: list[str], runs_dir: Path, log, probe: bool = True) -> dict:
     env = {**os.environ, "WORKBENCH_RUNS_DIR": str(runs_dir)}
-    cmd = [sys.executable, "-m", "workbench.cli", "sweep", *args]
+    cmd = [sys.executable, "-m", "workbench", "sweep", *args]
     log(f"{label}: {' '.join(shlex.quote(a) for a in cmd[3:])}")
     imports = import_probe() if probe else {}
     load0 = os.getloadavg()

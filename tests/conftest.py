@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 TINY = FIXTURES / "bloodmnist_tiny.npz"
-WORKBENCH = [sys.executable, "-m", "workbench.cli"]
+WORKBENCH = [sys.executable, "-m", "workbench"]
 
 # tiny but real: the fixture's real BloodMNIST images, a narrow CNN, one epoch
 TINY_TRAIN = ["-p", "dataset", str(TINY), "-p", "epochs", "1", "-p", "width", "8", "-p", "batch_size", "64"]

@@ -400,7 +400,7 @@ def test_card_init_asks_on_a_real_terminal(tmp_path):
     import time
     folder = _image_folder(tmp_path)
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "card", "init", str(folder)],
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "card", "init", str(folder)],
                             stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
     os.close(slave)
     seen, deadline = b"", time.time() + 120

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench import WorkbenchError, cards, data
+from workbench import WorkbenchError, cards
+from workbench.data import loaders as data       # the dataset loaders (workbench.data before the layers)
 from workbench.data import CustomDatasetWarning
 from workbench.paths import DATA_DIR
 

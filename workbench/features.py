@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import warnings
 
-from .annotate import PoolFeatures, agreement_table, features_of as annotate_pool, ood_gallery  # noqa: F401
-from .embeddings import (EMBED_CHUNK, EMBED_LAYER, FEATURES_DIR, FEATURES_VERSION, Features,  # noqa: F401
+from .stages.annotate import PoolFeatures, agreement_table, features_of as annotate_pool, ood_gallery  # noqa: F401
+from .model.embeddings import (EMBED_CHUNK, EMBED_LAYER, FEATURES_DIR, FEATURES_VERSION, Features,  # noqa: F401
                          cache_key, cache_path, embed_images, embed_stream, embedding_layer, extractor,
                          pool_features, pool_source_id, split_features, split_id)
-from .maps import (MAX_CATEGORIES, MAX_THUMBNAILS, MAX_UMAP_FIT, UMAP_FROM, MapData, annotate_map,  # noqa: F401
+from .ui.maps import (MAX_CATEGORIES, MAX_THUMBNAILS, MAX_UMAP_FIT, UMAP_FROM, MapData, annotate_map,  # noqa: F401
                    map_data, map_figure, place, project, run_map, run_projection, thumbnail_png)
-from .neighbours import (KNN_K, NEAR_DUPLICATE, OOD_QUANTILE, PROBE_C, Index, OODScorer, baselines,  # noqa: F401
+from .model.neighbours import (KNN_K, NEAR_DUPLICATE, OOD_QUANTILE, PROBE_C, Index, OODScorer, baselines,  # noqa: F401
                          baselines_table, knn_predict, knn_vote, linear_probe, near_duplicate_pairs)
-from .widgets import EmbeddingMap, explore_map, show_map  # noqa: F401
+from .ui.widgets import EmbeddingMap, explore_map, show_map  # noqa: F401
 
 warnings.warn("workbench.features is split into workbench.embeddings, workbench.neighbours, workbench.maps (and "
               "the annotate and widgets modules): import from those; this alias will go", FutureWarning, stacklevel=2)
