@@ -45,7 +45,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@$(BIN)/python -m pip install -qq --require-hashes --only-binary :all: -r $(LOCK)
 	@$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
 	@$(BIN)/python -m pip check >/dev/null || $(BIN)/python -m pip check
-	@$(BIN)/python -c "from workbench.execute import ensure_kernel; ensure_kernel()"
+	@$(BIN)/python -c "from workbench.run.execute import ensure_kernel; ensure_kernel()"
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install exactly requirements.lock, then workbench (once; again when the lock changes)

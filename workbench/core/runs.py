@@ -256,6 +256,15 @@ def cached_arrays(path: Path, compute) -> tuple[dict, bool]:
         except (OSError, ValueError):
             pass                                   # unreadable: recomputed, the file is left for inspection
     arrays = compute()
+    write_npz_once(path, arrays)
+    return arrays, False
+
+
+def write_npz_once(path: Path, arrays: dict) -> Path:
+    """Write-once .npz: the file appears whole (a hard link of a finished temporary file) or not at all; an
+    existing file is never replaced (a concurrent writer's identical result stays)."""
+    import numpy as np
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
@@ -266,7 +275,7 @@ def cached_arrays(path: Path, compute) -> tuple[dict, bool]:
         pass
     finally:
         tmp.unlink(missing_ok=True)
-    return arrays, False
+    return path
 
 
 def cached_folder(path: Path, fill) -> tuple[Path, bool]:

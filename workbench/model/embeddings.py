@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import WorkbenchError
+from ..core.runs import write_npz_once
 
 FEATURES_DIR = "features"
 FEATURES_VERSION = 2        # 2: embeddings computed in fixed chunks of EMBED_CHUNK (bit-identical on any batching)
@@ -196,25 +196,14 @@ def _read(path: Path, key: str, source: str) -> Features | None:
 
 
 def _write(path: Path, f: Features, model_hash: str, source_id: str) -> Path:
-    """Write-once: the file appears whole (hard link of a finished temporary file) or not at all; an existing
-    file is never replaced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write-once (core.runs.write_npz_once): the file appears whole or not at all, never replaced."""
     arrays = {"embeddings": f.embeddings.astype(np.float16), "probs": f.probs.astype(np.float32),
               "key": np.array(f.key), "model_hash": np.array(model_hash), "source": np.array(f.source),
               "source_id": np.array(source_id), "layer": np.array(f.layer),
               "version": np.array(FEATURES_VERSION)}
     if f.ids is not None:
         arrays["ids"] = np.array(f.ids, dtype="U")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_npz_once(path, arrays)
 
 
 def _cached(trained, source: str, source_id: str, compute, ids=None, cache: bool = True) -> Features:
