@@ -234,3 +234,22 @@ def test_make_lab_opens_working_copies_and_leaves_the_tracked_notebooks_alone(tm
     make = (NOTEBOOKS_DIR.parent / "Makefile").read_text()
     lab = make[make.index("\nlab:"):make.index("\ntest-browser:")]
     assert "workbench.run.notebooks lab lab" in lab and "cd lab &&" in lab and "cd notebooks" not in lab
+
+
+def test_the_old_features_module_warns_and_gives_the_new_objects():
+    """workbench.features was split by concern: importing it still works, says so, and hands out the very
+    objects of embeddings, neighbours, maps, widgets and annotate."""
+    code = ("import warnings\nwarnings.simplefilter('error', FutureWarning)\n"
+            "try:\n    import workbench.features\nexcept FutureWarning as w:\n    print('warned:', w)\n"
+            "warnings.simplefilter('ignore', FutureWarning)\n"
+            "import importlib, sys\nsys.modules.pop('workbench.features', None)\n"
+            "F = importlib.import_module('workbench.features')\n"
+            "from workbench import annotate, embeddings, maps, neighbours, widgets\n"
+            "print(F.split_features is embeddings.split_features, F.OODScorer is neighbours.OODScorer,\n"
+            "      F.map_figure is maps.map_figure, F.EmbeddingMap is widgets.EmbeddingMap,\n"
+            "      F.annotate_pool is annotate.features_of)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("warned: workbench.features is split into workbench.embeddings")
+    assert lines[-1] == "True True True True True"
