@@ -86,7 +86,7 @@ class _FlatNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 if not any(isinstance(f, _FlatNames) for f in sys.meta_path):
     sys.meta_path.append(_FlatNames())
 
-__all__ = ["WorkbenchError", "__version__", *LAYERS, *MOVED, "features"]
+__all__ = ["WorkbenchError", "__version__", *LAYERS, *MOVED]   # not the deprecated features
 
 
 def __getattr__(name):
