@@ -61,13 +61,20 @@ lock: ## regenerate requirements.lock from pyproject.toml (uv pip compile --gene
 demo: $(STAMP) ## train → evaluate → annotate on the embedded BloodMNIST; prints test ACC/AUC and the reports
 	$(WB) pipeline --name demo $(P)
 
-test: $(STAMP) ## run the test suite (unit + end-to-end notebooks on a tiny real subset)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# The suite runs on pytest-xdist workers, one per core up to 4 (TEST_WORKERS=0: one process). Each worker
+# takes whole files (--dist loadfile: a file's module fixtures, e.g. its tiny pipeline, are built once), in
+# the order tests/conftest.py gives them: slowest first by tests/durations.md, so the workers end together.
+# More than 4 workers would mostly repeat the session fixtures (each worker trains its own tiny runs).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_XDIST  = -n $(TEST_WORKERS) $(if $(filter-out 0,$(TEST_WORKERS)),--dist loadfile --no-loadscope-reorder,)
+
+test: $(STAMP) ## run the test suite (unit + end-to-end notebooks on a tiny real subset; TEST_WORKERS=N processes)
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-durations: $(STAMP) ## run the whole suite once and write each test's time to tests/durations.md (commit it)
 	@load="$$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"; \
-	$(BIN)/python -m pytest -q --durations=0 $(PYTEST_ARGS) 2>&1 | tee /tmp/workbench-test-durations.log; \
-	$(BIN)/python tools/test_durations.py /tmp/workbench-test-durations.log --load "$$load"
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) --durations=0 $(PYTEST_ARGS) 2>&1 | tee /tmp/workbench-test-durations.log; \
+	$(BIN)/python tools/test_durations.py /tmp/workbench-test-durations.log --load "$$load" --workers $(TEST_WORKERS)
 
 lab: $(STAMP) ## start JupyterLab on working copies of the notebooks (lab/, git-ignored: the tracked ones stay clean)
 	@$(BIN)/python -m workbench.run.notebooks lab lab >/dev/null

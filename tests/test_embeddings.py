@@ -9,8 +9,11 @@ from conftest import FIXTURES
 BREAST = FIXTURES / "breastmnist_tiny.npz"
 
 
-def test_embeddings_shape_determinism_and_cache(trained):
-    from workbench import embeddings as E
+def test_embeddings_shape_determinism_and_cache(tiny_run, tmp_path):
+    from workbench import embeddings as E, runload
+    # a copy without the feature cache that other tests of the session may have filled: the first call computes
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("features"))
+    trained = runload.load(run)
     ds = trained.dataset()
     a = E.split_features(trained, "train")
     assert a.embeddings.shape == (len(ds.labels["train"]), 4 * 8)       # gap of a width-8 CNN: 4w channels

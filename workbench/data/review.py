@@ -686,39 +686,36 @@ def _auto_set(session: ReviewSession, row, item: str) -> tuple[int, ...]:
     return tuple(sorted(names[t] for t in parts))
 
 
+def _label_rows(session: ReviewSession, table, id_column: str, include_auto: bool, decided, certified, auto):
+    """Per row of ``table``: (label, label_source, annotator, decided_at), from the first that has it: this
+    session's decision (a skip gives no label), the table's certification label, the model's own label when
+    ``include_auto`` and the row was auto-accepted; else unreviewed. The label itself is read by the task's
+    readers: ``decided(decision)``, ``certified(text)``, ``auto(row, item)``."""
+    rows = []
+    for _, row in table.iterrows():
+        item = str(row[id_column])
+        d = session.decisions.get(item)
+        if d is not None and d.action in ("accept", "label"):
+            rows.append((decided(d), label_source_of(d), d.annotator, d.time))
+        elif d is not None:
+            rows.append((None, "skipped", d.annotator, d.time))
+        elif _table_label(row) is not None:
+            rows.append((certified(_table_label(row)), "certification", "", ""))
+        elif include_auto and row.get("status") == "auto-accepted":
+            rows.append((auto(row, item), "auto-accepted", "model", ""))
+        else:
+            rows.append((None, "unreviewed", "", ""))
+    return [list(col) for col in zip(*rows)] if rows else [[], [], [], []]
+
+
 def _labelled_table_multilabel(session: ReviewSession, table, id_column: str, include_auto: bool):
     import pandas as pd
     out = table.copy()
     names = session.class_names
-    sets, source, who, when = [], [], [], []
-    for _, row in out.iterrows():
-        item = str(row[id_column])
-        d = session.decisions.get(item)
-        if d is not None and d.action in ("accept", "label"):
-            sets.append(tuple(d.labels or ()))
-            source.append(label_source_of(d))
-            who.append(d.annotator)
-            when.append(d.time)
-        elif d is not None:
-            sets.append(None)
-            source.append("skipped")
-            who.append(d.annotator)
-            when.append(d.time)
-        elif _table_label(row) is not None:
-            sets.append(tuple(sorted(int(float(j)) for j in _table_label(row).split(LABEL_SEPARATOR) if j)))
-            source.append("certification")
-            who.append("")
-            when.append("")
-        elif include_auto and row.get("status") == "auto-accepted":
-            sets.append(_auto_set(session, row, item))
-            source.append("auto-accepted")
-            who.append("model")
-            when.append("")
-        else:
-            sets.append(None)
-            source.append("unreviewed")
-            who.append("")
-            when.append("")
+    sets, source, who, when = _label_rows(
+        session, out, id_column, include_auto, decided=lambda d: tuple(d.labels or ()),
+        certified=lambda text: tuple(sorted(int(float(j)) for j in text.split(LABEL_SEPARATOR) if j)),
+        auto=lambda row, item: _auto_set(session, row, item))
     out["labels"] = [LABEL_SEPARATOR.join(names[i] for i in s) if s is not None else "" for s in sets]
     for j, name in enumerate(names):
         col = np.array([np.nan if s is None else float(j in s) for s in sets], dtype=float)
@@ -784,34 +781,9 @@ def labelled_table(session: ReviewSession, table, id_column: str = "id", include
         return out if pool is None else _with_pool_labels(session, out, pool, id_column)
     out = table.copy()
     names = session.class_names
-    label, source, who, when = [], [], [], []
-    for _, row in out.iterrows():
-        d = session.decisions.get(str(row[id_column]))
-        if d is not None and d.action in ("accept", "label"):
-            label.append(int(d.label))
-            source.append(label_source_of(d))
-            who.append(d.annotator)
-            when.append(d.time)
-        elif d is not None:
-            label.append(None)
-            source.append("skipped")
-            who.append(d.annotator)
-            when.append(d.time)
-        elif _table_label(row) is not None:
-            label.append(int(float(_table_label(row))))
-            source.append("certification")
-            who.append("")
-            when.append("")
-        elif include_auto and row.get("status") == "auto-accepted":
-            label.append(int(row["predicted_label"]))
-            source.append("auto-accepted")
-            who.append("model")
-            when.append("")
-        else:
-            label.append(None)
-            source.append("unreviewed")
-            who.append("")
-            when.append("")
+    label, source, who, when = _label_rows(
+        session, out, id_column, include_auto, decided=lambda d: int(d.label),
+        certified=lambda text: int(float(text)), auto=lambda row, item: int(row["predicted_label"]))
     out["label"] = np.array([np.nan if v is None else v for v in label], dtype=float)
     out["label"] = out["label"].astype("Int64")
     out["label_class"] = [names[v] if v is not None else "" for v in label]
