@@ -33,6 +33,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def _durations_tool():
+    """tools/test_durations.py (not a package): the durations file's reader, for the order and its tests."""
     spec = importlib.util.spec_from_file_location("test_durations_tool", ROOT / "tools" / "test_durations.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -56,7 +57,6 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_sessionfinish(session, exitstatus):
     if not hasattr(session.config, "workerinput"):      # the controller (or a run without xdist), after all workers
         shutil.rmtree(_JAX_CACHE, ignore_errors=True)   # only the directory this session made, never a user's
-
 
 
 def run_cli(*args, cwd=ROOT, env=None, timeout=600):

@@ -1,15 +1,11 @@
 """tools/test_durations.py: the durations file is written from pytest's --durations=0 table, and its file
 totals order the suite (slowest file first, tests/conftest.py)."""
 
-import importlib.util
-
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, _durations_tool
 
-spec = importlib.util.spec_from_file_location("test_durations_tool", ROOT / "tools" / "test_durations.py")
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+tool = _durations_tool()
 
 LOG = """....
 ============================= slowest durations ==============================

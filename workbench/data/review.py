@@ -694,13 +694,13 @@ def _label_rows(session: ReviewSession, table, id_column: str, include_auto: boo
     rows = []
     for _, row in table.iterrows():
         item = str(row[id_column])
-        d = session.decisions.get(item)
+        d, text = session.decisions.get(item), _table_label(row)
         if d is not None and d.action in ("accept", "label"):
             rows.append((decided(d), label_source_of(d), d.annotator, d.time))
         elif d is not None:
             rows.append((None, "skipped", d.annotator, d.time))
-        elif _table_label(row) is not None:
-            rows.append((certified(_table_label(row)), "certification", "", ""))
+        elif text is not None:
+            rows.append((certified(text), "certification", "", ""))
         elif include_auto and row.get("status") == "auto-accepted":
             rows.append((auto(row, item), "auto-accepted", "model", ""))
         else:
